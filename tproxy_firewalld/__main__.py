@@ -1,0 +1,3 @@
+from tproxy_firewalld.cli import main
+
+main()
