@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -23,14 +23,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture
 def make_sandbox() -> Iterator[SandboxFactory]:
-    """start_sandbox(backend, flush_all_on_reload, root); closes every sandbox it made."""
+    """start_sandbox(backend, flush_all_on_reload, root, conf); closes what it made."""
     made: list[Sandbox] = []
 
     def make(
-        backend: Backend = "nftables", flush_all_on_reload: YesNo = "yes", root: Path | None = None
+        backend: Backend = "nftables",
+        flush_all_on_reload: YesNo = "yes",
+        root: Path | None = None,
+        conf: Mapping[str, str] | None = None,
     ) -> Sandbox:
         try:
-            sandbox = start_sandbox(backend, flush_all_on_reload, root)
+            sandbox = start_sandbox(backend, flush_all_on_reload, root, conf)
         except SandboxError as exc:
             # Fail, never skip: CI must not pass quietly without the real-firewalld tests.
             pytest.fail(str(exc), pytrace=False)

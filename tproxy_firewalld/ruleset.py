@@ -74,7 +74,8 @@ def go_quote(text: str) -> str:
 
 
 def comment(text: str) -> str:
-    return f"{COMMENT_PREFIX}/{text}"[:MAX_COMMENT]
+    # Kuma cuts the joined "prefix/text" to 254 bytes before quoting it.
+    return f"{COMMENT_PREFIX}/{text}".encode()[:MAX_COMMENT].decode(errors="ignore")
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,14 @@ def family_context(settings: Settings, ipv: str) -> FamilyContext:
         inbound_exclude_ips=tuple(a for a in settings.inbound_exclude_ips if _family(a) == ipv),
         outbound_exclude_ips=tuple(a for a in settings.outbound_exclude_ips if _family(a) == ipv),
         nameservers=() if settings.dns_capture_all else nameservers,
-        vnet=tuple(sorted((v for v in settings.vnet if v.ipv == ipv), key=lambda v: v.iface)),
+        # Kuma keeps the networks in a map (a repeated interface keeps its last CIDR) and
+        # walks it in byte-wise sorted order.
+        vnet=tuple(
+            sorted(
+                {v.iface: v for v in settings.vnet if v.ipv == ipv}.values(),
+                key=lambda v: v.iface.encode(),
+            )
+        ),
         dns_redirect=dns_redirect,
         conntrack_zone_split=dns_redirect and not settings.dns_skip_conntrack_zone_split,
         loopback_nameservers=tuple(

@@ -185,13 +185,14 @@ def _items(raw: object) -> list[object]:
 
 
 def parse_ports(raw: object) -> tuple[int, ...]:
-    return tuple(dict.fromkeys(parse_port(item) for item in _items(raw)))
+    # Kuma keeps duplicates (and so renders a rule per entry); so do we.
+    return tuple(parse_port(item) for item in _items(raw))
 
 
 def _parse_ip(raw: object, *, need_prefix: bool = False) -> str:
     text = str(raw).strip() if isinstance(raw, str) else str(raw)
     try:
-        if need_prefix and "/" not in text:
+        if (need_prefix and "/" not in text) or "%" in text:
             raise ValueError
         # strict=False: Kuma passes "172.32.16.8/16" through and iptables normalises it.
         ipaddress.ip_network(text, strict=False)
@@ -204,7 +205,7 @@ def _parse_ip(raw: object, *, need_prefix: bool = False) -> str:
 
 
 def parse_ips(raw: object) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(_parse_ip(item) for item in _items(raw)))
+    return tuple(_parse_ip(item) for item in _items(raw))
 
 
 def _port_range(text: str) -> str:
@@ -252,7 +253,7 @@ def parse_uid_exclusion(raw: object) -> UidExclusion:
     if protocols_text in ("", "*"):
         protocols: tuple[str, ...] = ("tcp", "udp")
     else:
-        names = [p.strip() for p in protocols_text.split(",")]
+        names = [p.strip().lower() for p in protocols_text.split(",")]
         for name in names:
             if name not in ("tcp", "udp"):
                 raise Invalid(f"invalid or unsupported protocol: {_show(name)} (tcp or udp)")
@@ -271,11 +272,19 @@ def parse_uid_exclusion(raw: object) -> UidExclusion:
 
 
 def parse_uid_exclusions(raw: object) -> tuple[UidExclusion, ...]:
-    # Each entry is itself comma-separated ("tcp:53,80:1000"), so list items are not split.
-    values = raw if isinstance(raw, list | tuple) else ([] if raw in (None, "") else [raw])
-    if len(values) > MAX_LIST:
-        raise Invalid(f"has {len(values)} entries; at most {MAX_LIST} are allowed")
-    return tuple(dict.fromkeys(parse_uid_exclusion(v) for v in values))
+    # Each entry is itself comma-separated ("tcp:53,80:1000"), so entries are separated by
+    # ";" (as Kuma's docs write them) or given as separate flags / list items.
+    values = raw if isinstance(raw, list | tuple) else [raw]
+    entries = [
+        part.strip()
+        for value in values
+        if value is not None
+        for part in str(value).split(";")
+        if part.strip()
+    ]
+    if len(entries) > MAX_LIST:
+        raise Invalid(f"has {len(entries)} entries; at most {MAX_LIST} are allowed")
+    return tuple(parse_uid_exclusion(v) for v in entries)
 
 
 _IFACE = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.@-]{0,14}\+?|\+")
@@ -301,7 +310,7 @@ def parse_vnet(raw: object) -> VnetNetwork:
 
 
 def parse_vnets(raw: object) -> tuple[VnetNetwork, ...]:
-    return tuple(dict.fromkeys(parse_vnet(item) for item in _items(raw)))
+    return tuple(parse_vnet(item) for item in _items(raw))
 
 
 def parse_ip_family_mode(raw: object) -> str:
@@ -498,13 +507,17 @@ def _flatten(data: Mapping[str, Any], source: str, prefix: str = "") -> dict[str
             out[path] = RawValue(value, f"{source}: {path}")
         elif path in IGNORED_KEYS:
             continue
-        elif isinstance(value, Mapping):
+        elif isinstance(value, Mapping) and _is_section(path):
             out.update(_flatten(value, source, path + "."))
         elif value is None and any(k.startswith(path + ".") for k in FIELDS_BY_KEY):
             continue  # an empty section ("dns:") is fine
         else:
             raise SettingsError(f"{source}: unknown key {_show(path)}; {_known_keys_hint(path)}")
     return out
+
+
+def _is_section(path: str) -> bool:
+    return any(k.startswith(path + ".") for k in (*FIELDS_BY_KEY, *IGNORED_KEYS))
 
 
 def _known_keys_hint(path: str) -> str:
@@ -706,10 +719,12 @@ def read_nameservers(path: str) -> tuple[str, ...]:
     for line in text.splitlines():
         words = line.split()
         if len(words) >= 2 and words[0] == "nameserver":
+            if "%" in words[1]:
+                continue  # a scoped "fe80::1%eth0": iptables cannot match the scope
             try:
                 servers.append(str(ipaddress.ip_address(words[1])))
             except ValueError:
-                continue  # e.g. a scoped "fe80::1%eth0": iptables cannot match it either
+                continue
     return tuple(dict.fromkeys(servers))
 
 

@@ -67,6 +67,9 @@ HOST_TIMEOUT_GRACE = 15.0
 SANDBOX_IPV4, PEER_IPV4 = "192.0.2.1", "192.0.2.2"  # RFC 5737 documentation range
 SANDBOX_IPV6, PEER_IPV6 = "2001:db8::1", "2001:db8::2"  # RFC 3849 documentation range
 PEER_NAME = re.compile(r"[a-z][a-z0-9-]{0,11}")  # "to-" + name must fit IFNAMSIZ (15)
+# firewalld.conf settings are edited with sed inside the sandbox: keep them plain.
+CONF_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+CONF_VALUE = re.compile(r"[A-Za-z0-9_.,:+-]*")
 
 
 class SandboxError(RuntimeError):
@@ -81,6 +84,7 @@ class SandboxFactory(Protocol):
         backend: Backend = "nftables",
         flush_all_on_reload: YesNo = "yes",
         root: Path | None = None,
+        conf: Mapping[str, str] | None = None,
     ) -> Sandbox: ...
 
 
@@ -148,11 +152,17 @@ class Sandbox:
     """A running sandbox. Make one with start_sandbox(); close() it (or use `with`)."""
 
     def __init__(
-        self, workdir: Path, backend: Backend, flush_all_on_reload: YesNo, root: Path | None
+        self,
+        workdir: Path,
+        backend: Backend,
+        flush_all_on_reload: YesNo,
+        root: Path | None,
+        conf: Mapping[str, str],
     ) -> None:
         self.backend: Backend = backend
         self.flush_all_on_reload: YesNo = flush_all_on_reload
         self.root = root
+        self.conf = dict(conf)  # further firewalld.conf settings
         self.workdir = workdir  # unique per sandbox; every command line of ours contains it
         self.etc_dir = workdir / "etc"  # bound over /etc/firewalld inside
         self.direct_xml = self.etc_dir / "direct.xml"
@@ -183,6 +193,7 @@ class Sandbox:
             "--flush-all-on-reload", self.flush_all_on_reload,
             "--etc-dir", str(self.etc_dir),
             "--log-file", str(self.log_path),
+            *(word for key, value in self.conf.items() for word in ("--conf", f"{key}={value}")),
             *(["--root", str(self.root)] if self.root is not None else []),
         ]  # fmt: skip
         with self._init_stderr.open("w") as stderr:
@@ -491,20 +502,20 @@ def start_sandbox(
     backend: Backend = "nftables",
     flush_all_on_reload: YesNo = "yes",
     root: Path | None = None,
+    conf: Mapping[str, str] | None = None,
 ) -> Sandbox:
     """Start firewalld (RUNNING) in fresh network, mount and pid namespaces.
 
     root: a debootstrapped Debian root whose firewalld to run instead of the host's.
+    conf: further firewalld.conf settings, e.g. {"RFC3964_IPv4": "no"}.
     Raises SandboxError, with firewalld's log, if that cannot be done.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
-    if flush_all_on_reload not in YES_NO:
-        raise ValueError(f"flush_all_on_reload must be one of {YES_NO}, not {flush_all_on_reload!r}")
+    _check_settings(backend, flush_all_on_reload, conf or {})
     _preflight(root)
     workdir = Path(tempfile.mkdtemp(prefix="tpfw-sandbox-"))
     workdir.chmod(0o755)  # listeners and clients may run as another uid
-    sandbox = Sandbox(workdir, backend, flush_all_on_reload, root.resolve() if root else None)
+    resolved_root = root.resolve() if root is not None else None
+    sandbox = Sandbox(workdir, backend, flush_all_on_reload, resolved_root, conf or {})
     try:
         sandbox._boot()
     except BaseException:
@@ -514,6 +525,16 @@ def start_sandbox(
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _check_settings(backend: str, flush_all_on_reload: str, conf: Mapping[str, str]) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+    if flush_all_on_reload not in YES_NO:
+        raise ValueError(f"flush_all_on_reload must be one of {YES_NO}, not {flush_all_on_reload!r}")
+    for key, value in conf.items():
+        if not CONF_KEY.fullmatch(key) or not CONF_VALUE.fullmatch(value):
+            raise ValueError(f"firewalld.conf setting {key}={value!r} is not plain enough")
 
 
 def _preflight(root: Path | None) -> None:

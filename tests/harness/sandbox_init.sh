@@ -1,7 +1,8 @@
 #!/bin/bash
 # PID 1 of a throw-away firewalld sandbox; sandbox.py starts it as
 #   unshare --net --mount --pid --fork --kill-child --mount-proc \
-#     bash sandbox_init.sh --backend B --flush-all-on-reload F --etc-dir DIR --log-file FILE [--root DIR]
+#     bash sandbox_init.sh --backend B --flush-all-on-reload F --etc-dir DIR --log-file FILE \
+#       [--conf KEY=VALUE]... [--root DIR]
 #
 # It gives firewalld a private system D-Bus, a private copy of /etc/firewalld (DIR, bound over
 # /etc/firewalld) and its own network namespace, so nothing touches the host's firewall.
@@ -20,13 +21,14 @@
 set -euo pipefail
 trap 'echo "ERROR line $LINENO: $BASH_COMMAND failed"' ERR
 
-backend="" flush="" etc="" log="" root=""
+backend="" flush="" etc="" log="" root="" conf=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --backend) backend=$2; shift 2 ;;
     --flush-all-on-reload) flush=$2; shift 2 ;;
     --etc-dir) etc=$2; shift 2 ;;
     --log-file) log=$2; shift 2 ;;
+    --conf) conf+=("$2"); shift 2 ;;   # more firewalld.conf settings
     --root) root=$2; shift 2 ;;
     *) echo "ERROR unknown argument $1"; exit 2 ;;
   esac
@@ -38,11 +40,11 @@ fi
 # Sets KEY=VALUE in firewalld.conf, appending it when the file lacks the key (a commented-out
 # default would otherwise leave firewalld on its built-in default without any error).
 set_conf() {
-  local key=$1 value=$2 conf="$etc/firewalld.conf"
-  if grep -q "^$key=" "$conf"; then
-    sed -i "s/^$key=.*/$key=$value/" "$conf"
+  local key=$1 value=$2 file="$etc/firewalld.conf"
+  if grep -q "^$key=" "$file"; then
+    sed -i "s/^$key=.*/$key=$value/" "$file"
   else
-    echo "$key=$value" >>"$conf"
+    echo "$key=$value" >>"$file"
   fi
 }
 
@@ -64,6 +66,9 @@ cp -a "$root/etc/firewalld/." "$etc"/
 rm -f "$etc/direct.xml" "$etc/direct.xml.old"   # the host's direct rules are not ours to load
 set_conf FirewallBackend "$backend"
 set_conf FlushAllOnReload "$flush"
+for setting in "${conf[@]}"; do
+  set_conf "${setting%%=*}" "${setting#*=}"
+done
 mount --bind "$etc" /etc/firewalld
 : >"$log"
 ip link set lo up
