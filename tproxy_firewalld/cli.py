@@ -6,11 +6,14 @@ transparent-proxy`` (plus ``--config`` and the ``KUMA_TRANSPARENT_PROXY_*`` envi
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
+import json
 import os
 import sys
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
 
@@ -200,6 +203,191 @@ def render(
         raise fail(exc) from None
     sys.stdout.buffer.write(output)
     sys.stdout.flush()
+
+
+OUTPUT_HELP = "text (for people) or json (versioned, for programs)."
+
+
+class Output(str, Enum):
+    text = "text"
+    json = "json"
+
+
+RootOpt = Annotated[
+    Optional[Path],
+    typer.Option("--root", metavar="DIR", help="Work on the image root DIR (DIR/etc/firewalld/direct.xml); implies --offline."),
+]
+OfflineOpt = Annotated[
+    bool, typer.Option("--offline", help="Do not talk to firewalld; write direct.xml (applied at firewalld's next start).")
+]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")]
+OutputOpt = Annotated[Output, typer.Option("--output", "-o", help=OUTPUT_HELP)]
+
+
+def _paths(root: Path | None) -> Any:
+    from tproxy_firewalld.operations import Paths
+
+    return Paths(root) if root is not None else Paths()
+
+
+def _print_diff(title: str, d: Any, indent: str = "  ") -> None:
+    typer.echo(f"{title}: {d.summary()}")
+    for e in d.add:
+        typer.echo(f"{indent}+ {e.describe()}")
+    for e in d.remove:
+        typer.echo(f"{indent}- {e.describe()}")
+
+
+def _print_result(result: Any, output: Output) -> None:
+    if output is Output.json:
+        typer.echo(json.dumps(result.to_json(), indent=2))
+        return
+    for note in result.notes:
+        typer.echo(note, err=True)
+    prefix = "would change: " if result.dry_run and result.changed else ""
+    if result.dry_run:
+        for title, d in (("runtime", result.runtime), ("permanent", result.permanent), ("direct.xml", result.file)):
+            if d is not None:
+                _print_diff(title, d)
+    typer.echo(f"{result.action}: {prefix}{result.summary()}")
+
+
+@app.command(cls=KumaFlagsCommand)
+@with_settings
+def install(
+    dry_run: DryRunOpt = False,
+    offline: OfflineOpt = False,
+    root: RootOpt = None,
+    output: OutputOpt = Output.text,
+    settings_flags: dict[str, Any] | None = None,
+) -> None:
+    """Install the rules: live in firewalld (runtime and permanent, no reload) or in direct.xml.
+
+    With firewalld running, only the differences are applied over D-Bus: chains and their
+    rules first, the jumps from built-in chains last; then one permanent update that keeps
+    every other entry. A second identical install changes nothing. Without firewalld (or
+    with --offline / --root) direct.xml is written and firewalld applies it at its next
+    start. The settings are recorded in /var/lib/tproxy-firewalld/installed.json.
+
+    Exit codes: 0 done or nothing to do; 2 bad settings; 3 direct.xml unusable; 4 rules
+    rejected by iptables; 5 firewalld unavailable/FAILED; 6 firewalld refused; 7 not
+    permitted; 8 partially applied; 9 locked.
+    """
+    from tproxy_firewalld.operations import install as do_install
+
+    try:
+        settings = settings_from(dict(settings_flags or {}))
+        result = asyncio.run(
+            do_install(settings, paths=_paths(root), offline=offline or root is not None, dry_run=dry_run)
+        )
+    except TproxyError as exc:
+        raise fail(exc) from None
+    _print_result(result, output)
+
+
+@app.command()
+def uninstall(
+    dry_run: DryRunOpt = False,
+    offline: OfflineOpt = False,
+    root: RootOpt = None,
+    output: OutputOpt = Output.text,
+) -> None:
+    """Remove exactly our entries — runtime, permanent and direct.xml — and nothing else.
+
+    Also removes what `kumactl install transparent-proxy --store-firewalld` left in
+    direct.xml (KUMA_MESH chains, rules carrying Kuma's comment, whatever ipv or priority).
+    Nothing installed is success ("nothing to do").
+    """
+    from tproxy_firewalld.operations import uninstall as do_uninstall
+
+    try:
+        result = asyncio.run(
+            do_uninstall(paths=_paths(root), offline=offline or root is not None, dry_run=dry_run)
+        )
+    except TproxyError as exc:
+        raise fail(exc) from None
+    _print_result(result, output)
+
+
+@app.command(cls=KumaFlagsCommand)
+@with_settings
+def diff(
+    offline: OfflineOpt = False,
+    root: RootOpt = None,
+    output: OutputOpt = Output.text,
+    settings_flags: dict[str, Any] | None = None,
+) -> None:
+    """Three-way diff of our entries: desired vs permanent (firewalld and direct.xml) vs runtime.
+
+    Desired is the settings given, or — with none — those the last install recorded.
+    Entries are compared as firewalld identifies them (ipv, table, chain, priority, args
+    tokens). Also says when direct.xml and firewalld's permanent config disagree (a hand
+    edit firewalld has not loaded). Exit 0 in sync, 1 differences, 2 or more trouble.
+    """
+    from tproxy_firewalld.operations import diff as do_diff
+
+    try:
+        flags = dict(settings_flags or {})
+        settings = settings_from(flags) if settings_given(flags) else None
+        report = asyncio.run(do_diff(settings, paths=_paths(root), offline=offline or root is not None))
+    except TproxyError as exc:
+        code = max(int(exc.exit_code), 2)
+        typer.echo(f"Error: {exc.message}", err=True)
+        raise typer.Exit(code) from None
+    if output is Output.json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        _print_report(report)
+    raise typer.Exit(0 if report.in_sync else 1)
+
+
+def _print_report(report: Any) -> None:
+    typer.echo(f"desired: {report.desired_from}")
+    if report.runtime is not None:
+        _print_diff("runtime", report.runtime)
+        _print_diff("permanent (firewalld)", report.permanent)
+    else:
+        typer.echo("runtime: firewalld is not running")
+    _print_diff("permanent (direct.xml)", report.file)
+    if report.file_only or report.firewalld_only:
+        typer.echo(
+            "direct.xml and firewalld's permanent configuration disagree (edited by hand and not "
+            "loaded; `firewall-cmd --reload` loads the file):"
+        )
+        for e in report.file_only:
+            typer.echo(f"  only in direct.xml: {e.describe()}")
+        for e in report.firewalld_only:
+            typer.echo(f"  only in firewalld:  {e.describe()}")
+    typer.echo("in sync" if report.in_sync else "differences found")
+
+
+@app.command()
+def status(root: RootOpt = None, output: OutputOpt = Output.text) -> None:
+    """firewalld's state, version, backend and FlushAllOnReload; where our rules are; warnings."""
+    from tproxy_firewalld.operations import status as do_status
+
+    try:
+        st = asyncio.run(do_status(paths=_paths(root)))
+    except TproxyError as exc:
+        raise fail(exc) from None
+    if output is Output.json:
+        typer.echo(json.dumps(st.to_json(), indent=2))
+        return
+    fw = st.firewalld
+    if fw is None:
+        typer.echo(f"firewalld: not available ({st.unavailable_reason})")
+    else:
+        typer.echo(
+            f"firewalld: {fw.state}, version {fw.version}, backend {fw.backend}, "
+            f"FlushAllOnReload={fw.flush_all_on_reload}"
+            + (f", StrictForwardPorts={fw.strict_forward_ports}" if fw.strict_forward_ports else "")
+        )
+    for where, n in st.installed.items():
+        typer.echo(f"{where}: {n} of our entries" if n else f"{where}: not installed")
+    if st.drift is not None:
+        typer.echo("drift: none" if st.drift.in_sync else "drift: yes (see `tproxy-firewalld diff`)")
+    for w in st.warnings:
+        typer.echo(f"warning: {w}")
 
 
 def main() -> None:
