@@ -16,7 +16,7 @@ import re
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +186,7 @@ async def _converge(
     action: str, desired: DirectConfig, paths: Paths, offline: bool, dry_run: bool, bus_address: str | None
 ) -> Result:
     fw: Firewalld | None = None
-    why = "--offline given"
+    why = "--offline given" if paths.root == Path("/") else "--root given"
     if not offline and paths.root == Path("/"):
         fw, why = await try_connect(bus_address)
     if fw is None:
@@ -232,6 +232,10 @@ async def _converge_live(action: str, fw: Firewalld, desired: DirectConfig, path
                 "with `firewall-cmd --reload`, or undo it, then run this again"
             )
         plan = make_plan(desired, runtime, permanent)
+        if plan.permanent_after is None and not Diff.between(desired, on_disk).empty:
+            # firewalld's copy is right but the file is not (an edit of our entries that
+            # firewalld has not read): one update() makes firewalld write it out again.
+            plan = replace(plan, permanent_after=permanent.merged_with(desired))
         result.runtime = plan.runtime
         result.permanent = plan.permanent_diff
         if not dry_run and not plan.empty:
@@ -435,7 +439,7 @@ def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in re.findall(r"\d+", text)[:3]) or (0,)
 
 
-def foreign_iptables_chains() -> list[str]:
+def foreign_iptables_chains(direct_chains: set[tuple[str, str, str]] = frozenset()) -> list[str]:  # type: ignore[assignment]
     """Chains in the kernel's iptables tables that neither we nor firewalld own."""
     found: list[str] = []
     for ipv, save in (("ipv4", "iptables-save"), ("ipv6", "ip6tables-save")):
@@ -451,7 +455,7 @@ def foreign_iptables_chains() -> list[str]:
                 name = line[1:].split()[0]
                 if name in BUILT_IN_CHAINS.get(table, ()) or name in ("INPUT", "FORWARD", "OUTPUT", "PREROUTING", "POSTROUTING"):
                     continue
-                if name.startswith(CHAIN_PREFIX) or _is_firewalld_chain(name):
+                if name.startswith(CHAIN_PREFIX) or _is_firewalld_chain(name) or (ipv, table, name) in direct_chains:
                     continue
                 found.append(f"{ipv} {table} {name}")
     return found
@@ -478,10 +482,13 @@ async def status(*, paths: Paths = Paths(), bus_address: str | None = None) -> S
             reason = str(exc)
     else:
         reason = "--root given"
+    direct_chains: set[tuple[str, str, str]] = set()
     if fw is not None:
         try:
             info = await fw.info()
-            installed["runtime"] = len((await fw.runtime()).ours().entries())
+            live = await fw.runtime()
+            direct_chains = {c.key for c in live.chains}
+            installed["runtime"] = len(live.ours().entries())
             installed["permanent"] = len((await fw.permanent()).ours().entries())
         finally:
             fw.disconnect()
@@ -513,7 +520,7 @@ async def status(*, paths: Paths = Paths(), bus_address: str | None = None) -> S
                 "REDIRECTs of the transparent proxy; set StrictForwardPorts=no in firewalld.conf"
             )
         before_2 = _version_tuple(info.version) < (2, 0)
-        foreign = foreign_iptables_chains()
+        foreign = foreign_iptables_chains(direct_chains)
         if foreign and (before_2 or installed.get("runtime") or installed.get("permanent")):
             when = (
                 "on every start, reload and stop (firewalld < 2.0)"

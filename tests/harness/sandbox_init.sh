@@ -70,6 +70,9 @@ for setting in "${conf[@]}"; do
   set_conf "${setting%%=*}" "${setting#*=}"
 done
 mount --bind "$etc" /etc/firewalld
+# tproxy-firewalld records what it installed in /var/lib/tproxy-firewalld: private per sandbox.
+mkdir -p /var/lib/tproxy-firewalld
+mount -t tmpfs tmpfs /var/lib/tproxy-firewalld
 : >"$log"
 ip link set lo up
 
