@@ -35,10 +35,12 @@ def make_sandbox() -> Iterator[SandboxFactory]:
         try:
             sandbox = start_sandbox(backend, flush_all_on_reload, root, conf)
         except SandboxError as exc:
-            # Fail, never skip: CI must not pass quietly without the real-firewalld tests.
-            pytest.fail(str(exc), pytrace=False)
-        made.append(sandbox)
-        return sandbox
+            problem = str(exc)
+        else:
+            made.append(sandbox)
+            return sandbox
+        # Fail, never skip: CI must not pass quietly without the real-firewalld tests.
+        pytest.fail(problem, pytrace=False)
 
     yield make
     for sandbox in reversed(made):

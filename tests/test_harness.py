@@ -10,8 +10,9 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
-from dbus_next import BusType, Message, MessageType
-from dbus_next.aio import MessageBus
+from dbus_next.aio.message_bus import MessageBus
+from dbus_next.constants import BusType, MessageType
+from dbus_next.message import Message
 from harness import Backend, Family, Peer, Sandbox, SandboxFactory, YesNo, endpoint
 
 BACKENDS: list[Backend] = ["nftables", "iptables"]
@@ -55,7 +56,7 @@ def redirect_args(peer: Peer, family: Family, port: int = APP_PORT) -> list[str]
 
 @contextmanager
 def proxy_and_peer_listeners(sandbox: Sandbox, peer: Peer, family: Family) -> Iterator[None]:
-    """"proxy" on PROXY_PORT in the sandbox; "app" on APP_PORT and OTHER_PORT on the peer."""
+    """Listeners: "proxy" on PROXY_PORT in the sandbox; "app" on APP_PORT, OTHER_PORT on peer."""
     with ExitStack() as stack:
         stack.enter_context(sandbox.listen(PROXY_PORT, family=family, name="proxy"))
         for port in (APP_PORT, OTHER_PORT):
@@ -75,7 +76,7 @@ async def default_zone_over_dbus(bus_address: str) -> str:
             )
         )
     finally:
-        bus.disconnect()
+        bus.disconnect()  # type: ignore[no-untyped-call]
     assert reply is not None and reply.message_type == MessageType.METHOD_RETURN, reply
     return str(reply.body[0])
 
@@ -138,8 +139,10 @@ def test_direct_redirect_reaches_the_sandbox_listener(
         sandbox.firewall_cmd("--direct", "--add-rule", family, "nat", "OUTPUT", "0",
                              *redirect_args(peer, family))  # fmt: skip
         prefix = "32" if family == "ipv4" else "128"
-        rule = f"-d {peer_addr}/{prefix} -p tcp -m tcp --dport {APP_PORT} -j REDIRECT --to-ports {PROXY_PORT}"
-        assert rule in sandbox.iptables_save(family, "nat")
+        match = f"-d {peer_addr}/{prefix} -p tcp -m tcp --dport {APP_PORT}"
+        assert f"{match} -j REDIRECT --to-ports {PROXY_PORT}" in sandbox.iptables_save(
+            family, "nat"
+        )
 
         reply = sandbox.connect(peer_addr, APP_PORT)
         assert reply is not None
@@ -190,9 +193,10 @@ def test_flush_all_on_reload_is_applied(make_sandbox: SandboxFactory, flush: Yes
 def test_listener_and_client_as_another_uid(firewalld_sandbox: Sandbox) -> None:
     sandbox = firewalld_sandbox
     peer = sandbox.add_peer()
-    with proxy_and_peer_listeners(sandbox, peer, "ipv4"), sandbox.listen(
-        15002, name="unprivileged", uid=PROXY_UID
-    ) as listener:
+    with (
+        proxy_and_peer_listeners(sandbox, peer, "ipv4"),
+        sandbox.listen(15002, name="unprivileged", uid=PROXY_UID) as listener,
+    ):
         status = sandbox.run("cat", f"/proc/{listener.pid}/status").stdout
         assert f"Uid:\t{PROXY_UID}\t{PROXY_UID}" in status
         reply = sandbox.connect("127.0.0.1", 15002, uid=PROXY_UID)
@@ -229,6 +233,8 @@ def test_close_leaves_no_process_behind(make_sandbox: SandboxFactory, backend: B
             still_there = False
         assert not still_there, f"pid {pid} ({commands[pid]}) survived the sandbox"
     assert sandbox.host_pids() == []
-    leftovers = subprocess.run(["pgrep", "-af", str(sandbox.workdir)], capture_output=True, text=True)
+    leftovers = subprocess.run(
+        ["pgrep", "-af", str(sandbox.workdir)], capture_output=True, text=True
+    )
     assert leftovers.returncode == 1, leftovers.stdout
     assert not sandbox.workdir.exists()

@@ -119,6 +119,14 @@ def _fail(name: str, element: etree._Element, message: str) -> DirectXmlError:
 
 def _check(root: etree._Element, name: str) -> DirectConfig:
     """firewalld's parser checks, with its messages, plus what its SAX handler trips over."""
+    for element in root.iter():
+        # firewalld's SAX parser does no namespace processing: an xmlns or xmlns:p
+        # declaration is just an attribute it does not know.
+        if isinstance(element.tag, str) and element.nsmap:
+            local = etree.QName(element).localname
+            if element.prefix:  # firewalld sees an element named "k:rule"
+                raise _fail(name, element, f"PARSE_ERROR: Unexpected element {element.prefix}:{local}")
+            raise _fail(name, element, f"PARSE_ERROR: {local}: Unexpected attribute xmlns")
     if not isinstance(root.tag, str) or root.tag != "direct":
         raise _fail(name, root, f"PARSE_ERROR: Unexpected element {root.tag}")
     _check_attrs(root, name)

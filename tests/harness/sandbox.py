@@ -14,6 +14,7 @@ only ever run inside the sandbox's namespaces.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -33,7 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Literal, Protocol, cast
 
-from .traffic_agent import CONNECT_FAILED, endpoint
+from .traffic_agent import CONNECT_FAILED
 
 Backend = Literal["nftables", "iptables"]
 YesNo = Literal["yes", "no"]
@@ -56,7 +57,7 @@ SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/s
 # Debian's python3: reachable by any uid, unlike a pyenv python under /root (mode 0700).
 SYSTEM_PYTHON = "/usr/bin/python3"
 
-READY_TIMEOUT = 90.0  # firewalld reaches RUNNING in 1-2 s here; the init gives up after 60 s
+READY_TIMEOUT = 90.0  # RUNNING takes about 0.5 s here; the init itself gives up after 60 s
 INIT_REPLY_TIMEOUT = 30.0  # "stop" may take 15 s before the init falls back to SIGKILL
 STATE_TIMEOUT = 60.0
 LISTEN_TIMEOUT = 15.0
@@ -125,8 +126,10 @@ class _Lines:
         threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
 
     def _pump(self, stream: IO[str]) -> None:
-        for line in stream:
-            self._queue.put(line.rstrip("\n"))
+        # The stream is ours alone: closed here at EOF, never under a reading thread's feet.
+        with stream:
+            for line in stream:
+                self._queue.put(line.rstrip("\n"))
         self._queue.put(None)
 
     def expect(self, prefix: str, timeout: float) -> str:
@@ -176,6 +179,7 @@ class Sandbox:
         self._process: subprocess.Popen[str] | None = None
         self._lines: _Lines | None = None
         self._listeners: list[Listener] = []
+        self._listeners_started = 0
         self._closed = False
 
     # -- life cycle --------------------------------------------------------------------------
@@ -207,7 +211,8 @@ class Sandbox:
             self.pid = _only_child(self._process.pid)
             self._pid_ns = os.readlink(f"/proc/{self.pid}/ns/pid")
         except (SandboxError, OSError) as exc:
-            raise SandboxError(f"firewalld sandbox did not start: {exc}\n{self.diagnostics()}") from exc
+            message = f"firewalld sandbox did not start: {exc}\n{self.diagnostics()}"
+            raise SandboxError(message) from exc
         self.firewalld_pid = int(ready.split()[1])
 
     def close(self) -> None:
@@ -218,11 +223,9 @@ class Sandbox:
         if self._process is not None:
             _close_quietly(self._process.stdin)
             _wait_or_kill(self._process, EXIT_TIMEOUT)
-            _close_quietly(self._process.stdout)
         for listener in self._listeners:
             _close_quietly(listener.process.stdin)
             _wait_or_kill(listener.process, EXIT_TIMEOUT)
-            _close_quietly(listener.process.stdout)
         self._listeners.clear()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -297,7 +300,7 @@ class Sandbox:
         inside the sandbox shows as exit code 124.
         """
         self._require_open()
-        words = [str(arg) if not isinstance(arg, os.PathLike) else os.fspath(arg) for arg in argv]
+        words = [os.fspath(arg) if isinstance(arg, os.PathLike) else str(arg) for arg in argv]
         inside = ["timeout", "--kill-after=5", f"{timeout:g}", *_wrap(words, uid, netns)]
         try:
             result = subprocess.run(
@@ -307,7 +310,8 @@ class Sandbox:
                 timeout=timeout + HOST_TIMEOUT_GRACE,
             )  # fmt: skip
         except subprocess.TimeoutExpired as exc:
-            raise AssertionError(f"{_describe_command(words, uid, netns)} hung past {timeout:g} s") from exc
+            described = _describe_command(words, uid, netns)
+            raise AssertionError(f"{described} hung past {timeout:g} s") from exc
         if check and result.returncode != 0:
             raise AssertionError(_describe_failure(words, uid, netns, result))
         return result
@@ -388,12 +392,12 @@ class Sandbox:
         """A network namespace inside the sandbox, joined to it by a veth pair:
         sandbox 192.0.2.1/24 + 2001:db8::1/64, peer 192.0.2.2/24 + 2001:db8::2/64."""
         if self.peer is not None:
-            raise SandboxError(f"this sandbox already has a peer ({self.peer.name}); one is supported")
+            raise SandboxError(f"this sandbox already has its one peer, {self.peer.name}")
         if not PEER_NAME.fullmatch(name):
             raise ValueError(f"peer name {name!r} must match {PEER_NAME.pattern}")
         peer = Peer(name=name, link=f"to-{name}")
-        # nodad: IPv6 addresses are otherwise "tentative" for about 2 s (duplicate address
-        # detection) and connections to or from them fail meanwhile.
+        # nodad: IPv6 addresses are otherwise "tentative" for a second or two (duplicate
+        # address detection), and connections from or to them fail meanwhile.
         script = f"""
             ip netns add {name}
             ip link add {peer.link} type veth peer name eth0 netns {name}
@@ -441,7 +445,8 @@ class Sandbox:
             *self._agent_argv(uid), "listen", "--port", str(port), "--family", family,
             "--name", name, "--until-stdin-eof",
         ]  # fmt: skip
-        stderr_path = self.workdir / f"listener-{len(self._listeners)}.stderr"
+        self._listeners_started += 1
+        stderr_path = self.workdir / f"listener-{self._listeners_started}.stderr"
         with stderr_path.open("w") as stderr:
             # stdin stays open: the agent exits at its EOF (killing nsenter would not reach it).
             process = subprocess.Popen(
@@ -469,7 +474,6 @@ class Sandbox:
         except subprocess.TimeoutExpired:
             self.run("kill", "-KILL", listener.pid, check=False)
             _wait_or_kill(listener.process, EXIT_TIMEOUT)
-        _close_quietly(listener.process.stdout)
 
     def connect(
         self,
@@ -531,7 +535,9 @@ def _check_settings(backend: str, flush_all_on_reload: str, conf: Mapping[str, s
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
     if flush_all_on_reload not in YES_NO:
-        raise ValueError(f"flush_all_on_reload must be one of {YES_NO}, not {flush_all_on_reload!r}")
+        raise ValueError(
+            f"flush_all_on_reload must be one of {YES_NO}, not {flush_all_on_reload!r}"
+        )
     for key, value in conf.items():
         if not CONF_KEY.fullmatch(key) or not CONF_VALUE.fullmatch(value):
             raise ValueError(f"firewalld.conf setting {key}={value!r} is not plain enough")
@@ -561,9 +567,10 @@ def _environment(extra: Mapping[str, str] | None) -> dict[str, str]:
 
 def _wrap(argv: list[str], uid: int | None, netns: str | None) -> list[str]:
     """argv, run in the sandbox's named netns and/or as uid (and its gid, no groups)."""
-    as_uid = [] if uid is None else ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
     in_netns = [] if netns is None else ["ip", "netns", "exec", netns]
-    return [*in_netns, *as_uid, *argv]
+    if uid is None:
+        return [*in_netns, *argv]
+    return [*in_netns, "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *argv]
 
 
 def _python_for(uid: int | None) -> str:
@@ -600,8 +607,9 @@ def _only_child(pid: int) -> int:
 
 
 def _describe_command(argv: list[str], uid: int | None, netns: str | None) -> str:
-    where = "".join([f" as uid {uid}" if uid is not None else "", f" in netns {netns}" if netns else ""])
-    return f"`{shlex.join(argv)}` (in the sandbox{where})"
+    as_uid = f" as uid {uid}" if uid is not None else ""
+    in_netns = f" in netns {netns}" if netns is not None else ""
+    return f"`{shlex.join(argv)}` (in the sandbox{as_uid}{in_netns})"
 
 
 def _describe_failure(
@@ -622,10 +630,8 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 def _close_quietly(stream: IO[str] | None) -> None:
     if stream is not None:
-        try:
+        with contextlib.suppress(OSError):  # a broken pipe on flush: the reader is gone
             stream.close()
-        except OSError:  # a broken pipe on flush: the reader is already gone
-            pass
 
 
 def _wait_or_kill(process: subprocess.Popen[str], timeout: float) -> None:
