@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -33,13 +34,26 @@ DIRECT_XML = """<?xml version="1.0" encoding="utf-8"?>
 
 
 def host_network() -> dict[str, str]:
-    """The host's links, addresses and routes (read-only `ip` queries, no netfilter)."""
+    """The host's links, addresses and routes (read-only `ip` queries, no netfilter), without
+    the lifetimes that count down on their own (SLAAC, DHCP, router advertisements)."""
     return {
-        what: subprocess.run(
-            ["ip", "-o", *what.split()], capture_output=True, text=True, check=True
-        ).stdout
+        what: re.sub(
+            r"(valid_lft|preferred_lft|expires) \S+",
+            "",
+            subprocess.run(
+                ["ip", "-o", *what.split()], capture_output=True, text=True, check=True
+            ).stdout,
+        )
         for what in ("link", "addr", "route", "-6 route")
     }
+
+
+def process_identity(pid: int) -> tuple[int, str] | None:
+    """(pid, start time): unlike a pid alone, never names another process later."""
+    try:
+        return pid, Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
 
 
 def link_names(sandbox: Sandbox, netns: str | None = None) -> list[str]:
@@ -217,22 +231,16 @@ def test_close_leaves_no_process_behind(make_sandbox: SandboxFactory, backend: B
     sandbox = make_sandbox(backend)
     peer = sandbox.add_peer()
     with proxy_and_peer_listeners(sandbox, peer, "ipv4"):
-        pids = sandbox.host_pids()
-        commands = {pid: Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") for pid in pids}
-        names = [b" ".join(argv) for argv in commands.values()]
-        assert any(b"firewalld" in name and b"--nofork" in name for name in names)
-        assert any(b"dbus-daemon" in name for name in names)
-        assert sum(b"traffic_agent.py" in name for name in names) == 3
-        pid_ns = os.readlink(f"/proc/{sandbox.pid}/ns/pid")
+        processes = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in sandbox.host_pids()}
+        assert any(b"firewalld\0--nofork" in cmdline for cmdline in processes.values())
+        assert any(b"dbus-daemon" in cmdline for cmdline in processes.values())
+        assert sum(b"traffic_agent.py" in cmdline for cmdline in processes.values()) == 3
+        identities = [identity for pid in processes if (identity := process_identity(pid))]
         sandbox.close()  # with the listeners still open: they must die with the sandbox
 
-    for pid in pids:
-        try:
-            still_there = os.readlink(f"/proc/{pid}/ns/pid") == pid_ns
-        except FileNotFoundError:
-            still_there = False
-        assert not still_there, f"pid {pid} ({commands[pid]}) survived the sandbox"
-    assert sandbox.host_pids() == []
+    for identity in identities:
+        pid = identity[0]
+        assert process_identity(pid) != identity, f"{processes[pid]!r} survived the sandbox"
     leftovers = subprocess.run(
         ["pgrep", "-af", str(sandbox.workdir)], capture_output=True, text=True
     )

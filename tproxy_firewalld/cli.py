@@ -252,6 +252,17 @@ def _print_result(result: Any, output: Output) -> None:
     typer.echo(f"{result.action}: {prefix}{result.summary()}")
 
 
+TemplateOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--rules-template",
+        metavar="FILE",
+        help="Render from this jinja2 template instead of Kuma's (advanced). Its rules are checked "
+        "like Kuma's and must carry Kuma's chain or comment prefix.",
+    ),
+]
+
+
 @app.command(cls=KumaFlagsCommand)
 @with_settings
 def install(
@@ -259,6 +270,14 @@ def install(
     offline: OfflineOpt = False,
     root: RootOpt = None,
     output: OutputOpt = Output.text,
+    allow_ssh_redirect: Annotated[
+        bool,
+        typer.Option(
+            "--allow-ssh-redirect",
+            help="Install even though inbound redirection captures the port sshd listens on.",
+        ),
+    ] = False,
+    rules_template: TemplateOpt = None,
     settings_flags: dict[str, Any] | None = None,
 ) -> None:
     """Install the rules: live in firewalld (runtime and permanent, no reload) or in direct.xml.
@@ -271,14 +290,22 @@ def install(
 
     Exit codes: 0 done or nothing to do; 2 bad settings; 3 direct.xml unusable; 4 rules
     rejected by iptables; 5 firewalld unavailable/FAILED; 6 firewalld refused; 7 not
-    permitted; 8 partially applied; 9 locked.
+    permitted; 8 partially applied; 9 locked; 10 refused: inbound redirection would capture
+    the port sshd listens on (exclude it, or --allow-ssh-redirect).
     """
     from tproxy_firewalld.operations import install as do_install
 
     try:
         settings = settings_from(dict(settings_flags or {}))
         result = asyncio.run(
-            do_install(settings, paths=_paths(root), offline=offline or root is not None, dry_run=dry_run)
+            do_install(
+                settings,
+                paths=_paths(root),
+                offline=offline or root is not None,
+                dry_run=dry_run,
+                template=rules_template,
+                allow_ssh_redirect=allow_ssh_redirect,
+            )
         )
     except TproxyError as exc:
         raise fail(exc) from None

@@ -17,13 +17,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tproxy_firewalld.errors import DirectXmlError, Locked
+from tproxy_firewalld.errors import DirectXmlError, Locked, NotPermitted
 
+#: seconds to wait for another run; TPROXY_FIREWALLD_LOCK_TIMEOUT overrides it
 LOCK_TIMEOUT = 30.0
 
 
 @contextlib.contextmanager
-def locked(directory: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+def locked(directory: Path, timeout: float | None = None) -> Iterator[None]:
     """Serialise runs of this tool that change ``directory`` (one lock file beside the data).
 
     The lock file lives in /run when that is writable, so it never lands in the config
@@ -32,7 +33,12 @@ def locked(directory: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
     run = Path("/run/lock") if os.access("/run/lock", os.W_OK) else directory
     name = "tproxy-firewalld." + str(directory.resolve()).strip("/").replace("/", "_") + ".lock"
     path = run / name
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except PermissionError:
+        raise NotPermitted(f"cannot take the lock {path}: permission denied; run as root") from None
+    if timeout is None:
+        timeout = float(os.environ.get("TPROXY_FIREWALLD_LOCK_TIMEOUT", LOCK_TIMEOUT))
     try:
         deadline = time.monotonic() + timeout
         while True:

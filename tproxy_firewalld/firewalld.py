@@ -68,7 +68,8 @@ def _error(exc_name: str, text: str, what: str) -> Exception:
     if not sep or not code.isupper():
         code, rest = "UNKNOWN_ERROR", text
     hint = CODE_HINTS.get(code)
-    message = f"{what}: firewalld says {code}: {rest.strip()}" + (f" ({hint})" if hint else "")
+    detail = " ".join(rest.split())  # iptables' stderr comes through with newlines: one line
+    message = f"{what}: firewalld says {code}: {detail}" + (f" ({hint})" if hint else "")
     return FirewalldRejected(message, code)
 
 

@@ -30,6 +30,7 @@ from tproxy_firewalld.errors import (
 )
 from tproxy_firewalld.files import atomic_write, locked
 from tproxy_firewalld.firewalld import DaemonInfo, Firewalld, try_connect
+from tproxy_firewalld.guard import check_lockout
 from tproxy_firewalld.iptables import check_rules
 from tproxy_firewalld.plan import Diff, Plan, entry_json, make_plan
 from tproxy_firewalld.ruleset import FAMILY, build_ruleset
@@ -151,8 +152,19 @@ async def install(
     offline: bool = False,
     dry_run: bool = False,
     bus_address: str | None = None,
+    template: str | None = None,
+    allow_ssh_redirect: bool = False,
 ) -> Result:
-    desired = build_ruleset(settings)
+    desired = build_ruleset(settings, template) if template else build_ruleset(settings)
+    unrecognised = desired.foreign()
+    if not unrecognised.is_empty():
+        example = next(iter(unrecognised.entries())).describe()
+        raise SettingsError(
+            f"the rules template produced entries tproxy-firewalld would not recognise as its own "
+            f"(every chain must start with KUMA_MESH, every rule carry Kuma's comment), e.g. {example}"
+        )
+    if paths.root == Path("/") and not allow_ssh_redirect:
+        check_lockout(settings)
     checked = check_rules(desired)  # the real iptables parser, before anything changes
     result = await _converge("install", desired, paths, offline, dry_run, bus_address)
     result.notes[:0] = [f"warning: {note}" for note in checked.skipped]

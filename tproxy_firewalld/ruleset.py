@@ -32,6 +32,7 @@ from tproxy_firewalld.entries import (
     DirectConfig,
     Rule,
 )
+from tproxy_firewalld.errors import SettingsError
 from tproxy_firewalld.settings import Settings, VnetNetwork
 
 TEMPLATE = "kuma.rules.j2"
@@ -43,6 +44,14 @@ FAMILY = {
     "ipv4": {"passthrough": "127.0.0.6/32", "localhost": "127.0.0.1/32", "name": "IPv4"},
     "ipv6": {"passthrough": "::6/128", "localhost": "::1/128", "name": "IPv6"},
 }
+
+
+def _loader_for(template: str) -> tuple[str, str]:
+    """(directory, name): Kuma's template by name, or a custom template file by path."""
+    path = Path(template)
+    if path.is_absolute() or path.parent != Path("."):
+        return str(path.resolve().parent), path.name
+    return str(_templates_dir()), template
 
 
 def _templates_dir() -> Path:
@@ -134,9 +143,13 @@ def family_context(settings: Settings, ipv: str) -> FamilyContext:
 
 def render_restore(settings: Settings, ipv: str, template: str = TEMPLATE) -> str:
     """Kuma's ``iptables-restore`` input for one family (as ``kumactl --dry-run`` prints it)."""
-    env = _environment(str(_templates_dir()))
+    directory, name = _loader_for(template)
+    env = _environment(directory)
     ctx = family_context(settings, ipv)
-    text = env.get_template(template).render(ctx=ctx, comment=comment, **ctx.__dict__)
+    try:
+        text = env.get_template(name).render(ctx=ctx, comment=comment, **ctx.__dict__)
+    except jinja2.TemplateError as exc:
+        raise SettingsError(f"rules template {template}: {exc}") from None
     # blank lines only separate blocks in the template
     return "\n".join(line for line in text.splitlines() if line.strip()) + "\n"
 
@@ -203,7 +216,10 @@ def build_ruleset(settings: Settings, template: str = TEMPLATE) -> DirectConfig:
     chains: list[Chain] = []
     rules: list[Rule] = []
     for ipv in settings.ipvs:
-        part = parse_restore(render_restore(settings, ipv, template), ipv)
+        try:
+            part = parse_restore(render_restore(settings, ipv, template), ipv)
+        except (RestoreFormatError, ValueError) as exc:
+            raise SettingsError(f"rules template {template}: {exc}") from None
         chains += part.chains
         rules += part.rules
     return DirectConfig(chains=tuple(chains), rules=tuple(rules))

@@ -323,6 +323,8 @@ def parse_user(raw: object) -> str:
     text = str(raw).strip()
     if text and not re.fullmatch(r"[0-9]+|[A-Za-z0-9_.][A-Za-z0-9_.-]*\$?", text):
         raise Invalid(f"value {_show(raw)} is not a valid UID or username")
+    if text.isdigit() and int(text) > MAX_UID:
+        raise Invalid(f"value {_show(raw)} is not a valid UID (0-{MAX_UID})")
     return text
 
 

@@ -245,12 +245,28 @@ class Sandbox:
         return self._closed
 
     @property
+    def image_root(self) -> Path:
+        """What an offline `tproxy-firewalld --root DIR` run inside the sandbox is given to work
+        on this firewalld's files: the chroot's root (its etc/firewalld is etc_dir there), or
+        "/" for the host's firewalld (/etc/firewalld is etc_dir inside the sandbox)."""
+        return self.root if self.root is not None else Path("/")
+
+    def firewalld_version(self) -> str:
+        """The running daemon's version as it reports it over D-Bus, e.g. "0.9.3"."""
+        return self.firewall_cmd("--version").stdout.strip()
+
+    @property
     def bus_address(self) -> str:
         """The sandbox's system bus, reachable from the host through PID 1's root."""
         return f"unix:path=/proc/{self.pid}/root/run/dbus/system_bus_socket"
 
     def host_pids(self) -> list[int]:
-        """Host pids of every process in the sandbox's pid namespace (none once closed)."""
+        """Host pids of every process in the sandbox's pid namespace.
+
+        Only while open: once the namespace is gone the kernel may give its inode number,
+        by which it is recognised here, to the next namespace anybody creates.
+        """
+        self._require_open()
         pids = []
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():

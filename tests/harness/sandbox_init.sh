@@ -81,16 +81,21 @@ if [[ -z $root ]]; then
   dbus-daemon --system --fork --nopidfile </dev/null
   start_cmd=(firewalld --nofork --nopid)
 else
-  # A debootstrapped Debian root with another firewalld version, run as a chroot inside the same
-  # namespaces. Mirrors fw-sandbox --root; not exercised yet, as no such root exists on this
-  # machine so far. Its /run is our /run, so the bus socket is the same file on both sides and
-  # the host's firewall-cmd (and any D-Bus client) talks to the chroot's firewalld unchanged.
+  # A debootstrapped Debian root with another firewalld version (scripts/build-roots), run as a
+  # chroot inside the same namespaces. Its /run is our /run, so the bus socket is the same file
+  # on both sides and the host's firewall-cmd (and any D-Bus client, the CLI under test) talks
+  # to the chroot's firewalld unchanged; its /etc/firewalld is our $etc, as on the host side.
+  # Every mount is in our private mount namespace: the root on disk is only read (roots are
+  # shared by every sandbox, and cached between runs), and all of it vanishes with us.
   mount -t proc proc "$root/proc"
   mount --rbind /sys "$root/sys"
   mount --rbind /dev "$root/dev"
   mount --bind /run "$root/run"
   mount --bind "$etc" "$root/etc/firewalld"
   mount --bind /tmp "$root/tmp"
+  # `tproxy-firewalld --root <root>` (offline) records its state under the root: private too.
+  [[ -d $root/var/lib/tproxy-firewalld ]] || mkdir -p "$root/var/lib/tproxy-firewalld"
+  mount -t tmpfs tmpfs "$root/var/lib/tproxy-firewalld"
   capture_var_log "$root/var/log"
   chroot "$root" dbus-daemon --system --fork --nopidfile </dev/null
   start_cmd=(chroot "$root" firewalld --nofork --nopid)
