@@ -272,5 +272,10 @@ def test_status_reports_state_and_warnings(make_sandbox: SandboxFactory) -> None
     assert data["firewalld"]["state"] == "RUNNING" and data["firewalld"]["backend"] == "nftables"
     assert data["installed"] == {"runtime": 30, "permanent": 30, "file": 30} and data["in_sync"] is True
     assert any("DOCKER-USER" in w and "flushes all iptables tables" in w for w in data["warnings"])
+    assert any(w.startswith("RFC3964_IPv4=yes") for w in data["warnings"]), "firewalld's default"
+    sb2 = make_sandbox("nftables", "yes", conf={"RFC3964_IPv4": "no"})
+    tpfw(sb2, "install")
+    quiet = json.loads(tpfw(sb2, "status", "--output", "json").stdout)
+    assert not any("RFC3964" in w for w in quiet["warnings"]) and quiet["warnings"] == []
     text = tpfw(sb, "status").stdout
     assert "firewalld: RUNNING, version" in text and "drift: none" in text

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from harness import Sandbox, SandboxFactory
-from test_live import add_foreign, direct_lines, file_config, ours, tpfw
+from test_live import add_foreign, direct_lines, file_config, foreign, ours, tpfw
 
 from tproxy_firewalld.directxml import parse_direct_xml, render_direct_xml
 from tproxy_firewalld.entries import Chain, DirectConfig, Rule
@@ -143,6 +143,25 @@ def test_concurrent_installs_serialise(tmp_path: Path) -> None:
     assert config.foreign() == FOREIGN
     assert _holds(config, [ours_for(p) for p in ports]), "exactly one complete set"
     assert len(config.rules) == len(set(config.rules)) and len(config.chains) == len(set(config.chains))
+
+
+def test_concurrent_live_installs_end_with_one_complete_set(firewalld_sandbox: Sandbox) -> None:
+    sb = firewalld_sandbox
+    add_foreign(sb)
+    before = foreign(direct_lines(sb)), foreign(direct_lines(sb, permanent=True))
+    ports = [15001, 16001, 17001, 18001]
+    procs = [
+        subprocess.Popen([*sb._nsenter(), "timeout", "120", *TP, "install", "--redirect-outbound-port", str(p)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for p in ports
+    ]  # fmt: skip
+    results = [p.communicate(timeout=180) for p in procs]
+    assert all(p.returncode == 0 for p in procs), results
+    runtime, permanent = direct_lines(sb), direct_lines(sb, permanent=True)
+    assert (foreign(runtime), foreign(permanent)) == before
+    assert ours(runtime) == ours(permanent) and len(ours(runtime)) == 30, "one complete set, no duplicates"
+    assert _holds(file_config(sb), [ours_for(p) for p in ports])
+    assert tpfw(sb, "diff", check=False).returncode == 0
 
 
 def test_lock_timeout_gives_a_clear_message(tmp_path: Path) -> None:

@@ -52,6 +52,7 @@ class DaemonInfo:
     backend: str
     flush_all_on_reload: str
     strict_forward_ports: str | None = None
+    rfc3964_ipv4: str | None = None
 
 
 def _error(exc_name: str, text: str, what: str) -> Exception:
@@ -139,7 +140,10 @@ class Firewalld:
         backend = await self._property(CONFIG, "FirewallBackend", CONFIG_PATH) or "?"
         flush = await self._property(CONFIG, "FlushAllOnReload", CONFIG_PATH) or "?"
         strict = await self._property(CONFIG, "StrictForwardPorts", CONFIG_PATH)
-        return DaemonInfo(str(state), str(version), str(backend), str(flush), strict and str(strict))
+        rfc3964 = await self._property(CONFIG, "RFC3964_IPv4", CONFIG_PATH)
+        return DaemonInfo(
+            str(state), str(version), str(backend), str(flush), strict and str(strict), rfc3964 and str(rfc3964)
+        )
 
     async def runtime(self) -> DirectConfig:
         (chains,) = await self._call("getAllChains")

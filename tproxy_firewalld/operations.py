@@ -166,16 +166,23 @@ async def install(
     if paths.root == Path("/") and not allow_ssh_redirect:
         check_lockout(settings)
     checked = check_rules(desired)  # the real iptables parser, before anything changes
-    result = await _converge("install", desired, paths, offline, dry_run, bus_address)
+    # One lock around observe, apply and record: concurrent runs serialise completely, and
+    # the record always describes what is installed.
+    with locked(paths.firewalld_dir) if not dry_run else _nolock():
+        result = await _converge("install", desired, paths, offline, dry_run, bus_address)
+        if not dry_run:
+            _record_install(result, settings, paths)
     result.notes[:0] = [f"warning: {note}" for note in checked.skipped]
-    if not dry_run:
-        added_v6 = False
-        if result.mode == "live" and "ipv6" in settings.ipvs:
-            added_v6 = ensure_ipv6_passthrough(result.notes)
-        previous = read_record(paths)
-        keep = bool(previous and previous.ipv6_loopback_added)
-        write_record(paths, Record(settings, added_v6 or keep))
     return result
+
+
+def _record_install(result: Result, settings: Settings, paths: Paths) -> None:
+    added_v6 = False
+    if result.mode == "live" and "ipv6" in settings.ipvs:
+        added_v6 = ensure_ipv6_passthrough(result.notes)
+    previous = read_record(paths)
+    keep = bool(previous and previous.ipv6_loopback_added)
+    write_record(paths, Record(settings, added_v6 or keep))
 
 
 async def uninstall(
@@ -185,12 +192,13 @@ async def uninstall(
     dry_run: bool = False,
     bus_address: str | None = None,
 ) -> Result:
-    result = await _converge("uninstall", DirectConfig(), paths, offline, dry_run, bus_address)
-    if not dry_run:
-        record = read_record(paths)
-        if record and record.ipv6_loopback_added and result.mode == "live":
-            remove_ipv6_passthrough(result.notes)
-        remove_record(paths)
+    with locked(paths.firewalld_dir) if not dry_run else _nolock():
+        result = await _converge("uninstall", DirectConfig(), paths, offline, dry_run, bus_address)
+        if not dry_run:
+            record = read_record(paths)
+            if record and record.ipv6_loopback_added and result.mode == "live":
+                remove_ipv6_passthrough(result.notes)
+            remove_record(paths)
     return result
 
 
@@ -212,12 +220,11 @@ async def _converge(
 def _converge_offline(action: str, desired: DirectConfig, paths: Paths, dry_run: bool, why: str) -> Result:
     result = Result(action, "offline", dry_run)
     result.notes.append(f"firewalld not used ({why}); {paths.direct_xml} is written directly")
-    with locked(paths.firewalld_dir) if not dry_run else _nolock():
-        existing = read_direct_xml(paths.direct_xml)
-        merged = existing.merged_with(desired)
-        result.file = Diff.between(desired, existing)
-        if not dry_run and not result.file.empty:
-            atomic_write(paths.direct_xml, render_direct_xml(merged))
+    existing = read_direct_xml(paths.direct_xml)
+    merged = existing.merged_with(desired)
+    result.file = Diff.between(desired, existing)
+    if not dry_run and not result.file.empty:
+        atomic_write(paths.direct_xml, render_direct_xml(merged))
     if result.changed:
         result.notes.append("firewalld applies it at its next start (or `firewall-cmd --reload`)")
     return result
@@ -233,26 +240,25 @@ class _nolock:
 
 async def _converge_live(action: str, fw: Firewalld, desired: DirectConfig, paths: Paths, dry_run: bool) -> Result:
     result = Result(action, "live", dry_run)
-    with locked(paths.firewalld_dir) if not dry_run else _nolock():
-        runtime = await fw.runtime()
-        permanent = await fw.permanent()
-        on_disk = read_direct_xml(paths.direct_xml)
-        if on_disk.foreign().entries() != permanent.foreign().entries():
-            raise DirectXmlError(
-                f"{paths.direct_xml} holds other entries than firewalld's permanent configuration "
-                "(edited by hand and not loaded yet); writing now would lose that edit. Load it "
-                "with `firewall-cmd --reload`, or undo it, then run this again"
-            )
-        plan = make_plan(desired, runtime, permanent)
-        if plan.permanent_after is None and not Diff.between(desired, on_disk).empty:
-            # firewalld's copy is right but the file is not (an edit of our entries that
-            # firewalld has not read): one update() makes firewalld write it out again.
-            plan = replace(plan, permanent_after=permanent.merged_with(desired))
-        result.runtime = plan.runtime
-        result.permanent = plan.permanent_diff
-        if not dry_run and not plan.empty:
-            await apply_plan(fw, plan)
-        result.dbus_changes = list(fw.changes)
+    runtime = await fw.runtime()
+    permanent = await fw.permanent()
+    on_disk = read_direct_xml(paths.direct_xml)
+    if on_disk.foreign().entries() != permanent.foreign().entries():
+        raise DirectXmlError(
+            f"{paths.direct_xml} holds other entries than firewalld's permanent configuration "
+            "(edited by hand and not loaded yet); writing now would lose that edit. Load it "
+            "with `firewall-cmd --reload`, or undo it, then run this again"
+        )
+    plan = make_plan(desired, runtime, permanent)
+    if plan.permanent_after is None and not Diff.between(desired, on_disk).empty:
+        # firewalld's copy is right but the file is not (an edit of our entries that
+        # firewalld has not read): one update() makes firewalld write it out again.
+        plan = replace(plan, permanent_after=permanent.merged_with(desired))
+    result.runtime = plan.runtime
+    result.permanent = plan.permanent_diff
+    if not dry_run and not plan.empty:
+        await apply_plan(fw, plan)
+    result.dbus_changes = list(fw.changes)
     return result
 
 
@@ -438,6 +444,7 @@ class Status:
                 "backend": fw.backend,
                 "flush_all_on_reload": fw.flush_all_on_reload,
                 "strict_forward_ports": fw.strict_forward_ports,
+                "rfc3964_ipv4": fw.rfc3964_ipv4,
             },
             "firewalld_unavailable": self.unavailable_reason or None,
             "installed": self.installed,
@@ -530,6 +537,14 @@ async def status(*, paths: Paths = Paths(), bus_address: str | None = None) -> S
             warnings.append(
                 "StrictForwardPorts=yes: firewalld rejects traffic DNAT'd by others, which breaks the "
                 "REDIRECTs of the transparent proxy; set StrictForwardPorts=no in firewalld.conf"
+            )
+        if (info.rfc3964_ipv4 or "").lower() == "yes" and record and "ipv6" in record.settings.ipvs:
+            # Seen in the sandbox, both backends: firewalld's RFC 3964 filter rejects ::/96,
+            # which includes ::1 — where the IPv6 REDIRECT sends outbound traffic.
+            warnings.append(
+                "RFC3964_IPv4=yes: firewalld rejects IPv6 packets to ::/96, which includes ::1, so "
+                "IPv6 outbound traffic REDIRECTed to the proxy is rejected; set RFC3964_IPv4=no in "
+                "firewalld.conf if the proxy serves IPv6"
             )
         before_2 = _version_tuple(info.version) < (2, 0)
         foreign = foreign_iptables_chains(direct_chains)
