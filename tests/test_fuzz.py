@@ -66,10 +66,18 @@ def check_rules(config: DirectConfig) -> None:
             assert token in OPTIONS, (token, rule)
             value = args[i + 1]
             if token == "--comment":
-                assert value.startswith("kuma/mesh/transparent/proxy/") and "\n" not in value and '"' not in value
+                assert (
+                    value.startswith("kuma/mesh/transparent/proxy/")
+                    and "\n" not in value
+                    and '"' not in value
+                )
                 assert len(value.encode()) <= 254
             else:
-                assert SAFE_VALUE.fullmatch(value) and not value.startswith("-"), (token, value, rule)
+                assert SAFE_VALUE.fullmatch(value) and not value.startswith("-"), (
+                    token,
+                    value,
+                    rule,
+                )
             if token in ("-s", "-d"):
                 network = ipaddress.ip_network(value, strict=False)
                 assert (network.version == 6) == (rule.ipv == "ipv6"), rule

@@ -30,20 +30,64 @@ CHANGING_MEMBERS = {
 def tpfw(sb: Sandbox, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = sb.run(sys.executable, "-m", "tproxy_firewalld", *args, check=False, timeout=120)
     if check and result.returncode != 0:
-        raise AssertionError(f"tproxy-firewalld {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+        raise AssertionError(
+            f"tproxy-firewalld {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+        )
     return result
 
 
 def add_foreign(sb: Sandbox) -> None:
     sb.firewall_cmd("--permanent", "--direct", "--add-chain", "ipv4", "filter", "FOREIGN")
-    sb.firewall_cmd("--permanent", "--direct", "--add-rule", "ipv4", "filter", "FOREIGN", "0", "-j", "RETURN")
-    sb.firewall_cmd("--permanent", "--direct", "--add-rule", "ipv6", "nat", "OUTPUT", "0", "-p", "udp", "--dport", "5353", "-j", "RETURN")
     sb.firewall_cmd(
-        "--permanent", "--direct", "--add-passthrough", "ipv4", "-t", "filter", "-A", "INPUT", "-p", "tcp", "--dport", "8888", "-j", "ACCEPT"
+        "--permanent", "--direct", "--add-rule", "ipv4", "filter", "FOREIGN", "0", "-j", "RETURN"
+    )
+    sb.firewall_cmd(
+        "--permanent",
+        "--direct",
+        "--add-rule",
+        "ipv6",
+        "nat",
+        "OUTPUT",
+        "0",
+        "-p",
+        "udp",
+        "--dport",
+        "5353",
+        "-j",
+        "RETURN",
+    )
+    sb.firewall_cmd(
+        "--permanent",
+        "--direct",
+        "--add-passthrough",
+        "ipv4",
+        "-t",
+        "filter",
+        "-A",
+        "INPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        "8888",
+        "-j",
+        "ACCEPT",
     )
     sb.reload()
     # runtime only: lives until the next reload (with FlushAllOnReload=yes)
-    sb.firewall_cmd("--direct", "--add-rule", "ipv4", "filter", "INPUT", "5", "-p", "tcp", "--dport", "9999", "-j", "ACCEPT")
+    sb.firewall_cmd(
+        "--direct",
+        "--add-rule",
+        "ipv4",
+        "filter",
+        "INPUT",
+        "5",
+        "-p",
+        "tcp",
+        "--dport",
+        "9999",
+        "-j",
+        "ACCEPT",
+    )
 
 
 def direct_lines(sb: Sandbox, *, permanent: bool = False) -> list[str]:
@@ -63,7 +107,9 @@ def ours(lines: list[str]) -> list[str]:
 
 
 def file_config(sb: Sandbox) -> DirectConfig:
-    return parse_direct_xml(sb.direct_xml.read_bytes()) if sb.direct_xml.exists() else DirectConfig()
+    return (
+        parse_direct_xml(sb.direct_xml.read_bytes()) if sb.direct_xml.exists() else DirectConfig()
+    )
 
 
 @contextmanager
@@ -106,7 +152,10 @@ def test_install_is_live_permanent_and_keeps_foreign(firewalld_sandbox: Sandbox)
     assert len(on_disk.ours().entries()) == 30
     assert {e.describe() for e in on_disk.foreign().entries()} >= {"chain ipv4 filter FOREIGN"}
     nat = sb.iptables_save("ipv4", "nat") + sb.iptables_save("ipv6", "nat")
-    assert nat.count("-j REDIRECT --to-ports 15001") == 2 and nat.count("-j REDIRECT --to-ports 15006") == 2
+    assert (
+        nat.count("-j REDIRECT --to-ports 15001") == 2
+        and nat.count("-j REDIRECT --to-ports 15006") == 2
+    )
     assert "inet6 ::6/128" in sb.run("ip", "-6", "addr", "show", "dev", "lo").stdout
 
     # Run twice: the second install changes nothing and makes no changing D-Bus call.
@@ -138,7 +187,11 @@ def test_diff_names_drift_and_install_repairs_it(firewalld_sandbox: Sandbox) -> 
     assert tpfw(sb, "diff", check=False).returncode == 0
 
     # 1. one of our rules removed at runtime by hand
-    jump = next(line for line in direct_lines(sb) if line.startswith("ipv4 nat OUTPUT") and KUMA_COMMENT in line)
+    jump = next(
+        line
+        for line in direct_lines(sb)
+        if line.startswith("ipv4 nat OUTPUT") and KUMA_COMMENT in line
+    )
     sb.run("sh", "-c", f"firewall-cmd --direct --remove-rule {jump}")
     result = tpfw(sb, "diff", check=False)
     assert result.returncode == 1
@@ -151,8 +204,12 @@ def test_diff_names_drift_and_install_repairs_it(firewalld_sandbox: Sandbox) -> 
 
     # 2. the file edited by hand (one of our rules dropped), not loaded by firewalld
     config = file_config(sb)
-    dropped = next(r for r in config.rules if r.chain == "KUMA_MESH_INBOUND_REDIRECT" and r.ipv == "ipv6")
-    edited = DirectConfig(config.chains, tuple(r for r in config.rules if r != dropped), config.passthroughs)
+    dropped = next(
+        r for r in config.rules if r.chain == "KUMA_MESH_INBOUND_REDIRECT" and r.ipv == "ipv6"
+    )
+    edited = DirectConfig(
+        config.chains, tuple(r for r in config.rules if r != dropped), config.passthroughs
+    )
     sb.direct_xml.write_bytes(render_direct_xml(edited))
     result = tpfw(sb, "diff", check=False)
     assert result.returncode == 1, result.stdout
@@ -176,7 +233,9 @@ def test_foreign_hand_edit_not_loaded_is_never_overwritten(firewalld_sandbox: Sa
     tpfw(sb, "install")
     config = file_config(sb)
     mine = Rule("ipv4", "filter", "INPUT", 0, ("-p", "tcp", "--dport", "2022", "-j", "ACCEPT"))
-    edited = render_direct_xml(DirectConfig(config.chains, (*config.rules, mine), config.passthroughs))
+    edited = render_direct_xml(
+        DirectConfig(config.chains, (*config.rules, mine), config.passthroughs)
+    )
     sb.direct_xml.write_bytes(edited)
     result = tpfw(sb, "install", "--redirect-outbound-port", "15999", check=False)
     assert result.returncode == 3 and "edited by hand and not loaded" in result.stderr
@@ -202,16 +261,27 @@ def test_uninstall_removes_exactly_ours(firewalld_sandbox: Sandbox) -> None:
     assert tpfw(sb, "uninstall").stdout.strip().endswith("uninstall: nothing to do")
 
 
-def test_traffic_redirected_after_install_and_not_after_uninstall(firewalld_sandbox: Sandbox) -> None:
+def test_traffic_redirected_after_install_and_not_after_uninstall(
+    firewalld_sandbox: Sandbox,
+) -> None:
     sb = firewalld_sandbox
     peer = sb.add_peer()
-    with sb.listen(15001, name="proxy", family="ipv4"), sb.listen(8080, name="remote", netns=peer.name):
+    with (
+        sb.listen(15001, name="proxy", family="ipv4"),
+        sb.listen(8080, name="remote", netns=peer.name),
+    ):
         assert sb.connect(peer.ipv4, 8080)["server"] == "remote"  # type: ignore[index]
         tpfw(sb, "install")
         reply = sb.connect(peer.ipv4, 8080)
-        assert reply is not None and reply["server"] == "proxy" and reply["orig_dst"] == f"{peer.ipv4}:8080"
+        assert (
+            reply is not None
+            and reply["server"] == "proxy"
+            and reply["orig_dst"] == f"{peer.ipv4}:8080"
+        )
         kuma_dp = sb.connect(peer.ipv4, 8080, uid=5678)
-        assert kuma_dp is not None and kuma_dp["server"] == "remote", "the proxy's own uid is exempt"
+        assert kuma_dp is not None and kuma_dp["server"] == "remote", (
+            "the proxy's own uid is exempt"
+        )
         tpfw(sb, "uninstall")
         reply = sb.connect(peer.ipv4, 8080)
         assert reply is not None and reply["server"] == "remote" and reply["orig_dst"] is None
@@ -237,8 +307,29 @@ def test_uninstall_cleans_up_after_kumas_store_firewalld(firewalld_sandbox: Sand
     kuma = DirectConfig(
         chains=(Chain("ipv4", "nat", "KUMA_MESH_OUTBOUND"), Chain("ipv4", "filter", "FOREIGN")),
         rules=(
-            Rule("ipv4", "nat", "OUTPUT", 3, ("-m", "comment", "--comment", f"{KUMA_COMMENT}/redirect outbound TCP traffic to our custom chain for processing", "-p", "tcp", "-j", "KUMA_MESH_OUTBOUND")),
-            Rule("ipv4", "nat", "KUMA_MESH_OUTBOUND", 3, ("-s", "::6/128", "-o", "lo", "-j", "RETURN")),
+            Rule(
+                "ipv4",
+                "nat",
+                "OUTPUT",
+                3,
+                (
+                    "-m",
+                    "comment",
+                    "--comment",
+                    f"{KUMA_COMMENT}/redirect outbound TCP traffic to our custom chain for processing",
+                    "-p",
+                    "tcp",
+                    "-j",
+                    "KUMA_MESH_OUTBOUND",
+                ),
+            ),
+            Rule(
+                "ipv4",
+                "nat",
+                "KUMA_MESH_OUTBOUND",
+                3,
+                ("-s", "::6/128", "-o", "lo", "-j", "RETURN"),
+            ),
             Rule("ipv4", "filter", "FOREIGN", 0, ("-j", "RETURN")),
         ),
     )
@@ -246,7 +337,9 @@ def test_uninstall_cleans_up_after_kumas_store_firewalld(firewalld_sandbox: Sand
     out = tpfw(sb, "uninstall").stdout
     assert "direct.xml: -1 chain -2 rules" in out
     left = file_config(sb)
-    assert left == DirectConfig(chains=(Chain("ipv4", "filter", "FOREIGN"),), rules=(kuma.rules[2],))
+    assert left == DirectConfig(
+        chains=(Chain("ipv4", "filter", "FOREIGN"),), rules=(kuma.rules[2],)
+    )
     assert sb.start_firewalld() == "running"
 
 
@@ -257,7 +350,11 @@ def test_dry_run_changes_nothing(firewalld_sandbox: Sandbox) -> None:
     result = tpfw(sb, "install", "--dry-run")
     assert "install: would change: runtime: +8 chains +22 rules" in result.stdout
     assert "+ rule ipv4 nat OUTPUT 1" in result.stdout
-    assert (direct_lines(sb), direct_lines(sb, permanent=True), sb.direct_xml.read_bytes()) == before
+    assert (
+        direct_lines(sb),
+        direct_lines(sb, permanent=True),
+        sb.direct_xml.read_bytes(),
+    ) == before
     tpfw(sb, "install")
     after_install = (direct_lines(sb), sb.direct_xml.read_bytes())
     assert "would change" in tpfw(sb, "uninstall", "--dry-run").stdout
@@ -270,7 +367,10 @@ def test_status_reports_state_and_warnings(make_sandbox: SandboxFactory) -> None
     tpfw(sb, "install")
     data: dict[str, Any] = json.loads(tpfw(sb, "status", "--output", "json").stdout)
     assert data["firewalld"]["state"] == "RUNNING" and data["firewalld"]["backend"] == "nftables"
-    assert data["installed"] == {"runtime": 30, "permanent": 30, "file": 30} and data["in_sync"] is True
+    assert (
+        data["installed"] == {"runtime": 30, "permanent": 30, "file": 30}
+        and data["in_sync"] is True
+    )
     assert any("DOCKER-USER" in w and "flushes all iptables tables" in w for w in data["warnings"])
     assert any(w.startswith("RFC3964_IPv4=yes") for w in data["warnings"]), "firewalld's default"
     sb2 = make_sandbox("nftables", "yes", conf={"RFC3964_IPv4": "no"})

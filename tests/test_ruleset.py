@@ -80,10 +80,15 @@ def test_default_rules_match_the_rhel9_install_goldens() -> None:
     chain and in order.
     """
     settings = load_settings(flags={"--kuma-dp-user": "5678"})
-    for ipv, golden in (("ipv4", "rhel-9-default.iptables.golden"), ("ipv6", "rhel-9-default.ip6tables.golden")):
+    for ipv, golden in (
+        ("ipv4", "rhel-9-default.iptables.golden"),
+        ("ipv6", "rhel-9-default.ip6tables.golden"),
+    ):
         ours = build_ruleset(settings)
         mine: dict[str, list[frozenset[str]]] = {}
-        for rule in sorted((r for r in ours.rules if r.ipv == ipv), key=lambda r: (r.chain, r.priority)):
+        for rule in sorted(
+            (r for r in ours.rules if r.ipv == ipv), key=lambda r: (r.chain, r.priority)
+        ):
             mine.setdefault(rule.chain, []).append(_pairs(list(rule.args)))
         theirs: dict[str, list[frozenset[str]]] = {}
         for line in (KUMA / golden).read_text().splitlines():
@@ -114,7 +119,12 @@ def _pairs(tokens: list[str]) -> frozenset[str]:
 
 def render_case(name: str, tmp_path: Path) -> tuple[int, str, str]:
     case = yaml.safe_load((HERE / "cases" / f"{name}.yaml").read_text())
-    args: list[str] = ["render", "--direct-xml", str(tmp_path / "missing.xml"), *case.get("args", [])]
+    args: list[str] = [
+        "render",
+        "--direct-xml",
+        str(tmp_path / "missing.xml"),
+        *case.get("args", []),
+    ]
     env = {"KUMA_TRANSPARENT_PROXY_KUMA_DP_USER": "5678"}
     if "config" in case:
         (tmp_path / "c.yaml").write_text(case["config"])
@@ -139,7 +149,9 @@ def test_scenario(name: str, tmp_path: Path) -> None:
     assert config.passthroughs == ()
     assert all(c.chain.startswith(CHAIN_PREFIX) and c.table == "nat" for c in config.chains)
     for rule in config.rules:
-        assert rule.chain.startswith(CHAIN_PREFIX) or any(a.startswith(COMMENT_PREFIX) for a in rule.args)
+        assert rule.chain.startswith(CHAIN_PREFIX) or any(
+            a.startswith(COMMENT_PREFIX) for a in rule.args
+        )
         addresses = [b for a, b in zip(rule.args, rule.args[1:]) if a in ("-s", "-d")]
         for address in addresses:
             assert (":" in address) == (rule.ipv == "ipv6"), (name, rule)
@@ -157,7 +169,13 @@ def test_insert_positions_become_priorities() -> None:
     config = parse_restore(text, "ipv4")
     output = sorted((r for r in config.rules if r.chain == "OUTPUT"), key=lambda r: r.priority)
     # iptables-restore --noflush: inserts D, A, C above existing rules, appends B, E below.
-    assert [(r.args[-1], r.priority) for r in output] == [("D", -3), ("A", -2), ("C", -1), ("B", 1), ("E", 2)]
+    assert [(r.args[-1], r.priority) for r in output] == [
+        ("D", -3),
+        ("A", -2),
+        ("C", -1),
+        ("B", 1),
+        ("E", 2),
+    ]
     mesh = [(r.args[-1], r.priority) for r in config.rules if r.chain == "KUMA_MESH_X"]
     assert mesh == [("F", 0), ("G", 1)]
 

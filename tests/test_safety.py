@@ -44,11 +44,15 @@ def image_root(tmp_path: Path, content: DirectConfig = FOREIGN) -> Path:
 
 
 def run_tp(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*TP, *args], capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [*TP, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def ours_for(port: int) -> DirectConfig:
-    return build_ruleset(load_settings(flags={"--kuma-dp-user": "5678", "--redirect-outbound-port": str(port)}))
+    return build_ruleset(
+        load_settings(flags={"--kuma-dp-user": "5678", "--redirect-outbound-port": str(port)})
+    )
 
 
 # --------------------------------------------------------------------------- files
@@ -84,7 +88,12 @@ def test_kill_9_at_any_moment_leaves_old_or_new_file(tmp_path: Path) -> None:
     """100 install/uninstall runs killed at random points; after each the file is whole."""
     root = image_root(tmp_path)
     path = root / "etc/firewalld/direct.xml"
-    shutil.copytree("/etc/firewalld", root / "check", dirs_exist_ok=True, ignore=shutil.ignore_patterns("direct.xml*"))
+    shutil.copytree(
+        "/etc/firewalld",
+        root / "check",
+        dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns("direct.xml*"),
+    )
     variants = [DirectConfig(), ours_for(15001), ours_for(16001)]
     durations: list[float] = []
     checked: dict[bytes, bool] = {}
@@ -93,9 +102,15 @@ def test_kill_9_at_any_moment_leaves_old_or_new_file(tmp_path: Path) -> None:
     while kills < 100:
         runs += 1
         assert runs < 400, f"only {kills} of {runs} runs could be killed mid-way"
-        command = rng.choice([["install", "--redirect-outbound-port", "16001"], ["install"], ["uninstall"]])
+        command = rng.choice(
+            [["install", "--redirect-outbound-port", "16001"], ["install"], ["uninstall"]]
+        )
         started = time.monotonic()
-        proc = subprocess.Popen([*TP, *command, "--root", str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [*TP, *command, "--root", str(root)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         if len(durations) < 3:  # learn how long a whole run takes here
             proc.wait(timeout=60)
             durations.append(time.monotonic() - started)
@@ -126,7 +141,9 @@ def test_kill_9_at_any_moment_leaves_old_or_new_file(tmp_path: Path) -> None:
             )  # fmt: skip
             checked[data] = check.returncode == 0
             assert check.returncode == 0, check.stdout + check.stderr
-    print(f"kill -9: {kills} runs killed mid-way ({runs} runs); {len(checked)} distinct files, all valid")
+    print(
+        f"kill -9: {kills} runs killed mid-way ({runs} runs); {len(checked)} distinct files, all valid"
+    )
 
 
 def test_concurrent_installs_serialise(tmp_path: Path) -> None:
@@ -142,7 +159,9 @@ def test_concurrent_installs_serialise(tmp_path: Path) -> None:
     config = parse_direct_xml((root / "etc/firewalld/direct.xml").read_bytes())
     assert config.foreign() == FOREIGN
     assert _holds(config, [ours_for(p) for p in ports]), "exactly one complete set"
-    assert len(config.rules) == len(set(config.rules)) and len(config.chains) == len(set(config.chains))
+    assert len(config.rules) == len(set(config.rules)) and len(config.chains) == len(
+        set(config.chains)
+    )
 
 
 def test_concurrent_live_installs_end_with_one_complete_set(firewalld_sandbox: Sandbox) -> None:
@@ -159,7 +178,9 @@ def test_concurrent_live_installs_end_with_one_complete_set(firewalld_sandbox: S
     assert all(p.returncode == 0 for p in procs), results
     runtime, permanent = direct_lines(sb), direct_lines(sb, permanent=True)
     assert (foreign(runtime), foreign(permanent)) == before
-    assert ours(runtime) == ours(permanent) and len(ours(runtime)) == 30, "one complete set, no duplicates"
+    assert ours(runtime) == ours(permanent) and len(ours(runtime)) == 30, (
+        "one complete set, no duplicates"
+    )
     assert _holds(file_config(sb), [ours_for(p) for p in ports])
     assert tpfw(sb, "diff", check=False).returncode == 0
 
@@ -170,9 +191,18 @@ def test_lock_timeout_gives_a_clear_message(tmp_path: Path) -> None:
     root = image_root(tmp_path)
     with locked(root / "etc/firewalld"):
         env = {**os.environ, "TPROXY_FIREWALLD_LOCK_TIMEOUT": "0.5"}
-        proc = subprocess.run([*TP, "install", "--root", str(root)], capture_output=True, text=True, env=env, check=False)
+        proc = subprocess.run(
+            [*TP, "install", "--root", str(root)],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
     assert proc.returncode == 9, proc.stderr
-    assert proc.stderr.startswith("Error: another tproxy-firewalld run holds") and proc.stderr.count("\n") == 1
+    assert (
+        proc.stderr.startswith("Error: another tproxy-firewalld run holds")
+        and proc.stderr.count("\n") == 1
+    )
 
 
 HOSTILE = {
@@ -190,8 +220,12 @@ def test_hostile_direct_xml_is_refused_and_nothing_written(tmp_path: Path, data:
     path = root / "etc/firewalld/direct.xml"
     path.write_bytes(data)
     proc = run_tp("install", "--root", str(root))
-    assert proc.returncode == 3 and proc.stderr.startswith("Error: ") and proc.stderr.count("\n") == 1, proc.stderr
-    assert "root:" not in proc.stderr and "aaaaaaaaaaaaaaaaaaaa" not in proc.stderr, "nothing expanded"
+    assert (
+        proc.returncode == 3 and proc.stderr.startswith("Error: ") and proc.stderr.count("\n") == 1
+    ), proc.stderr
+    assert "root:" not in proc.stderr and "aaaaaaaaaaaaaaaaaaaa" not in proc.stderr, (
+        "nothing expanded"
+    )
     assert path.read_bytes() == data and not path.with_name("direct.xml.old").exists()
 
 
@@ -211,7 +245,7 @@ def test_huge_symlinked_and_special_files_are_refused(tmp_path: Path) -> None:
     assert proc.returncode == 3 and "not a regular file" in proc.stderr
     path.unlink()
     with open(path, "wb") as f:
-        f.write(b'<direct>' + b" " * (17 * 1024 * 1024) + b"</direct>")
+        f.write(b"<direct>" + b" " * (17 * 1024 * 1024) + b"</direct>")
     proc = run_tp("install", "--root", str(root))
     assert proc.returncode == 3 and "refused" in proc.stderr
     assert path.stat().st_size > 17 * 1024 * 1024
@@ -236,8 +270,15 @@ def test_rule_iptables_rejects_changes_nothing(firewalld_sandbox: Sandbox) -> No
     before = (direct_lines(sb), direct_lines(sb, permanent=True), sb.direct_xml.read_bytes())
     result = tpfw(sb, "install", "--rules-template", str(template), check=False)
     assert result.returncode == 4, result.stderr
-    assert "rejects the rendered ipv4 rules" in result.stderr and "nothing was changed" in result.stderr
-    assert (direct_lines(sb), direct_lines(sb, permanent=True), sb.direct_xml.read_bytes()) == before
+    assert (
+        "rejects the rendered ipv4 rules" in result.stderr
+        and "nothing was changed" in result.stderr
+    )
+    assert (
+        direct_lines(sb),
+        direct_lines(sb, permanent=True),
+        sb.direct_xml.read_bytes(),
+    ) == before
     assert sb.state() == "running"
     sb.reload()
     assert sb.state() == "running"
@@ -273,13 +314,17 @@ asyncio.run(main())
 """
     out = sb.run(sys.executable, "-c", script).stdout
     assert out.startswith("FirewalldRejected 6 ") and "COMMAND_FAILED" in out, out
-    assert re.search(r"undid the \d+ runtime change\(s\) already made, nothing was changed\n$", out), out
+    assert re.search(
+        r"undid the \d+ runtime change\(s\) already made, nothing was changed\n$", out
+    ), out
     assert out.count("\n") == 1, "one line"
     assert (direct_lines(sb), direct_lines(sb, permanent=True)) == before
     assert sb.state() == "running"
 
 
-def test_firewalld_killed_during_install_then_a_later_run_converges(firewalld_sandbox: Sandbox) -> None:
+def test_firewalld_killed_during_install_then_a_later_run_converges(
+    firewalld_sandbox: Sandbox,
+) -> None:
     sb = firewalld_sandbox
     add_foreign(sb)
     # A watcher inside the sandbox kills firewalld as soon as some of our rules are live —
@@ -294,16 +339,23 @@ def test_firewalld_killed_during_install_then_a_later_run_converges(firewalld_sa
     assert watcher.returncode == 0, "the watcher killed firewalld"
     assert result.returncode == 8, (result.returncode, result.stderr)
     assert result.stderr.startswith("Error: ") and "Traceback" not in result.stderr
-    assert "undoing the" in result.stderr and "The permanent configuration was not changed" in result.stderr
+    assert (
+        "undoing the" in result.stderr
+        and "The permanent configuration was not changed" in result.stderr
+    )
     sb.stop_firewalld()  # reap it
     assert sb.start_firewalld() == "running"
-    assert ours(direct_lines(sb, permanent=True)) == [], "nothing half-written to the permanent config"
+    assert ours(direct_lines(sb, permanent=True)) == [], (
+        "nothing half-written to the permanent config"
+    )
     assert tpfw(sb, "install").returncode == 0
     assert tpfw(sb, "diff", check=False).returncode == 0
     assert "FOREIGN" in " ".join(direct_lines(sb))
 
 
-def test_non_root_caller_gets_one_clear_line_and_nothing_changes(firewalld_sandbox: Sandbox) -> None:
+def test_non_root_caller_gets_one_clear_line_and_nothing_changes(
+    firewalld_sandbox: Sandbox,
+) -> None:
     sb = firewalld_sandbox
     add_foreign(sb)
     before = direct_lines(sb), sb.direct_xml.read_bytes()
@@ -332,7 +384,10 @@ def test_lockout_guard_refuses_to_redirect_sshd(firewalld_sandbox: Sandbox) -> N
         "s.bind(('::', 2222)); s.listen(); print('LISTENING', flush=True); sys.stdin.read()\n"
     )
     proc = subprocess.Popen(
-        [*sb._nsenter(), "timeout", "120", sys.executable, str(fake)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [*sb._nsenter(), "timeout", "120", sys.executable, str(fake)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout is not None and proc.stdout.readline().startswith("LISTENING")

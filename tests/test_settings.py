@@ -45,17 +45,36 @@ def test_defaults_are_kumactls() -> None:
 def test_every_flag_maps_to_a_config_key_and_env_var() -> None:
     flags = {f.flag for f in FIELDS if f.flag}
     assert flags == {
-        "--kuma-dp-user", "--ip-family-mode", "--redirect-inbound", "--redirect-inbound-port",
-        "--redirect-outbound-port", "--exclude-inbound-ports", "--exclude-outbound-ports",
-        "--exclude-inbound-ips", "--exclude-outbound-ips", "--exclude-outbound-ports-for-uids",
-        "--redirect-dns", "--redirect-all-dns-traffic", "--redirect-dns-port",
-        "--skip-dns-conntrack-zone-split", "--vnet", "--iptables-logs", "--drop-invalid-packets",
-        "--redirect-inbound-insert-instead-of-append", "--redirect-outbound-insert-instead-of-append",
+        "--kuma-dp-user",
+        "--ip-family-mode",
+        "--redirect-inbound",
+        "--redirect-inbound-port",
+        "--redirect-outbound-port",
+        "--exclude-inbound-ports",
+        "--exclude-outbound-ports",
+        "--exclude-inbound-ips",
+        "--exclude-outbound-ips",
+        "--exclude-outbound-ports-for-uids",
+        "--redirect-dns",
+        "--redirect-all-dns-traffic",
+        "--redirect-dns-port",
+        "--skip-dns-conntrack-zone-split",
+        "--vnet",
+        "--iptables-logs",
+        "--drop-invalid-packets",
+        "--redirect-inbound-insert-instead-of-append",
+        "--redirect-outbound-insert-instead-of-append",
     }
     envs = {f.key: f.env for f in FIELDS}
     assert envs["kumaDPUser"] == "KUMA_TRANSPARENT_PROXY_KUMA_DP_USER"
-    assert envs["redirect.outbound.excludePortsForIPs"] == "KUMA_TRANSPARENT_PROXY_REDIRECT_OUTBOUND_EXCLUDE_PORTS_FOR_IPS"
-    assert envs["redirect.outbound.excludePortsForUIDs"] == "KUMA_TRANSPARENT_PROXY_REDIRECT_OUTBOUND_EXCLUDE_PORTS_FOR_UIDS"
+    assert (
+        envs["redirect.outbound.excludePortsForIPs"]
+        == "KUMA_TRANSPARENT_PROXY_REDIRECT_OUTBOUND_EXCLUDE_PORTS_FOR_IPS"
+    )
+    assert (
+        envs["redirect.outbound.excludePortsForUIDs"]
+        == "KUMA_TRANSPARENT_PROXY_REDIRECT_OUTBOUND_EXCLUDE_PORTS_FOR_UIDS"
+    )
     assert envs["redirect.inbound.insertRedirectInsteadOfAppend"] == (
         "KUMA_TRANSPARENT_PROXY_REDIRECT_INBOUND_INSERT_REDIRECT_INSTEAD_OF_APPEND"
     )
@@ -102,9 +121,13 @@ def test_flag_values(tmp_path: Path) -> None:
 
 def test_precedence_defaults_files_env_flags(tmp_path: Path) -> None:
     first = tmp_path / "a.yaml"
-    first.write_text("redirect:\n  inbound:\n    port: 1111\n    excludePorts: [1, 2, 3]\n  outbound:\n    port: 2222\n")
+    first.write_text(
+        "redirect:\n  inbound:\n    port: 1111\n    excludePorts: [1, 2, 3]\n  outbound:\n    port: 2222\n"
+    )
     second = tmp_path / "b.json"
-    second.write_text(json.dumps({"redirect": {"inbound": {"excludePorts": [9]}, "dns": {"port": 3333}}}))
+    second.write_text(
+        json.dumps({"redirect": {"inbound": {"excludePorts": [9]}, "dns": {"port": 3333}}})
+    )
     env = {
         "KUMA_TRANSPARENT_PROXY_REDIRECT_OUTBOUND_PORT": "4444",
         "KUMA_TRANSPARENT_PROXY_REDIRECT_DNS_PORT": "5555",
@@ -156,37 +179,88 @@ def test_env_bools_and_lists() -> None:
 
 # (flags, env, config text, expected error) — every message names the source and the value.
 BAD = [
-    ({"--redirect-inbound-port": "0"}, "--redirect-inbound-port: value '0' is not a valid port (uint16 in the range [1, 65535])"),
-    ({"--redirect-outbound-port": "65536"}, "--redirect-outbound-port: value '65536' is not a valid port"),
+    (
+        {"--redirect-inbound-port": "0"},
+        "--redirect-inbound-port: value '0' is not a valid port (uint16 in the range [1, 65535])",
+    ),
+    (
+        {"--redirect-outbound-port": "65536"},
+        "--redirect-outbound-port: value '65536' is not a valid port",
+    ),
     ({"--redirect-dns-port": "-1"}, "--redirect-dns-port: value '-1' is not a valid port"),
     ({"--redirect-inbound-port": "15006 -j ACCEPT"}, "value '15006 -j ACCEPT' is not a valid port"),
     ({"--redirect-inbound-port": "+80"}, "value '+80' is not a valid port"),
     ({"--redirect-inbound-port": "８０"}, "value '８０' is not a valid port"),
-    ({"--exclude-inbound-ports": ["22,abc"]}, "--exclude-inbound-ports: value 'abc' is not a valid port"),
-    ({"--exclude-outbound-ports": ["1-5"]}, "--exclude-outbound-ports: value '1-5' is not a valid port"),
-    ({"--exclude-inbound-ips": ["10.0.0.0/33"]}, "--exclude-inbound-ips: invalid IP address: '10.0.0.0/33'"),
-    ({"--exclude-outbound-ips": ["1.2.3.4 -j DROP"]}, "--exclude-outbound-ips: invalid IP address: '1.2.3.4 -j DROP'"),
+    (
+        {"--exclude-inbound-ports": ["22,abc"]},
+        "--exclude-inbound-ports: value 'abc' is not a valid port",
+    ),
+    (
+        {"--exclude-outbound-ports": ["1-5"]},
+        "--exclude-outbound-ports: value '1-5' is not a valid port",
+    ),
+    (
+        {"--exclude-inbound-ips": ["10.0.0.0/33"]},
+        "--exclude-inbound-ips: invalid IP address: '10.0.0.0/33'",
+    ),
+    (
+        {"--exclude-outbound-ips": ["1.2.3.4 -j DROP"]},
+        "--exclude-outbound-ips: invalid IP address: '1.2.3.4 -j DROP'",
+    ),
     ({"--exclude-outbound-ips": ["-s"]}, "invalid IP address: '-s'"),
     ({"--exclude-outbound-ips": ["1.2.3.4\n-A"]}, "invalid IP address: '1.2.3.4\\n-A'"),
     ({"--exclude-outbound-ips": ['"1.2.3.4"']}, "invalid IP address: '\"1.2.3.4\"'"),
-    ({"--exclude-outbound-ports-for-uids": ["a:b:c:d"]}, "invalid format for excluding ports by UIDs: 'a:b:c:d'. Expected format: <protocol:>?<ports:>?<uids>"),
+    (
+        {"--exclude-outbound-ports-for-uids": ["a:b:c:d"]},
+        "invalid format for excluding ports by UIDs: 'a:b:c:d'. Expected format: <protocol:>?<ports:>?<uids>",
+    ),
     ({"--exclude-outbound-ports-for-uids": ["*"]}, "wildcard '*' is not allowed for UIDs"),
-    ({"--exclude-outbound-ports-for-uids": ["sctp:80:1"]}, "invalid or unsupported protocol: 'sctp'"),
+    (
+        {"--exclude-outbound-ports-for-uids": ["sctp:80:1"]},
+        "invalid or unsupported protocol: 'sctp'",
+    ),
     ({"--exclude-outbound-ports-for-uids": ["a3000-5000:1"]}, "value 'a3000' is not a valid port"),
-    ({"--exclude-outbound-ports-for-uids": ["5000-3000:1"]}, "invalid port range '5000-3000': 5000 is greater than 3000"),
+    (
+        {"--exclude-outbound-ports-for-uids": ["5000-3000:1"]},
+        "invalid port range '5000-3000': 5000 is greater than 3000",
+    ),
     ({"--exclude-outbound-ports-for-uids": ["80:1-x"]}, "value 'x' is not a valid UID"),
-    ({"--exclude-outbound-ports-for-uids": ["80:4294967295"]}, "value '4294967295' is not a valid UID"),
-    ({"--exclude-outbound-ports-for-uids": ["80:1,2"]}, "invalid UID entry: '1,2'. It should either be a single item or a range"),
-    ({"--exclude-outbound-ports-for-uids": ["1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16:1"]}, "multiport match takes at most 15"),
+    (
+        {"--exclude-outbound-ports-for-uids": ["80:4294967295"]},
+        "value '4294967295' is not a valid UID",
+    ),
+    (
+        {"--exclude-outbound-ports-for-uids": ["80:1,2"]},
+        "invalid UID entry: '1,2'. It should either be a single item or a range",
+    ),
+    (
+        {"--exclude-outbound-ports-for-uids": ["1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16:1"]},
+        "multiport match takes at most 15",
+    ),
     ({"--vnet": ["docker0"]}, "--vnet: invalid virtual network definition: 'docker0'"),
     ({"--vnet": ["docker0:172.17.0.1"]}, "invalid CIDR definition for 'docker0:172.17.0.1'"),
     ({"--vnet": ["-j ACCEPT:10.0.0.0/8"]}, "invalid interface name '-j ACCEPT'"),
-    ({"--vnet": ["averyveryverylongname:10.0.0.0/8"]}, "invalid interface name 'averyveryverylongname'"),
-    ({"--ip-family-mode": "ipv6"}, "--ip-family-mode: value 'ipv6' is not valid: must be one of 'dualstack' or 'ipv4'"),
-    ({"--kuma-dp-user": "kuma dp"}, "--kuma-dp-user: value 'kuma dp' is not a valid UID or username"),
+    (
+        {"--vnet": ["averyveryverylongname:10.0.0.0/8"]},
+        "invalid interface name 'averyveryverylongname'",
+    ),
+    (
+        {"--ip-family-mode": "ipv6"},
+        "--ip-family-mode: value 'ipv6' is not valid: must be one of 'dualstack' or 'ipv4'",
+    ),
+    (
+        {"--kuma-dp-user": "kuma dp"},
+        "--kuma-dp-user: value 'kuma dp' is not a valid UID or username",
+    ),
     ({"--kuma-dp-user": "-5"}, "--kuma-dp-user: value '-5' is not a valid UID or username"),
-    ({"--redirect-dns": True, "--redirect-all-dns-traffic": True}, "only one of '--redirect-dns' or '--redirect-all-dns-traffic' should be specified"),
-    ({"--exclude-inbound-ports": [",".join(str(p) for p in range(1, 300))]}, "has 299 entries; at most 256 are allowed"),
+    (
+        {"--redirect-dns": True, "--redirect-all-dns-traffic": True},
+        "only one of '--redirect-dns' or '--redirect-all-dns-traffic' should be specified",
+    ),
+    (
+        {"--exclude-inbound-ports": [",".join(str(p) for p in range(1, 300))]},
+        "has 299 entries; at most 256 are allowed",
+    ),
 ]
 
 
@@ -218,20 +292,43 @@ def test_kuma_dp_user_resolution() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("redirect:\n  inbound:\n    prot: 1\n", "a.yaml: unknown key 'redirect.inbound.prot'; known keys under 'redirect.inbound': enabled, excludePorts"),
+        (
+            "redirect:\n  inbound:\n    prot: 1\n",
+            "a.yaml: unknown key 'redirect.inbound.prot'; known keys under 'redirect.inbound': enabled, excludePorts",
+        ),
         ("redirecct: {}\n", "a.yaml: unknown key 'redirecct'"),
-        ("redirect: {inbound: {port: 0}}\n", "a.yaml: redirect.inbound.port: value '0' is not a valid port"),
-        ("redirect: {inbound: {port: '1 -j X'}}\n", "a.yaml: redirect.inbound.port: value '1 -j X' is not a valid port"),
-        ("redirect: {inbound: {port: true}}\n", "a.yaml: redirect.inbound.port: value 'true' is not a valid port"),
+        (
+            "redirect: {inbound: {port: 0}}\n",
+            "a.yaml: redirect.inbound.port: value '0' is not a valid port",
+        ),
+        (
+            "redirect: {inbound: {port: '1 -j X'}}\n",
+            "a.yaml: redirect.inbound.port: value '1 -j X' is not a valid port",
+        ),
+        (
+            "redirect: {inbound: {port: true}}\n",
+            "a.yaml: redirect.inbound.port: value 'true' is not a valid port",
+        ),
         ("ipFamilyMode: [ipv4]\n", "a.yaml: ipFamilyMode: value '[\"ipv4\"]' is not valid"),
-        ("redirect: {inbound: {enabled: maybe}}\n", "a.yaml: redirect.inbound.enabled: value 'maybe' is not a valid boolean"),
+        (
+            "redirect: {inbound: {enabled: maybe}}\n",
+            "a.yaml: redirect.inbound.enabled: value 'maybe' is not a valid boolean",
+        ),
         ("redirect: [1\n", "parsing configuration from file 'a.yaml' failed at line 2"),
-        ("- 1\n- 2\n", "parsing configuration from file 'a.yaml' failed: expected a mapping of settings, got list"),
+        (
+            "- 1\n- 2\n",
+            "parsing configuration from file 'a.yaml' failed: expected a mapping of settings, got list",
+        ),
         ("comments: {disabled: true}\n", "a.yaml: comments.disabled: is not supported"),
-        ("redirect: {inbound: {excludePortsForUIDs: ['1']}}\n", "a.yaml: redirect.inbound.excludePortsForUIDs: is not supported: Kuma turns it into a rule that returns all inbound traffic"),
+        (
+            "redirect: {inbound: {excludePortsForUIDs: ['1']}}\n",
+            "a.yaml: redirect.inbound.excludePortsForUIDs: is not supported: Kuma turns it into a rule that returns all inbound traffic",
+        ),
     ],
 )
-def test_bad_config_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, expected: str) -> None:
+def test_bad_config_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, expected: str
+) -> None:
     monkeypatch.chdir(tmp_path)
     Path("a.yaml").write_text(text)
     assert expected in error_of(config_files=["a.yaml"])
@@ -245,7 +342,7 @@ def test_missing_config_file() -> None:
 
 
 def test_bad_env() -> None:
-    assert error_of(env={"KUMA_TRANSPARENT_PROXY_REDIRECT_INBOUND_PORT": "x"}) .startswith(
+    assert error_of(env={"KUMA_TRANSPARENT_PROXY_REDIRECT_INBOUND_PORT": "x"}).startswith(
         "KUMA_TRANSPARENT_PROXY_REDIRECT_INBOUND_PORT: value 'x' is not a valid port"
     )
     assert "KUMA_TRANSPARENT_PROXY_REDIRECT_INBOUND_PROT: unknown variable" in error_of(
@@ -274,14 +371,21 @@ def test_no_nameserver_of_a_family_warns(tmp_path: Path) -> None:
     conf = tmp_path / "resolv.conf"
     conf.write_text("nameserver 10.0.0.2\n")
     f = tmp_path / "c.yaml"
-    f.write_text(f"redirect: {{dns: {{enabled: true, resolvConfigPath: {conf}}}}}\nkumaDPUser: '0'\n")
+    f.write_text(
+        f"redirect: {{dns: {{enabled: true, resolvConfigPath: {conf}}}}}\nkumaDPUser: '0'\n"
+    )
     s = load_settings(config_files=[str(f)])
     assert s.warnings == (
         f"no IPv6 DNS servers found in {conf}. DNS traffic capture for IPv6 will be disabled",
     )
-    assert error_of(
-        flags={"--redirect-dns": True}, env={"KUMA_TRANSPARENT_PROXY_REDIRECT_DNS_RESOLV_CONFIG_PATH": "/nonexistent"}, resolve=True
-    ) == "unable to read file /nonexistent"
+    assert (
+        error_of(
+            flags={"--redirect-dns": True},
+            env={"KUMA_TRANSPARENT_PROXY_REDIRECT_DNS_RESOLV_CONFIG_PATH": "/nonexistent"},
+            resolve=True,
+        )
+        == "unable to read file /nonexistent"
+    )
 
 
 def test_json_round_trip() -> None:

@@ -52,7 +52,7 @@ app = typer.Typer(
 class KumaFlagsCommand(TyperCommand):
     """Accepts kumactl's ``--flag=false`` spelling for boolean flags (Go's pflag allows it)."""
 
-    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         booleans = {
             name: param
             for param in self.params

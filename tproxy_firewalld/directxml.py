@@ -99,7 +99,8 @@ def parse_direct_xml(data: bytes, name: str = "direct.xml") -> DirectConfig:
     except etree.XMLSyntaxError as exc:
         raise DirectXmlError(f"{name}: not a valid file: {_one_line(str(exc))}") from None
     tree = root.getroottree()
-    if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
+    docinfo = tree.docinfo
+    if getattr(docinfo, "doctype", "") or docinfo.internalDTD is not None:
         raise DirectXmlError(
             f"{name}: has a DOCTYPE (entity declarations are how XXE and 'billion laughs' "
             "attacks work); refused, nothing expanded"
@@ -125,7 +126,9 @@ def _check(root: etree._Element, name: str) -> DirectConfig:
         if isinstance(element.tag, str) and element.nsmap:
             local = etree.QName(element).localname
             if element.prefix:  # firewalld sees an element named "k:rule"
-                raise _fail(name, element, f"PARSE_ERROR: Unexpected element {element.prefix}:{local}")
+                raise _fail(
+                    name, element, f"PARSE_ERROR: Unexpected element {element.prefix}:{local}"
+                )
             raise _fail(name, element, f"PARSE_ERROR: {local}: Unexpected attribute xmlns")
     if not isinstance(root.tag, str) or root.tag != "direct":
         raise _fail(name, root, f"PARSE_ERROR: Unexpected element {root.tag}")
@@ -174,7 +177,7 @@ def _check_attrs(element: etree._Element, name: str) -> None:
     required = _REQUIRED[str(element.tag)]
     for attr in element.attrib:
         if attr not in required:
-            raise _fail(name, element, f"PARSE_ERROR: {element.tag}: Unexpected attribute {attr}")
+            raise _fail(name, element, f"PARSE_ERROR: {element.tag!s}: Unexpected attribute {attr!s}")
     for attr in required:
         if attr not in element.attrib:
             raise _fail(name, element, f"PARSE_ERROR: Missing attribute {attr} for {element.tag}")

@@ -85,7 +85,11 @@ def is_ours_chain(chain: Chain) -> bool:
 
 def _mentions_ours(args: tuple[str, ...]) -> bool:
     for i, token in enumerate(args):
-        if token.startswith(CHAIN_PREFIX) and i > 0 and args[i - 1] in ("-j", "--jump", "-g", "--goto"):
+        if (
+            token.startswith(CHAIN_PREFIX)
+            and i > 0
+            and args[i - 1] in ("-j", "--jump", "-g", "--goto")
+        ):
             return True
         if token.startswith(COMMENT_PREFIX) and i > 0 and args[i - 1] == "--comment":
             return True

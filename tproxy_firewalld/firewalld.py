@@ -11,8 +11,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from dbus_next import BusType, Message, MessageType
-from dbus_next.aio import MessageBus
+from dbus_next.aio.message_bus import MessageBus
+from dbus_next.constants import BusType, MessageType
+from dbus_next.message import Message
 from dbus_next.errors import DBusError
 
 from tproxy_firewalld.entries import Chain, DirectConfig, Entry, Passthrough, Rule
@@ -64,7 +65,9 @@ def _error(exc_name: str, text: str, what: str) -> Exception:
         "org.freedesktop.DBus.Error.NoReply",
         "org.freedesktop.DBus.Error.Disconnected",
     ):
-        return FirewalldUnavailable(f"{what}: firewalld is not reachable on the system bus ({exc_name})")
+        return FirewalldUnavailable(
+            f"{what}: firewalld is not reachable on the system bus ({exc_name})"
+        )
     code, sep, rest = text.partition(":")
     if not sep or not code.isupper():
         code, rest = "UNKNOWN_ERROR", text
@@ -93,7 +96,7 @@ class Firewalld:
         return cls(bus)
 
     def disconnect(self) -> None:
-        self.bus.disconnect()
+        self.bus.disconnect()  # type: ignore[no-untyped-call]
 
     async def _call(
         self,
@@ -142,7 +145,12 @@ class Firewalld:
         strict = await self._property(CONFIG, "StrictForwardPorts", CONFIG_PATH)
         rfc3964 = await self._property(CONFIG, "RFC3964_IPv4", CONFIG_PATH)
         return DaemonInfo(
-            str(state), str(version), str(backend), str(flush), strict and str(strict), rfc3964 and str(rfc3964)
+            str(state),
+            str(version),
+            str(backend),
+            str(flush),
+            strict and str(strict),
+            rfc3964 and str(rfc3964),
         )
 
     async def runtime(self) -> DirectConfig:
@@ -166,6 +174,7 @@ class Firewalld:
         return await self._change("remove", entry)
 
     async def _change(self, verb: str, entry: Entry) -> bool:
+        body: list[Any]
         if isinstance(entry, Chain):
             member, signature, body = f"{verb}Chain", "sss", [entry.ipv, entry.table, entry.chain]
         elif isinstance(entry, Rule):
@@ -176,7 +185,9 @@ class Firewalld:
             member, signature, body = f"{verb}Passthrough", "sas", [entry.ipv, list(entry.args)]
         self.changes.append(f"{member} {entry.describe()}")
         try:
-            await self._call(member, signature=signature, body=body, what=f"{verb} {entry.describe()}")
+            await self._call(
+                member, signature=signature, body=body, what=f"{verb} {entry.describe()}"
+            )
         except FirewalldRejected as exc:
             if exc.code in ALREADY:
                 return False

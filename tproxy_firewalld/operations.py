@@ -126,7 +126,10 @@ class Result:
         def diff(d: Diff | None) -> dict[str, Any] | None:
             if d is None:
                 return None
-            return {"add": [entry_json(e) for e in d.add], "remove": [entry_json(e) for e in d.remove]}
+            return {
+                "add": [entry_json(e) for e in d.add],
+                "remove": [entry_json(e) for e in d.remove],
+            }
 
         return {
             "version": JSON_VERSION,
@@ -203,7 +206,12 @@ async def uninstall(
 
 
 async def _converge(
-    action: str, desired: DirectConfig, paths: Paths, offline: bool, dry_run: bool, bus_address: str | None
+    action: str,
+    desired: DirectConfig,
+    paths: Paths,
+    offline: bool,
+    dry_run: bool,
+    bus_address: str | None,
 ) -> Result:
     fw: Firewalld | None = None
     why = "--offline given" if paths.root == Path("/") else "--root given"
@@ -217,7 +225,9 @@ async def _converge(
         fw.disconnect()
 
 
-def _converge_offline(action: str, desired: DirectConfig, paths: Paths, dry_run: bool, why: str) -> Result:
+def _converge_offline(
+    action: str, desired: DirectConfig, paths: Paths, dry_run: bool, why: str
+) -> Result:
     result = Result(action, "offline", dry_run)
     result.notes.append(f"firewalld not used ({why}); {paths.direct_xml} is written directly")
     existing = read_direct_xml(paths.direct_xml)
@@ -238,7 +248,9 @@ class _nolock:
         return None
 
 
-async def _converge_live(action: str, fw: Firewalld, desired: DirectConfig, paths: Paths, dry_run: bool) -> Result:
+async def _converge_live(
+    action: str, fw: Firewalld, desired: DirectConfig, paths: Paths, dry_run: bool
+) -> Result:
     result = Result(action, "live", dry_run)
     runtime = await fw.runtime()
     permanent = await fw.permanent()
@@ -296,9 +308,7 @@ async def apply_plan(fw: Firewalld, plan: Plan) -> None:
                 "The permanent configuration was not changed; run `tproxy-firewalld diff` to see "
                 "the state and run the command again"
             ) from None
-        exc.message = (
-            f"{exc.message}; undid the {len(done)} runtime change(s) already made, nothing was changed"
-        )
+        exc.message = f"{exc.message}; undid the {len(done)} runtime change(s) already made, nothing was changed"
         exc.args = (exc.message,)
         raise
 
@@ -314,7 +324,9 @@ def has_ipv6_passthrough() -> bool:
     ip = _ip()
     if ip is None:
         return False
-    out = subprocess.run([ip, "-6", "addr", "show", "dev", "lo"], capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [ip, "-6", "addr", "show", "dev", "lo"], capture_output=True, text=True, check=False
+    )
     return f"inet6 {IPV6_PASSTHROUGH}" in out.stdout
 
 
@@ -327,7 +339,10 @@ def ensure_ipv6_passthrough(notes: list[str]) -> bool:
     if has_ipv6_passthrough():
         return False
     proc = subprocess.run(
-        [ip, "-6", "addr", "add", IPV6_PASSTHROUGH, "dev", "lo"], capture_output=True, text=True, check=False
+        [ip, "-6", "addr", "add", IPV6_PASSTHROUGH, "dev", "lo"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if proc.returncode != 0:
         notes.append(f"warning: adding {IPV6_PASSTHROUGH} to lo failed: {proc.stderr.strip()}")
@@ -340,7 +355,9 @@ def remove_ipv6_passthrough(notes: list[str]) -> None:
     ip = _ip()
     if ip is None or not has_ipv6_passthrough():
         return
-    subprocess.run([ip, "-6", "addr", "del", IPV6_PASSTHROUGH, "dev", "lo"], capture_output=True, check=False)
+    subprocess.run(
+        [ip, "-6", "addr", "del", IPV6_PASSTHROUGH, "dev", "lo"], capture_output=True, check=False
+    )
     notes.append(f"removed {IPV6_PASSTHROUGH} from lo")
 
 
@@ -361,13 +378,18 @@ class DiffReport:
     @property
     def in_sync(self) -> bool:
         diffs = [self.runtime, self.permanent, self.file]
-        return all(d is None or d.empty for d in diffs) and not (self.file_only or self.firewalld_only)
+        return all(d is None or d.empty for d in diffs) and not (
+            self.file_only or self.firewalld_only
+        )
 
     def to_json(self) -> dict[str, Any]:
         def diff(d: Diff | None) -> dict[str, Any] | None:
             if d is None:
                 return None
-            return {"add": [entry_json(e) for e in d.add], "remove": [entry_json(e) for e in d.remove]}
+            return {
+                "add": [entry_json(e) for e in d.add],
+                "remove": [entry_json(e) for e in d.remove],
+            }
 
         return {
             "version": JSON_VERSION,
@@ -394,7 +416,11 @@ def desired_settings(settings: Settings | None, paths: Paths) -> tuple[Settings 
 
 
 async def diff(
-    settings: Settings | None, *, paths: Paths = Paths(), offline: bool = False, bus_address: str | None = None
+    settings: Settings | None,
+    *,
+    paths: Paths = Paths(),
+    offline: bool = False,
+    bus_address: str | None = None,
 ) -> DiffReport:
     wanted, source = desired_settings(settings, paths)
     desired = build_ruleset(wanted) if wanted is not None else DirectConfig()
@@ -472,9 +498,19 @@ def foreign_iptables_chains(direct_chains: set[tuple[str, str, str]] = frozenset
                 table = line[1:]
             elif line.startswith(":"):
                 name = line[1:].split()[0]
-                if name in BUILT_IN_CHAINS.get(table, ()) or name in ("INPUT", "FORWARD", "OUTPUT", "PREROUTING", "POSTROUTING"):
+                if name in BUILT_IN_CHAINS.get(table, ()) or name in (
+                    "INPUT",
+                    "FORWARD",
+                    "OUTPUT",
+                    "PREROUTING",
+                    "POSTROUTING",
+                ):
                     continue
-                if name.startswith(CHAIN_PREFIX) or _is_firewalld_chain(name) or (ipv, table, name) in direct_chains:
+                if (
+                    name.startswith(CHAIN_PREFIX)
+                    or _is_firewalld_chain(name)
+                    or (ipv, table, name) in direct_chains
+                ):
                     continue
                 found.append(f"{ipv} {table} {name}")
     return found
@@ -519,7 +555,9 @@ async def status(*, paths: Paths = Paths(), bus_address: str | None = None) -> S
     drift = None
     warnings: list[str] = []
     if record is not None:
-        drift = await diff(record.settings, paths=paths, offline=info is None, bus_address=bus_address)
+        drift = await diff(
+            record.settings, paths=paths, offline=info is None, bus_address=bus_address
+        )
         s = record.settings
         if s.dns_enabled and not s.dns_capture_all:
             try:

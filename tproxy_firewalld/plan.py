@@ -87,7 +87,9 @@ class Plan:
         return Diff.between(self.permanent_after.ours(), self.permanent_before)
 
 
-def make_plan(desired_ours: DirectConfig, runtime: DirectConfig | None, permanent: DirectConfig) -> Plan:
+def make_plan(
+    desired_ours: DirectConfig, runtime: DirectConfig | None, permanent: DirectConfig
+) -> Plan:
     """What to change so that runtime and permanent hold exactly ``desired_ours`` of ours.
 
     Everyone else's entries are carried over untouched: the permanent config is the

@@ -133,9 +133,7 @@ def family_context(settings: Settings, ipv: str) -> FamilyContext:
         ),
         dns_redirect=dns_redirect,
         conntrack_zone_split=dns_redirect and not settings.dns_skip_conntrack_zone_split,
-        loopback_nameservers=tuple(
-            n for n in nameservers if ipaddress.ip_address(n).is_loopback
-        )
+        loopback_nameservers=tuple(n for n in nameservers if ipaddress.ip_address(n).is_loopback)
         if not settings.dns_capture_all
         else (),
     )
@@ -232,7 +230,10 @@ def restore_input(config: DirectConfig, ipv: str) -> str:
     by the tests to load the expected rules into a bare network namespace.
     """
     out: list[str] = []
-    tables = dict.fromkeys([c.table for c in config.chains if c.ipv == ipv] + [r.table for r in config.rules if r.ipv == ipv])
+    tables = dict.fromkeys(
+        [c.table for c in config.chains if c.ipv == ipv]
+        + [r.table for r in config.rules if r.ipv == ipv]
+    )
     for table in tables:
         out.append(f"*{table}")
         for c in config.chains:

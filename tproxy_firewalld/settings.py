@@ -224,7 +224,9 @@ def _uid_range(text: str) -> str:
     if text == "*":
         raise Invalid("wildcard '*' is not allowed for UIDs")
     if "," in text:
-        raise Invalid(f"invalid UID entry: {_show(text)}. It should either be a single item or a range")
+        raise Invalid(
+            f"invalid UID entry: {_show(text)}. It should either be a single item or a range"
+        )
     low, sep, high = text.partition("-")
     first = _parse_uint(low, 0, MAX_UID, what)
     if not sep:
@@ -294,7 +296,9 @@ def parse_vnet(raw: object) -> VnetNetwork:
     text = str(raw).strip()
     iface, sep, cidr = text.partition(":")
     if not sep:
-        raise Invalid(f"invalid virtual network definition: {_show(raw)} (expected <interface>:<CIDR>)")
+        raise Invalid(
+            f"invalid virtual network definition: {_show(raw)} (expected <interface>:<CIDR>)"
+        )
     if not _IFACE.fullmatch(iface) or len(iface.rstrip("+")) > 15:
         raise Invalid(
             f"invalid interface name {_show(iface)} in {_show(raw)}: 1-15 characters from "
@@ -305,7 +309,9 @@ def parse_vnet(raw: object) -> VnetNetwork:
             raise ValueError
         ipaddress.ip_network(cidr, strict=False)
     except ValueError:
-        raise Invalid(f"invalid CIDR definition for {_show(raw)}: {_show(cidr)} is not a CIDR") from None
+        raise Invalid(
+            f"invalid CIDR definition for {_show(raw)}: {_show(cidr)} is not a CIDR"
+        ) from None
     return VnetNetwork(iface=iface, cidr=cidr)
 
 
@@ -391,9 +397,19 @@ FIELDS: tuple[Field, ...] = (
     Field("ipFamilyMode", "ip_family_mode", parse_ip_family_mode, "--ip-family-mode"),
     Field("redirect.inbound.enabled", "redirect_inbound", parse_bool, "--redirect-inbound"),
     Field("redirect.inbound.port", "inbound_port", parse_port, "--redirect-inbound-port"),
-    Field("redirect.inbound.excludePorts", "inbound_exclude_ports", parse_ports, "--exclude-inbound-ports"),
+    Field(
+        "redirect.inbound.excludePorts",
+        "inbound_exclude_ports",
+        parse_ports,
+        "--exclude-inbound-ports",
+    ),
     Field("redirect.inbound.includePorts", "inbound_include_ports", parse_ports),
-    Field("redirect.inbound.excludePortsForIPs", "inbound_exclude_ips", parse_ips, "--exclude-inbound-ips"),
+    Field(
+        "redirect.inbound.excludePortsForIPs",
+        "inbound_exclude_ips",
+        parse_ips,
+        "--exclude-inbound-ips",
+    ),
     Field("redirect.inbound.excludePortsForUIDs", None, must_be_empty(_INBOUND_UIDS_BUG)),
     Field(
         "redirect.inbound.insertRedirectInsteadOfAppend",
@@ -403,9 +419,19 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("redirect.outbound.enabled", "redirect_outbound", parse_bool),
     Field("redirect.outbound.port", "outbound_port", parse_port, "--redirect-outbound-port"),
-    Field("redirect.outbound.excludePorts", "outbound_exclude_ports", parse_ports, "--exclude-outbound-ports"),
+    Field(
+        "redirect.outbound.excludePorts",
+        "outbound_exclude_ports",
+        parse_ports,
+        "--exclude-outbound-ports",
+    ),
     Field("redirect.outbound.includePorts", "outbound_include_ports", parse_ports),
-    Field("redirect.outbound.excludePortsForIPs", "outbound_exclude_ips", parse_ips, "--exclude-outbound-ips"),
+    Field(
+        "redirect.outbound.excludePortsForIPs",
+        "outbound_exclude_ips",
+        parse_ips,
+        "--exclude-outbound-ips",
+    ),
     Field(
         "redirect.outbound.excludePortsForUIDs",
         "outbound_exclude_ports_for_uids",
@@ -504,7 +530,9 @@ def _flatten(data: Mapping[str, Any], source: str, prefix: str = "") -> dict[str
     for key, value in data.items():
         path = f"{prefix}{key}"
         if not isinstance(key, str):
-            raise SettingsError(f"{source}: key {_show(key)} under {_show(prefix[:-1] or '/')} is not a string")
+            raise SettingsError(
+                f"{source}: key {_show(key)} under {_show(prefix[:-1] or '/')} is not a string"
+            )
         if path in FIELDS_BY_KEY:
             out[path] = RawValue(value, f"{source}: {path}")
         elif path in IGNORED_KEYS:
@@ -552,7 +580,9 @@ def read_config_file(name: str, stdin: TextIO | None = None) -> dict[str, RawVal
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
         problem = getattr(exc, "problem", None) or "not valid YAML or JSON"
-        raise SettingsError(f"parsing configuration from file '{label}' failed{at}: {problem}") from None
+        raise SettingsError(
+            f"parsing configuration from file '{label}' failed{at}: {problem}"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, Mapping):
@@ -614,8 +644,12 @@ def load_settings(
             raw.update(read_config_file(name, stdin))
     raw.update(read_env(env or {}))
     flag_layer = layer_flags(flags or {})
-    if _given_true(flag_layer, "redirect.dns.enabled") and _given_true(flag_layer, "redirect.dns.captureAll"):
-        raise SettingsError("only one of '--redirect-dns' or '--redirect-all-dns-traffic' should be specified")
+    if _given_true(flag_layer, "redirect.dns.enabled") and _given_true(
+        flag_layer, "redirect.dns.captureAll"
+    ):
+        raise SettingsError(
+            "only one of '--redirect-dns' or '--redirect-all-dns-traffic' should be specified"
+        )
     raw.update(flag_layer)
 
     values: dict[str, Any] = {}
@@ -664,7 +698,11 @@ def _finish(values: dict[str, Any], *, resolve: bool) -> Settings:
         path = values.get("dns_resolv_conf_path", "/etc/resolv.conf")
         values["dns_nameservers"] = read_nameservers(path)
         if not values.get("dns_capture_all"):
-            ipvs = ("ipv4", "ipv6") if values.get("ip_family_mode", "dualstack") == "dualstack" else ("ipv4",)
+            ipvs = (
+                ("ipv4", "ipv6")
+                if values.get("ip_family_mode", "dualstack") == "dualstack"
+                else ("ipv4",)
+            )
             for ipv in ipvs:
                 if not [n for n in values["dns_nameservers"] if _ipv_of(n) == ipv]:
                     name = "IPv4" if ipv == "ipv4" else "IPv6"
