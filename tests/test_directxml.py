@@ -10,6 +10,7 @@ firewalld's escaping and quoting, not against lxml's.
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import shlex
 import threading
@@ -71,7 +72,7 @@ def spec_ours_rule(rule: Rule) -> bool:
     if rule.chain.startswith(OUR_CHAIN):
         return True
     a = rule.args
-    for prev, tok in zip(a, a[1:], strict=False):
+    for prev, tok in itertools.pairwise(a):
         if prev in JUMPS and tok.startswith(OUR_CHAIN):
             return True
         if prev == "--comment" and tok.startswith(OUR_COMMENT):
@@ -102,7 +103,9 @@ def regroup(config: DirectConfig) -> DirectConfig:
         rules=tuple(
             group([r for r in dedup(config.rules) if r.args], lambda r: (r.ipv, r.table, r.chain))
         ),
-        passthroughs=tuple(group([p for p in dedup(config.passthroughs) if p.args], lambda p: p.ipv)),
+        passthroughs=tuple(
+            group([p for p in dedup(config.passthroughs) if p.args], lambda p: p.ipv)
+        ),
     )
 
 
@@ -120,7 +123,7 @@ def per_group(config: DirectConfig) -> dict:
 class _FirewalldXMLGenerator(saxutils.XMLGenerator):
     """firewalld's IO_Object_XMLGenerator: XMLGenerator plus a self-closing simpleElement."""
 
-    def simpleElement(self, name: str, attrs: dict[str, str]) -> None:  # noqa: N802
+    def simpleElement(self, name: str, attrs: dict[str, str]) -> None:
         self._write("<" + name)  # type: ignore[attr-defined]
         for key, value in attrs.items():
             self._write(f" {key}={saxutils.quoteattr(value)}")  # type: ignore[attr-defined]
@@ -161,7 +164,7 @@ def firewalld_write(config: DirectConfig) -> bytes:
             if len(args) < 1:
                 continue
             h.ignorableWhitespace("  ")
-            attrs = {"ipv": ipv, "table": table, "chain": chain, "priority": "%d" % priority}
+            attrs = {"ipv": ipv, "table": table, "chain": chain, "priority": f"{priority:d}"}
             h.startElement("rule", attrs)  # type: ignore[arg-type]
             h.ignorableWhitespace(saxutils.escape(join(args)))
             h.endElement("rule")
@@ -300,7 +303,10 @@ REJECTED = {
         doc(f'<rule ipv="ipv4" table="nat" chain="OUTPUT" priority="{10**30}">-j A</rule>'),
         ["int32"],
     ),
-    "rule-unbalanced-single-quote": (doc(R + "-m comment --comment 'oops -j A</rule>"), ["No closing quotation"]),
+    "rule-unbalanced-single-quote": (
+        doc(R + "-m comment --comment 'oops -j A</rule>"),
+        ["No closing quotation"],
+    ),
     "rule-unbalanced-double-quote": (doc(R + '-j "A</rule>'), ["No closing quotation"]),
     "rule-trailing-backslash": (doc(R + "-j A\\</rule>"), ["No escaped character"]),
     "passthrough-unbalanced-quote": (
@@ -360,6 +366,22 @@ def test_xmlns_is_an_unexpected_attribute_as_for_firewalld(data: bytes) -> None:
     assert "Unexpected attribute xmlns" in message
 
 
+@pytest.mark.parametrize("where", ["direct", "chain"])
+def test_xmlns_xml_redeclaration_is_refused(where: str) -> None:
+    decl = 'xmlns:xml="http://www.w3.org/XML/1998/namespace"'
+    data = (
+        f"<direct {decl}/>"
+        if where == "direct"
+        else f'<direct><chain {decl} ipv="ipv4" table="nat" chain="X"/></direct>'
+    )
+    assert "Unexpected attribute xmlns" in rejected(data)
+
+
+def test_undeclared_prefix_is_refused() -> None:
+    # firewalld: "Unexpected element k:rule"; lxml already fails on the undeclared prefix
+    rejected(doc(R + "-j A</rule><k:rule/>"))
+
+
 # ---- DOCTYPE / entities: refused, nothing expanded ---------------------------------------
 
 SECRET = "SECRET_MARKER_7f3a91"
@@ -391,9 +413,7 @@ def _doctype_cases(secret_file: Path) -> dict[str, str]:
             f'<!DOCTYPE direct [<!ENTITY x SYSTEM "{url}">]><direct>'
             '<chain ipv="ipv4" table="nat" chain="&x;"/></direct>'
         ),
-        "xxe-parameter-entity": (
-            f'<!DOCTYPE direct [<!ENTITY % p SYSTEM "{url}"> %p;]><direct/>'
-        ),
+        "xxe-parameter-entity": (f'<!DOCTYPE direct [<!ENTITY % p SYSTEM "{url}"> %p;]><direct/>'),
         "external-dtd": f'<!DOCTYPE direct SYSTEM "{url}"><direct/>',
         "billion-laughs-in-text": f"{laughs}<direct>{R}&l9;</rule></direct>",
         "billion-laughs-in-attribute": (
@@ -414,7 +434,8 @@ DOCTYPE_IDS = list(_doctype_cases(Path("/x")).keys())
 def test_doctype_and_entities_are_refused_unexpanded(tmp_path: Path, case: str) -> None:
     secret_file = tmp_path / "secret.txt"
     secret_file.write_text(SECRET + "\n")
-    passwd_first = Path("/etc/passwd").read_text().split("\n")[0] if Path("/etc/passwd").exists() else ""
+    passwd = Path("/etc/passwd")
+    passwd_first = passwd.read_text().split("\n")[0] if passwd.exists() else ""
     data = _doctype_cases(secret_file)[case]
     start = time.monotonic()
     message = rejected(data)
@@ -437,7 +458,9 @@ def test_doctype_refused_through_the_file_reader_too(tmp_path: Path) -> None:
 # 2. File level
 # --------------------------------------------------------------------------------------
 
-VALID = (HEADER + "<direct>\n" + '  <chain ipv="ipv4" table="nat" chain="KUMA_MESH_X"/>\n' + "</direct>\n").encode()
+VALID = (
+    HEADER + '<direct>\n  <chain ipv="ipv4" table="nat" chain="KUMA_MESH_X"/>\n</direct>\n'
+).encode()
 
 
 def test_missing_file_is_an_empty_config(tmp_path: Path) -> None:
@@ -643,7 +666,10 @@ def test_bang_and_quoted_bang_are_the_same_rule() -> None:
     assert plain == quoted == dquoted
     assert plain.rules[0].args == ("-m", "owner", "!", "--uid-owner", "5678", "-j", "A")
     both = parse_direct_xml(
-        doc(f"{R}-m owner ! --uid-owner 5678 -j A</rule>{R}-m owner '!' --uid-owner 5678 -j A</rule>")
+        doc(
+            f"{R}-m owner ! --uid-owner 5678 -j A</rule>"
+            f"{R}-m owner '!' --uid-owner 5678 -j A</rule>"
+        )
     )
     assert len(both.rules) == 1
 
@@ -668,7 +694,9 @@ def test_comments_and_processing_instructions_are_ignored() -> None:
 
 def test_multiline_rule_text_joins() -> None:
     config = one_rule(text="\n    -p tcp\n    -m comment --comment 'two\nlines'\n    -j A\n  ")
-    assert config.rules[0].args == ("-p", "tcp", "-m", "comment", "--comment", "two lines", "-j", "A")
+    assert config.rules[0].args == (
+        ("-p", "tcp", "-m", "comment", "--comment", "two lines", "-j", "A")
+    )
 
 
 def test_entities_cdata_and_character_references_in_text() -> None:
@@ -699,9 +727,8 @@ def test_every_ipv_table_pair_is_accepted() -> None:
 def test_utf8_bom_and_declaration_variants_are_accepted() -> None:
     assert parse_direct_xml(b"\xef\xbb\xbf<direct/>") == DirectConfig()
     assert parse_direct_xml(b"<?xml version='1.0'?><direct/>") == DirectConfig()
-    assert parse_direct_xml(b'<?xml version="1.0" encoding="UTF-8" standalone="yes"?><direct/>') == (
-        DirectConfig()
-    )
+    standalone = b'<?xml version="1.0" encoding="UTF-8" standalone="yes"?><direct/>'
+    assert parse_direct_xml(standalone) == DirectConfig()
 
 
 # --------------------------------------------------------------------------------------
@@ -715,7 +742,7 @@ EXAMPLE = """<?xml version="1.0" encoding="utf-8"?>
   <rule ipv="ipv4" table="nat" chain="KUMA_MESH_OUTBOUND" priority="0">-m comment --comment 'kuma tp &amp; x' -j RETURN</rule>
   <passthrough ipv="ipv4">-t nat -N KUMA_X</passthrough>
 </direct>
-"""  # noqa: E501
+"""
 
 EXAMPLE_CONFIG = DirectConfig(
     chains=(Chain("ipv4", "nat", "KUMA_MESH_OUTBOUND"),),
@@ -871,7 +898,7 @@ def test_special_characters_round_trip() -> None:
     reason=(
         "firewalld writes attributes with saxutils.quoteattr, which switches to single quotes "
         "when a value contains '\"' but no \"'\" (chain='a\"b'); lxml always writes "
-        "chain=\"a&quot;b\" — same XML, different bytes, so firewalld's rewrite is not a no-op"
+        'chain="a&quot;b" — same XML, different bytes, so firewalld\'s rewrite is not a no-op'
     ),
 )
 def test_double_quote_in_chain_name_is_written_as_firewalld_does() -> None:
@@ -1069,7 +1096,14 @@ def test_dbus_shape_round_trips(config: DirectConfig) -> None:
     st.one_of(
         foreign_rules(),
         our_rules(),
-        st.builds(Rule, st.just("ipv4"), st.just("nat"), FOREIGN_NAMES[True] | OUR_NAMES, priorities, token_lists),
+        st.builds(
+            Rule,
+            st.just("ipv4"),
+            st.just("nat"),
+            FOREIGN_NAMES[True] | OUR_NAMES,
+            priorities,
+            token_lists,
+        ),
     )
 )
 def test_rule_ownership_is_the_documented_rule(rule: Rule) -> None:
@@ -1101,7 +1135,9 @@ def test_merge_keeps_foreign_and_replaces_ours(existing: DirectConfig, ours: Dir
     merged = existing.merged_with(ours)
     foreign = existing.foreign()
     assert merged.foreign() == foreign  # same entries, same tuples, same order
-    assert merged.ours() == DirectConfig(chains=tuple(dedup(ours.chains)), rules=tuple(dedup(ours.rules)))
+    assert merged.ours() == DirectConfig(
+        chains=tuple(dedup(ours.chains)), rules=tuple(dedup(ours.rules))
+    )
     assert merged.passthroughs == existing.passthroughs
     # nothing of the old "ours" survives unless it is also in the new set
     assert merged.entries() == foreign.entries() | ours.entries()

@@ -11,7 +11,9 @@ own later rewrite of the file changes nothing.
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -81,11 +83,26 @@ def read_direct_xml(path: Path) -> DirectConfig:
             f"{path}: is {info.st_size} bytes; files over {MAX_SIZE} bytes are refused"
         )
     try:
-        with open(path, "rb") as f:
+        # O_NOFOLLOW | O_NONBLOCK and a second look at what was opened: the file may have been
+        # swapped for a symlink or a FIFO since the lstat above.
+        with open(path, "rb", opener=_no_follow) as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise DirectXmlError(f"{path}: is not a regular file")
             data = f.read(MAX_SIZE + 1)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise DirectXmlError(f"{path}: is a symbolic link; refusing to follow it") from None
         raise DirectXmlError(f"{path}: cannot be read: {exc.strerror}") from None
     return parse_direct_xml(data, str(path))
+
+
+def _no_follow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK)
+
+
+#: any xmlns or xmlns:p attribute; lxml consumes these as namespace declarations (and drops
+#: xmlns:xml entirely), but firewalld's SAX parser sees unknown attributes and rejects them
+_XMLNS = re.compile(rb"<([^\s<>!?/]+)[^<>]*\sxmlns(?::[^\s=]*)?\s*=")
 
 
 def parse_direct_xml(data: bytes, name: str = "direct.xml") -> DirectConfig:
@@ -94,6 +111,16 @@ def parse_direct_xml(data: bytes, name: str = "direct.xml") -> DirectConfig:
     if not data.strip():
         # firewalld: "no element found" -> the file is not valid and reload fails
         raise DirectXmlError(f"{name}: not a valid file: it is empty (firewalld rejects it)")
+    found = _XMLNS.search(data)
+    if found:
+        tag = found.group(1).decode("utf-8", "replace")
+        # firewalld checks the element name before its attributes
+        problem = (
+            f"Unexpected element {tag}"
+            if tag not in _REQUIRED
+            else f"{tag}: Unexpected attribute xmlns"
+        )
+        raise DirectXmlError(f"{name}: PARSE_ERROR: {problem}; firewalld would reject this file")
     try:
         root = etree.fromstring(data, _parser())
     except etree.XMLSyntaxError as exc:
@@ -177,7 +204,9 @@ def _check_attrs(element: etree._Element, name: str) -> None:
     required = _REQUIRED[str(element.tag)]
     for attr in element.attrib:
         if attr not in required:
-            raise _fail(name, element, f"PARSE_ERROR: {element.tag!s}: Unexpected attribute {attr!s}")
+            raise _fail(
+                name, element, f"PARSE_ERROR: {element.tag!s}: Unexpected attribute {attr!s}"
+            )
     for attr in required:
         if attr not in element.attrib:
             raise _fail(name, element, f"PARSE_ERROR: Missing attribute {attr} for {element.tag}")
