@@ -168,14 +168,12 @@ async def install(
         )
     if paths.root == Path("/") and not allow_ssh_redirect:
         check_lockout(settings)
-    checked = check_rules(desired)  # the real iptables parser, before anything changes
     # One lock around observe, apply and record: concurrent runs serialise completely, and
     # the record always describes what is installed.
     with locked(paths.firewalld_dir) if not dry_run else _nolock():
         result = await _converge("install", desired, paths, offline, dry_run, bus_address)
         if not dry_run:
             _record_install(result, settings, paths)
-    result.notes[:0] = [f"warning: {note}" for note in checked.skipped]
     return result
 
 
@@ -233,8 +231,10 @@ def _converge_offline(
     existing = read_direct_xml(paths.direct_xml)
     merged = existing.merged_with(desired)
     result.file = Diff.between(desired, existing)
-    if not dry_run and not result.file.empty:
-        atomic_write(paths.direct_xml, render_direct_xml(merged))
+    if not result.file.empty:
+        _precheck(desired, result)
+        if not dry_run:
+            atomic_write(paths.direct_xml, render_direct_xml(merged))
     if result.changed:
         result.notes.append("firewalld applies it at its next start (or `firewall-cmd --reload`)")
     return result
@@ -268,10 +268,24 @@ async def _converge_live(
         plan = replace(plan, permanent_after=permanent.merged_with(desired))
     result.runtime = plan.runtime
     result.permanent = plan.permanent_diff
-    if not dry_run and not plan.empty:
-        await apply_plan(fw, plan)
+    if not plan.empty:
+        _precheck(desired, result)
+        if not dry_run:
+            await apply_plan(fw, plan)
     result.dbus_changes = list(fw.changes)
     return result
+
+
+def _precheck(desired: DirectConfig, result: Result) -> None:
+    """The real iptables parser judges every rule before anything changes.
+
+    Skipped when nothing is to change (an in-sync install stays cheap) and for removals
+    only (uninstall adds no rule).
+    """
+    if desired.is_empty():
+        return
+    checked = check_rules(desired)
+    result.notes += [f"warning: {note}" for note in checked.skipped]
 
 
 async def apply_plan(fw: Firewalld, plan: Plan) -> None:

@@ -19,8 +19,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TextIO
 
-import yaml
-
 from tproxy_firewalld.errors import SettingsError
 
 ENV_PREFIX = "KUMA_TRANSPARENT_PROXY_"
@@ -574,6 +572,8 @@ def read_config_file(name: str, stdin: TextIO | None = None) -> dict[str, RawVal
                 f"unable to access configuration file '{name}', please check if the file exists "
                 "and has the correct permissions"
             ) from None
+    import yaml  # only when a config file is given: it is the slowest import of a run
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
