@@ -12,10 +12,11 @@ import inspect
 import json
 import os
 import sys
+import typing
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from typer.core import TyperCommand
@@ -91,33 +92,252 @@ def _opt(*names: str, help: str, **kw: Any) -> Any:
 
 # (flag, python name, annotation) — every settings flag, once, shared by all commands.
 _SETTINGS_PARAMS: list[tuple[str, str, Any]] = [
-    ("--config", "config", Annotated[Optional[list[str]], _opt("--config", metavar="FILE", help="Config file (YAML or JSON, Kuma's shape); repeatable, comma lists allowed, '-' for stdin. Later files override earlier; lists replace.")]),
-    ("--kuma-dp-user", "kuma_dp_user", Annotated[Optional[str], _opt("--kuma-dp-user", metavar="USER|UID", help="User name or numeric UID the proxy runs as (its traffic is not redirected). Default: UID 5678, else user kuma-dp. A numeric UID need not exist yet.")]),
-    ("--ip-family-mode", "ip_family_mode", Annotated[Optional[str], _opt("--ip-family-mode", metavar="dualstack|ipv4", help="dualstack (IPv4 and IPv6 rules, default) or ipv4.")]),
-    ("--redirect-inbound", "redirect_inbound", Annotated[Optional[bool], _opt("--redirect-inbound/--no-redirect-inbound", help="Redirect inbound TCP traffic (default true; --redirect-inbound=false turns it off).")]),
-    ("--redirect-inbound-port", "redirect_inbound_port", Annotated[Optional[str], _opt("--redirect-inbound-port", metavar="PORT", help="Port inbound traffic is redirected to (default 15006).")]),
-    ("--redirect-outbound-port", "redirect_outbound_port", Annotated[Optional[str], _opt("--redirect-outbound-port", metavar="PORT", help="Port outbound traffic is redirected to (default 15001).")]),
-    ("--exclude-inbound-ports", "exclude_inbound_ports", Annotated[Optional[list[str]], _opt("--exclude-inbound-ports", metavar="PORTS", help="Inbound ports not to redirect (comma list; repeatable). Note: 22 is NOT excluded by default.")]),
-    ("--exclude-outbound-ports", "exclude_outbound_ports", Annotated[Optional[list[str]], _opt("--exclude-outbound-ports", metavar="PORTS", help="Outbound TCP ports not to redirect (comma list; repeatable).")]),
-    ("--exclude-inbound-ips", "exclude_inbound_ips", Annotated[Optional[list[str]], _opt("--exclude-inbound-ips", metavar="IPS", help="Source IPs/CIDRs whose inbound traffic is not redirected (comma list; repeatable; each applies to its own family).")]),
-    ("--exclude-outbound-ips", "exclude_outbound_ips", Annotated[Optional[list[str]], _opt("--exclude-outbound-ips", metavar="IPS", help="Destination IPs/CIDRs whose outbound traffic is not redirected (comma list; repeatable).")]),
-    ("--exclude-outbound-ports-for-uids", "exclude_outbound_ports_for_uids", Annotated[Optional[list[str]], _opt("--exclude-outbound-ports-for-uids", metavar="[PROTO:][PORTS:]UIDS", help="[tcp|udp:][ports:]uids, e.g. tcp:53,3000-5000:106-108 — outbound traffic of these UIDs to these ports is not redirected (repeatable).")]),
-    ("--redirect-dns", "redirect_dns", Annotated[Optional[bool], _opt("--redirect-dns", help="Redirect DNS to the nameservers in resolv.conf to the kuma-dp DNS proxy.")]),
-    ("--redirect-all-dns-traffic", "redirect_all_dns_traffic", Annotated[Optional[bool], _opt("--redirect-all-dns-traffic", help="Redirect all DNS traffic (UDP 53) to the kuma-dp DNS proxy.")]),
-    ("--redirect-dns-port", "redirect_dns_port", Annotated[Optional[str], _opt("--redirect-dns-port", metavar="PORT", help="Port of the kuma-dp DNS proxy (default 15053).")]),
-    ("--skip-dns-conntrack-zone-split", "skip_dns_conntrack_zone_split", Annotated[Optional[bool], _opt("--skip-dns-conntrack-zone-split", help="Do not add the raw-table conntrack zone rules for DNS.")]),
-    ("--vnet", "vnet", Annotated[Optional[list[str]], _opt("--vnet", metavar="IFACE:CIDR", help="IFACE:CIDR of a virtual network (e.g. docker0:172.17.0.0/16) whose traffic is redirected too (repeatable).")]),
-    ("--iptables-logs", "iptables_logs", Annotated[Optional[bool], _opt("--iptables-logs", help="Log matching packets with the kernel's LOG target (level 7).")]),
-    ("--drop-invalid-packets", "drop_invalid_packets", Annotated[Optional[bool], _opt("--drop-invalid-packets", help="Drop packets in conntrack state INVALID (mangle PREROUTING).")]),
-    ("--redirect-inbound-insert-instead-of-append", "redirect_inbound_insert_instead_of_append", Annotated[Optional[bool], _opt("--redirect-inbound-insert-instead-of-append", help="Insert the PREROUTING jump above other rules instead of appending it.")]),
-    ("--redirect-outbound-insert-instead-of-append", "redirect_outbound_insert_instead_of_append", Annotated[Optional[bool], _opt("--redirect-outbound-insert-instead-of-append", help="Insert the OUTPUT jump above other rules instead of appending it.")]),
+    (
+        "--config",
+        "config",
+        Annotated[
+            list[str] | None,
+            _opt(
+                "--config",
+                metavar="FILE",
+                help="Config file (YAML or JSON, Kuma's shape); repeatable, comma lists allowed, '-' for stdin. Later files override earlier; lists replace.",
+            ),
+        ],
+    ),
+    (
+        "--kuma-dp-user",
+        "kuma_dp_user",
+        Annotated[
+            str | None,
+            _opt(
+                "--kuma-dp-user",
+                metavar="USER|UID",
+                help="User name or numeric UID the proxy runs as (its traffic is not redirected). Default: UID 5678, else user kuma-dp. A numeric UID need not exist yet.",
+            ),
+        ],
+    ),
+    (
+        "--ip-family-mode",
+        "ip_family_mode",
+        Annotated[
+            str | None,
+            _opt(
+                "--ip-family-mode",
+                metavar="dualstack|ipv4",
+                help="dualstack (IPv4 and IPv6 rules, default) or ipv4.",
+            ),
+        ],
+    ),
+    (
+        "--redirect-inbound",
+        "redirect_inbound",
+        Annotated[
+            bool | None,
+            _opt(
+                "--redirect-inbound/--no-redirect-inbound",
+                help="Redirect inbound TCP traffic (default true; --redirect-inbound=false turns it off).",
+            ),
+        ],
+    ),
+    (
+        "--redirect-inbound-port",
+        "redirect_inbound_port",
+        Annotated[
+            str | None,
+            _opt(
+                "--redirect-inbound-port",
+                metavar="PORT",
+                help="Port inbound traffic is redirected to (default 15006).",
+            ),
+        ],
+    ),
+    (
+        "--redirect-outbound-port",
+        "redirect_outbound_port",
+        Annotated[
+            str | None,
+            _opt(
+                "--redirect-outbound-port",
+                metavar="PORT",
+                help="Port outbound traffic is redirected to (default 15001).",
+            ),
+        ],
+    ),
+    (
+        "--exclude-inbound-ports",
+        "exclude_inbound_ports",
+        Annotated[
+            list[str] | None,
+            _opt(
+                "--exclude-inbound-ports",
+                metavar="PORTS",
+                help="Inbound ports not to redirect (comma list; repeatable). Note: 22 is NOT excluded by default.",
+            ),
+        ],
+    ),
+    (
+        "--exclude-outbound-ports",
+        "exclude_outbound_ports",
+        Annotated[
+            list[str] | None,
+            _opt(
+                "--exclude-outbound-ports",
+                metavar="PORTS",
+                help="Outbound TCP ports not to redirect (comma list; repeatable).",
+            ),
+        ],
+    ),
+    (
+        "--exclude-inbound-ips",
+        "exclude_inbound_ips",
+        Annotated[
+            list[str] | None,
+            _opt(
+                "--exclude-inbound-ips",
+                metavar="IPS",
+                help="Source IPs/CIDRs whose inbound traffic is not redirected (comma list; repeatable; each applies to its own family).",
+            ),
+        ],
+    ),
+    (
+        "--exclude-outbound-ips",
+        "exclude_outbound_ips",
+        Annotated[
+            list[str] | None,
+            _opt(
+                "--exclude-outbound-ips",
+                metavar="IPS",
+                help="Destination IPs/CIDRs whose outbound traffic is not redirected (comma list; repeatable).",
+            ),
+        ],
+    ),
+    (
+        "--exclude-outbound-ports-for-uids",
+        "exclude_outbound_ports_for_uids",
+        Annotated[
+            list[str] | None,
+            _opt(
+                "--exclude-outbound-ports-for-uids",
+                metavar="[PROTO:][PORTS:]UIDS",
+                help="[tcp|udp:][ports:]uids, e.g. tcp:53,3000-5000:106-108 — outbound traffic of these UIDs to these ports is not redirected (repeatable).",
+            ),
+        ],
+    ),
+    (
+        "--redirect-dns",
+        "redirect_dns",
+        Annotated[
+            bool | None,
+            _opt(
+                "--redirect-dns",
+                help="Redirect DNS to the nameservers in resolv.conf to the kuma-dp DNS proxy.",
+            ),
+        ],
+    ),
+    (
+        "--redirect-all-dns-traffic",
+        "redirect_all_dns_traffic",
+        Annotated[
+            bool | None,
+            _opt(
+                "--redirect-all-dns-traffic",
+                help="Redirect all DNS traffic (UDP 53) to the kuma-dp DNS proxy.",
+            ),
+        ],
+    ),
+    (
+        "--redirect-dns-port",
+        "redirect_dns_port",
+        Annotated[
+            str | None,
+            _opt(
+                "--redirect-dns-port",
+                metavar="PORT",
+                help="Port of the kuma-dp DNS proxy (default 15053).",
+            ),
+        ],
+    ),
+    (
+        "--skip-dns-conntrack-zone-split",
+        "skip_dns_conntrack_zone_split",
+        Annotated[
+            bool | None,
+            _opt(
+                "--skip-dns-conntrack-zone-split",
+                help="Do not add the raw-table conntrack zone rules for DNS.",
+            ),
+        ],
+    ),
+    (
+        "--vnet",
+        "vnet",
+        Annotated[
+            list[str] | None,
+            _opt(
+                "--vnet",
+                metavar="IFACE:CIDR",
+                help="IFACE:CIDR of a virtual network (e.g. docker0:172.17.0.0/16) whose traffic is redirected too (repeatable).",
+            ),
+        ],
+    ),
+    (
+        "--iptables-logs",
+        "iptables_logs",
+        Annotated[
+            bool | None,
+            _opt(
+                "--iptables-logs",
+                help="Log matching packets with the kernel's LOG target (level 7).",
+            ),
+        ],
+    ),
+    (
+        "--drop-invalid-packets",
+        "drop_invalid_packets",
+        Annotated[
+            bool | None,
+            _opt(
+                "--drop-invalid-packets",
+                help="Drop packets in conntrack state INVALID (mangle PREROUTING).",
+            ),
+        ],
+    ),
+    (
+        "--redirect-inbound-insert-instead-of-append",
+        "redirect_inbound_insert_instead_of_append",
+        Annotated[
+            bool | None,
+            _opt(
+                "--redirect-inbound-insert-instead-of-append",
+                help="Insert the PREROUTING jump above other rules instead of appending it.",
+            ),
+        ],
+    ),
+    (
+        "--redirect-outbound-insert-instead-of-append",
+        "redirect_outbound_insert_instead_of_append",
+        Annotated[
+            bool | None,
+            _opt(
+                "--redirect-outbound-insert-instead-of-append",
+                help="Insert the OUTPUT jump above other rules instead of appending it.",
+            ),
+        ],
+    ),
 ]
 
 
 def with_settings(func: F) -> F:
     """Add every settings flag to a command; the command receives ``settings_flags``."""
     sig = inspect.signature(func)
-    own = [p for p in sig.parameters.values() if p.name != "settings_flags"]
+    # The module's annotations are strings (from __future__ import annotations); typer
+    # reads the signature we build, so resolve them here or the options lose their help.
+    hints = typing.get_type_hints(func, include_extras=True)
+    own = [
+        p.replace(annotation=hints.get(p.name, p.annotation))
+        for p in sig.parameters.values()
+        if p.name != "settings_flags"
+    ]
     extra = [
         inspect.Parameter(py, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ann)
         for _flag, py, ann in _SETTINGS_PARAMS
@@ -164,8 +384,10 @@ def version_callback(value: bool) -> None:
 @app.callback()
 def main_callback(
     version: Annotated[
-        Optional[bool],
-        typer.Option("--version", callback=version_callback, is_eager=True, help="Show the version and exit."),
+        bool | None,
+        typer.Option(
+            "--version", callback=version_callback, is_eager=True, help="Show the version and exit."
+        ),
     ] = None,
 ) -> None:
     """Kuma's transparent-proxy rules as a persistent, removable part of firewalld."""
@@ -176,7 +398,12 @@ def main_callback(
 def render(
     direct_xml: Annotated[
         Path,
-        typer.Option("--direct-xml", metavar="PATH", help="The direct.xml to merge into (a missing file counts as empty).", show_default=True),
+        typer.Option(
+            "--direct-xml",
+            metavar="PATH",
+            help="The direct.xml to merge into (a missing file counts as empty).",
+            show_default=True,
+        ),
     ] = DEFAULT_DIRECT_XML,
     settings_flags: dict[str, Any] | None = None,
 ) -> None:
@@ -208,17 +435,25 @@ def render(
 OUTPUT_HELP = "text (for people) or json (versioned, for programs)."
 
 
-class Output(str, Enum):
+class Output(StrEnum):
     text = "text"
     json = "json"
 
 
 RootOpt = Annotated[
-    Optional[Path],
-    typer.Option("--root", metavar="DIR", help="Work on the image root DIR (DIR/etc/firewalld/direct.xml); implies --offline."),
+    Path | None,
+    typer.Option(
+        "--root",
+        metavar="DIR",
+        help="Work on the image root DIR (DIR/etc/firewalld/direct.xml); implies --offline.",
+    ),
 ]
 OfflineOpt = Annotated[
-    bool, typer.Option("--offline", help="Do not talk to firewalld; write direct.xml (applied at firewalld's next start).")
+    bool,
+    typer.Option(
+        "--offline",
+        help="Do not talk to firewalld; write direct.xml (applied at firewalld's next start).",
+    ),
 ]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")]
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help=OUTPUT_HELP)]
@@ -246,14 +481,18 @@ def _print_result(result: Any, output: Output) -> None:
         typer.echo(note, err=True)
     prefix = "would change: " if result.dry_run and result.changed else ""
     if result.dry_run:
-        for title, d in (("runtime", result.runtime), ("permanent", result.permanent), ("direct.xml", result.file)):
+        for title, d in (
+            ("runtime", result.runtime),
+            ("permanent", result.permanent),
+            ("direct.xml", result.file),
+        ):
             if d is not None:
                 _print_diff(title, d)
     typer.echo(f"{result.action}: {prefix}{result.summary()}")
 
 
 TemplateOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--rules-template",
         metavar="FILE",
@@ -356,7 +595,9 @@ def diff(
     try:
         flags = dict(settings_flags or {})
         settings = settings_from(flags) if settings_given(flags) else None
-        report = asyncio.run(do_diff(settings, paths=_paths(root), offline=offline or root is not None))
+        report = asyncio.run(
+            do_diff(settings, paths=_paths(root), offline=offline or root is not None)
+        )
     except TproxyError as exc:
         code = max(int(exc.exit_code), 2)
         typer.echo(f"Error: {exc.message}", err=True)
@@ -412,7 +653,9 @@ def status(root: RootOpt = None, output: OutputOpt = Output.text) -> None:
     for where, n in st.installed.items():
         typer.echo(f"{where}: {n} of our entries" if n else f"{where}: not installed")
     if st.drift is not None:
-        typer.echo("drift: none" if st.drift.in_sync else "drift: yes (see `tproxy-firewalld diff`)")
+        typer.echo(
+            "drift: none" if st.drift.in_sync else "drift: yes (see `tproxy-firewalld diff`)"
+        )
     for w in st.warnings:
         typer.echo(f"warning: {w}")
 

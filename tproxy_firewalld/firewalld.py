@@ -13,8 +13,8 @@ from typing import Any
 
 from dbus_next.aio.message_bus import MessageBus
 from dbus_next.constants import BusType, MessageType
-from dbus_next.message import Message
 from dbus_next.errors import DBusError
+from dbus_next.message import Message
 
 from tproxy_firewalld.entries import Chain, DirectConfig, Entry, Passthrough, Rule
 from tproxy_firewalld.errors import FirewalldRejected, FirewalldUnavailable, NotPermitted

@@ -531,7 +531,9 @@ def foreign_iptables_chains(direct_chains: set[tuple[str, str, str]] = frozenset
 
 
 _FIREWALLD_CHAIN = re.compile(
-    r"(.*_direct|.*_ZONES(_SOURCE)?|.*_POLICIES(_pre|_post)?|(IN|FWD|FWDI|FWDO|PRE|POST|OUT|FWD_IN|FWD_OUT)_.+)$"
+    r"(.*_direct|.*_ZONES(_SOURCE)?|.*_POLICIES(_pre|_post)?|(IN|FWD|FWDI|FWDO|PRE|POST|OUT|FWD_IN|FWD_OUT)_.+"
+    # iptables backend: RFC3964_IPv4 (every version), <BUILTIN>_dispatch (2.5)
+    r"|RFC3964_IPv4|.*_dispatch)$"
 )
 
 
@@ -599,11 +601,16 @@ async def status(*, paths: Paths = Paths(), bus_address: str | None = None) -> S
                 "firewalld.conf if the proxy serves IPv6"
             )
         before_2 = _version_tuple(info.version) < (2, 0)
+        iptables_backend = info.backend == "iptables"  # it flushes its own tables in any version
         foreign = foreign_iptables_chains(direct_chains)
-        if foreign and (before_2 or installed.get("runtime") or installed.get("permanent")):
+        if foreign and (
+            before_2 or iptables_backend or installed.get("runtime") or installed.get("permanent")
+        ):
             when = (
                 "on every start, reload and stop (firewalld < 2.0)"
                 if before_2
+                else "on every start, reload and stop (FirewallBackend=iptables)"
+                if iptables_backend
                 else "on start, reload and stop once direct rules exist (firewalld >= 2.0)"
             )
             warnings.append(

@@ -1,0 +1,130 @@
+"""The CLI surface: help that explains, one-line errors, exit codes (no system touched)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tproxy_firewalld.cli import app
+from tproxy_firewalld.directxml import parse_direct_xml
+
+COMMANDS = ["render", "install", "uninstall", "diff", "status"]
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_option_is_explained_in_help(command: str) -> None:
+    result = runner.invoke(app, [command, "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    options = result.stdout.split("Options:", 1)[1]
+    entries = re.findall(r"^  (-[^\n]*?)(?:\s{2,}(\S[^\n]*))?$", options, re.M)
+    assert entries, result.stdout
+    for names, text in entries:
+        assert text.strip(), f"{command}: {names.strip()} has no help text"
+    assert result.stdout.split("Options:")[0].count("\n") > 3, "a description, not just usage"
+
+
+def test_settings_flags_on_install_render_diff() -> None:
+    for command in ("render", "install", "diff"):
+        out = runner.invoke(app, [command, "--help"], terminal_width=200).stdout
+        for flag in (
+            "--kuma-dp-user",
+            "--exclude-outbound-ports-for-uids",
+            "--redirect-all-dns-traffic",
+            "--vnet",
+            "--config",
+        ):
+            assert flag in out, (command, flag)
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (
+            ["render", "--redirect-inbound-port", "0"],
+            2,
+            "Error: --redirect-inbound-port: value '0' is not a valid port (uint16 in the range [1, 65535])",
+        ),
+        (
+            ["install", "--redirect-dns", "--redirect-all-dns-traffic"],
+            2,
+            "Error: only one of '--redirect-dns' or '--redirect-all-dns-traffic' should be specified",
+        ),
+        (
+            ["render", "--exclude-outbound-ips", "1.2.3.4 -j ACCEPT"],
+            2,
+            "Error: --exclude-outbound-ips: invalid IP address: '1.2.3.4 -j ACCEPT'",
+        ),
+        (
+            ["diff", "--vnet", "eth0"],
+            2,
+            "Error: --vnet: invalid virtual network definition: 'eth0'",
+        ),
+        (
+            ["render", "--config", "/nonexistent.yaml"],
+            2,
+            "Error: unable to access configuration file '/nonexistent.yaml'",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_with_its_exit_code(args: list[str], code: int, message: str) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == code
+    assert result.stdout == ""
+    assert result.stderr.startswith(message) and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_kumactl_boolean_spelling(tmp_path: Path) -> None:
+    off = runner.invoke(
+        app,
+        [
+            "render",
+            "--direct-xml",
+            str(tmp_path / "none.xml"),
+            "--redirect-inbound=false",
+            "--kuma-dp-user",
+            "0",
+        ],
+    )
+    assert off.exit_code == 0, off.stderr
+    assert "inbound traffic redirection is disabled" in off.stdout
+    bad = runner.invoke(app, ["render", "--redirect-inbound=maybe"])
+    assert bad.exit_code == 2 and "not a valid boolean" in bad.stderr
+
+
+def test_render_keeps_foreign_entries_and_refuses_broken_files(tmp_path: Path) -> None:
+    path = tmp_path / "direct.xml"
+    path.write_text(
+        '<?xml version="1.0" encoding="utf-8"?>\n<direct>\n  <rule ipv="ipv4" table="filter" chain="INPUT" priority="0">-p tcp --dport 22 -j ACCEPT</rule>\n</direct>\n'
+    )
+    result = runner.invoke(app, ["render", "--direct-xml", str(path), "--kuma-dp-user", "0"])
+    assert result.exit_code == 0, result.stderr
+    config = parse_direct_xml(result.stdout.encode())
+    assert [r.describe() for r in config.foreign().rules] == [
+        "rule ipv4 filter INPUT 0 -p tcp --dport 22 -j ACCEPT"
+    ]
+    assert len(config.ours().rules) == 22
+    path.write_text("<direct><rule")
+    broken = runner.invoke(app, ["render", "--direct-xml", str(path)])
+    assert broken.exit_code == 3 and broken.stdout == "" and broken.stderr.count("\n") == 1
+
+
+def test_offline_install_json_and_diff_exit_codes(tmp_path: Path) -> None:
+    root = tmp_path / "img"
+    first = runner.invoke(
+        app, ["install", "--root", str(root), "--output", "json", "--kuma-dp-user", "0"]
+    )
+    assert first.exit_code == 0, first.stderr
+    assert '"changed": true' in first.stdout and '"mode": "offline"' in first.stdout
+    assert runner.invoke(app, ["diff", "--root", str(root)]).exit_code == 0
+    assert (
+        runner.invoke(app, ["diff", "--root", str(root), "--redirect-outbound-port", "1"]).exit_code
+        == 1
+    )
+    broken = root / "etc/firewalld/direct.xml"
+    broken.write_text("<direct><rule")
+    assert runner.invoke(app, ["diff", "--root", str(root)]).exit_code == 3
+    assert runner.invoke(app, ["--version"]).stdout.startswith("tproxy-firewalld ")

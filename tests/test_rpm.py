@@ -1,0 +1,745 @@
+"""The RPM packaging (rpm/, issue 5): the RPMs build with `make rpm rpm-example`; rpm shows the
+promised requirements, files and scriptlets; the macros expand; rpmlint finds no error; and the
+example data-plane package's real scriptlets, as `rpm -qp --scripts` prints them, do their job
+against a real firewalld in the sandbox, running and stopped, and across a simulated reboot.
+
+The RPMs are not installed on this Debian machine, so the scriptlets find `tproxy-firewalld`
+through a wrapper first on their PATH: it runs the RPM's own files (its /usr/bin/tproxy-firewalld
+and site-packages, extracted from the payload) with this interpreter, which has the runtime
+dependencies. So what runs is the package as built, not this checkout. `systemctl` and `logger`
+are stubs on that PATH too: they record their arguments, and the host's systemd and syslog are
+never touched. Every scriptlet, and everything that touches a firewall, runs in the sandbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dbus_next.aio.message_bus import MessageBus
+from dbus_next.constants import BusType, MessageType
+from dbus_next.message import Message
+from harness import Sandbox, SandboxFactory
+
+REPO = Path(__file__).resolve().parent.parent
+NAME = "tproxy-firewalld"
+EXAMPLE = "kuma-dp-example"
+UNIT = "tproxy-firewalld-ipv6-passthrough.service"
+MACROS = "/usr/lib/rpm/macros.d/macros.tproxy-firewalld"
+VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+PY_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
+SITELIB = f"/usr/lib/python{PY_VERSION}/site-packages"
+KUMA_COMMENT = "kuma/mesh/transparent/proxy"
+STATE_FILE = "/var/lib/tproxy-firewalld/installed.json"
+# rpm runs scriptlets as `/bin/sh <file> <count>` with this PATH (lib/rpmscript.c).
+RPM_SCRIPT_PATH = "/sbin:/bin:/usr/sbin:/usr/bin"
+EXAMPLE_SETTINGS = "--kuma-dp-user 5678 --exclude-inbound-ports 22"
+TOOLS = ("make", "rpmbuild", "rpm", "rpm2cpio", "cpio", "rpmlint", "man")
+
+
+# --------------------------------------------------------------------------- the build
+
+
+@dataclass(frozen=True)
+class Built:
+    rpm: Path  # tproxy-firewalld, noarch
+    srpm: Path
+    example: Path  # kuma-dp-example, noarch
+    root: Path  # the payload of `rpm`, extracted
+
+
+def run(*argv: str | Path, check: bool = True, **kw: object) -> subprocess.CompletedProcess[str]:
+    """A host command that touches no firewall (rpm queries, rpmlint, make)."""
+    result = subprocess.run([str(a) for a in argv], capture_output=True, text=True, **kw)  # type: ignore[call-overload]
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{shlex.join(map(str, argv))} exited {result.returncode}\n"
+            f"--- stdout:\n{result.stdout[-5000:]}--- stderr:\n{result.stderr[-5000:]}"
+        )
+    return result  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """`make rpm rpm-example`, once per session, into a temporary dist/ and build dir."""
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if missing:  # fail, never skip: CI must build the RPMs (scripts/setup installs these)
+        pytest.fail(f"missing commands: {', '.join(missing)}", pytrace=False)
+    top = tmp_path_factory.mktemp("rpm")
+    dist = top / "dist"
+    run(
+        "make", "-C", REPO, "rpm", "rpm-example", f"DISTDIR={dist}",
+        f"RPM_BUILDDIR={top / 'build'}", f"PYTHON={sys.executable}", timeout=900,
+    )  # fmt: skip
+    rpm = dist / f"{NAME}-{VERSION}-1.noarch.rpm"
+    root = top / "root"
+    root.mkdir()
+    run("sh", "-c", f"rpm2cpio {shlex.quote(str(rpm))} | cpio -idm --quiet", cwd=root)
+    return Built(
+        rpm, dist / f"{NAME}-{VERSION}-1.src.rpm", dist / f"{EXAMPLE}-1.0-1.noarch.rpm", root
+    )
+
+
+def query(rpm: Path, *args: str) -> str:
+    return run("rpm", "-qp", *args, rpm).stdout
+
+
+SCRIPT_HEADER = re.compile(r"^(\w+) (?:scriptlet \(using (\S+)\)|program: (\S+))[:]?$", re.M)
+
+
+def scriptlets(rpm: Path) -> dict[str, str]:
+    """`rpm -qp --scripts` split into {"postinstall": body, ...} (bodies as printed)."""
+    text = query(rpm, "--scripts")
+    found: dict[str, str] = {}
+    headers = list(SCRIPT_HEADER.finditer(text))
+    for header, following in zip(headers, [*headers[1:], None], strict=True):
+        assert (header.group(2) or header.group(3)) == "/bin/sh", header.group(0)
+        end = following.start() if following else len(text)
+        found[header.group(1)] = text[header.end() + 1 : end]
+    return found
+
+
+def test_rpms_build(built: Built) -> None:
+    for path, name in ((built.rpm, NAME), (built.srpm, NAME), (built.example, EXAMPLE)):
+        assert path.is_file(), path
+        assert query(path, "--qf", "%{NAME}") == name
+    assert query(built.rpm, "--qf", "%{VERSION} %{ARCH}") == f"{VERSION} noarch"  # pyproject's
+    assert query(built.example, "--qf", "%{ARCH}") == "noarch"
+    assert sorted(query(built.srpm, "--qf", "[%{SOURCE}\n]").split()) == [
+        f"macros.{NAME}",
+        f"{NAME}-{VERSION}.tar.gz",
+    ]
+
+
+def test_requires_as_promised(built: Built) -> None:
+    requires = query(built.rpm, "--requires").splitlines()
+    names = {line.split()[0] for line in requires}
+    for name in (
+        "python3-lxml", "python3-dbus-next", "python3-typer", "python3-jinja2", "python3-pyyaml",
+        "firewalld", "iproute",
+    ):  # fmt: skip
+        assert name in names, requires
+    assert "python3-typer >= 0.29" in requires  # the floor pyproject.toml sets
+    # rpm's Python dependency generator ran (on Debian it needs python3-packaging), as on Fedora
+    assert f"python{PY_VERSION}dist(typer) >= 0.29" in requires
+    assert query(built.rpm, "--recommends").split() == ["iptables-nft"]
+    # The example needs tproxy-firewalld in place when its %post and %preun run.
+    deps = query(built.example, "--qf", "[%{REQUIRENAME} %{REQUIREFLAGS:deptype}\n]").splitlines()
+    assert f"{NAME} post" in deps and f"{NAME} preun" in deps, deps
+    assert "rpm_macro(tproxy_firewalld_install)" in query(built.rpm, "--provides").split()
+
+
+def test_files_as_promised(built: Built) -> None:
+    listed = set(query(built.rpm, "--list").split())
+    expected = {
+        f"/usr/bin/{NAME}",
+        f"{SITELIB}/tproxy_firewalld/cli.py",
+        f"{SITELIB}/tproxy_firewalld/__pycache__/cli.cpython-{PY_VERSION.replace('.', '')}.pyc",
+        f"{SITELIB}/tproxy_firewalld/templates/kuma.rules.j2",
+        f"{SITELIB}/tproxy_firewalld-{VERSION}.dist-info/METADATA",
+        MACROS,
+        f"/usr/lib/systemd/system/{UNIT}",
+        f"/usr/share/man/man1/{NAME}.1.gz",
+        f"/usr/share/bash-completion/completions/{NAME}",
+        f"/usr/share/zsh/site-functions/_{NAME}",
+        f"/usr/share/fish/vendor_completions.d/{NAME}.fish",
+        f"/usr/share/doc/{NAME}/README.md",
+        "/var/lib/tproxy-firewalld",
+    }
+    assert expected <= listed, sorted(expected - listed)
+    allowed = (
+        "/usr/bin/",
+        f"{SITELIB}/",
+        "/usr/lib/rpm/",
+        "/usr/lib/systemd/",
+        "/usr/share/",
+        "/var/lib/tproxy-firewalld",
+    )
+    assert [f for f in listed if not f.startswith(allowed)] == []
+    modes = {}
+    for line in query(built.rpm, "--qf", "[%{FILEMODES:perms} %{FILENAMES}\n]").splitlines():
+        perms, name = line.split(" ", 1)
+        modes[name] = perms
+    assert modes[f"/usr/bin/{NAME}"] == "-rwxr-xr-x"
+    # Fedora's %pyproject_install shebang, no trace of the build machine.
+    script = (built.root / f"usr/bin/{NAME}").read_text()
+    assert script.splitlines()[0] == "#!/usr/bin/python3 -sP"
+    assert (
+        built.root / f"{SITELIB.lstrip('/')}/tproxy_firewalld-{VERSION}.dist-info/INSTALLER"
+    ).read_text().strip() == "rpm"
+    assert (built.root / MACROS.lstrip("/")).read_text() == (
+        REPO / "rpm" / f"macros.{NAME}"
+    ).read_text()
+    doc = f"/usr/share/doc/{EXAMPLE}"
+    assert query(built.example, "--list").split() == [doc, f"{doc}/README.{EXAMPLE}"]
+    # What the scriptlet tests run is this payload, not the checkout: PYTHONPATH comes before
+    # the editable install's path. (cwd "/": `-c` puts the working directory first, a script
+    # its own directory, here usr/bin.)
+    env = {**os.environ, "PYTHONPATH": str(built.root / SITELIB.lstrip("/"))}
+    where = run(
+        sys.executable, "-c", "import tproxy_firewalld; print(tproxy_firewalld.__file__)",
+        env=env, cwd="/",
+    )  # fmt: skip
+    assert where.stdout.startswith(f"{built.root}/"), where.stdout
+    assert packaged_cli(built, "--version").stdout == f"tproxy-firewalld {VERSION}\n"
+
+
+def test_scriptlets_as_promised(built: Built) -> None:
+    own = scriptlets(built.rpm)
+    assert set(own) == {"postinstall", "preuninstall", "postuninstall"}
+    assert f"systemd-update-helper install-system-units {UNIT}" in own["postinstall"]
+    assert f"systemd-update-helper remove-system-units {UNIT}" in own["preuninstall"]
+    assert 'if [ "$1" = 0 ]; then' in own["preuninstall"]
+    assert "tproxy-firewalld uninstall" in own["preuninstall"]
+
+    example = scriptlets(built.example)
+    assert set(example) == {"postinstall", "preuninstall"}
+    post, preun = example["postinstall"], example["preuninstall"]
+    assert f"set -- {EXAMPLE_SETTINGS}" in post
+    assert 'tproxy-firewalld install "$@"' in post
+    assert f"systemctl --quiet --no-reload enable {UNIT}" in post
+    assert preun.lstrip().startswith('if [ "$1" = 0 ]; then')
+    assert "tproxy-firewalld uninstall" in preun and f"--no-reload disable {UNIT}" in preun
+    for body in (*own.values(), post, preun):
+        assert not re.search(r"%[{a-z_]", body.replace("'%s\\n'", "")), body  # all expanded
+    # Plain POSIX sh (Fedora's /bin/sh is bash, but the code must not depend on it).
+    for body in (post, preun, own["preuninstall"]):
+        for shell in ("dash", "bash"):
+            run(shell, "-n", "-c", body)
+
+
+def packaged_cli(built: Built, *args: str) -> subprocess.CompletedProcess[str]:
+    """The RPM's tproxy-firewalld on the host: for --help only, which touches nothing."""
+    env = {**os.environ, "PYTHONPATH": str(built.root / SITELIB.lstrip("/"))}
+    return run(sys.executable, built.root / f"usr/bin/{NAME}", *args, env=env)
+
+
+def lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines()]
+
+
+def eval_macro(macros_file: Path, expression: str, name: str = EXAMPLE) -> str:
+    return run(
+        "rpm", "--load", macros_file, "--define", f"name {name}", "--eval", expression
+    ).stdout
+
+
+def test_macros_expand(built: Built) -> None:
+    installed = built.root / MACROS.lstrip("/")
+    # (-): kumactl's options go through as they are, no getopt ("Unknown option" otherwise).
+    out = eval_macro(
+        installed, "%tproxy_firewalld_install --redirect-dns --config /etc/kuma/tp.yaml -x"
+    )
+    assert "set -- --redirect-dns --config /etc/kuma/tp.yaml -x" in lines(out)
+    assert 'echo "tproxy-firewalld: kuma-dp-example: $*" >&2' in lines(out)
+    assert "set --" in lines(eval_macro(installed, "%tproxy_firewalld_install"))
+    out = eval_macro(installed, "%tproxy_firewalld_uninstall")
+    assert out.lstrip().startswith('if [ "$1" = 0 ]; then') and "tproxy-firewalld uninstall" in out
+    # The example's scriptlets are exactly these expansions.
+    example = scriptlets(built.example)
+    assert (
+        eval_macro(installed, f"%tproxy_firewalld_install {EXAMPLE_SETTINGS}").strip()
+        == example["postinstall"].strip()
+    )
+    assert (
+        eval_macro(installed, "%tproxy_firewalld_uninstall").strip()
+        == example["preuninstall"].strip()
+    )
+
+
+def test_man_page(built: Built) -> None:
+    page = built.root / f"usr/share/man/man1/{NAME}.1.gz"
+    text = gzip.decompress(page.read_bytes()).decode()
+    # What rpmlint's manual-page-warning check runs; groff's warnings go to stderr.
+    result = run("man", "--warnings", "-E", "UTF-8", "-l", "-Tutf8", "-Z", page)
+    assert result.stderr == ""
+    rendered = run("man", "-l", page, env={**os.environ, "MANWIDTH": "200"}).stdout
+    rendered = re.sub(r".\x08", "", rendered)
+    source = text.replace("\\-", "-")
+    for command in ("render", "install", "uninstall", "diff", "status"):
+        assert f".SS {command}" in text
+        # every option `--help` shows is documented
+        help_text = packaged_cli(built, command, "--help").stdout
+        for option in set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]+", help_text)):
+            assert option in source, (command, option)
+    for section in (
+        "SYNOPSIS",
+        "DESCRIPTION",
+        "COMMANDS",
+        "SETTINGS",
+        "EXIT STATUS",
+        "FILES",
+        "RPM MACROS",
+    ):
+        assert f"\n{section}\n" in rendered, section
+    assert UNIT in rendered and "%tproxy_firewalld_install" in rendered
+
+
+def test_shell_completion(built: Built, tmp_path: Path) -> None:
+    bin_dir = make_tools(built, tmp_path)
+    bash = built.root / f"usr/share/bash-completion/completions/{NAME}"
+    script = f"""
+        source {shlex.quote(str(bash))}
+        COMP_WORDS=({NAME} ins); COMP_CWORD=1
+        _tproxy_firewalld_completion {NAME}
+        echo "${{COMPREPLY[@]}}"
+        COMP_WORDS=({NAME} install --exclude-in); COMP_CWORD=2
+        _tproxy_firewalld_completion {NAME}
+        echo "${{COMPREPLY[@]}}"
+    """
+    # Completion only parses the command line; nothing here touches a firewall.
+    out = run(
+        "bash", "-c", script, env={"PATH": f"{bin_dir}:{RPM_SCRIPT_PATH}", "HOME": str(tmp_path)}
+    ).stdout
+    assert out.splitlines() == ["install", "--exclude-inbound-ports --exclude-inbound-ips"], out
+    zsh = (built.root / f"usr/share/zsh/site-functions/_{NAME}").read_text()
+    assert zsh.startswith(f"#compdef {NAME}\n")
+    fish = (built.root / f"usr/share/fish/vendor_completions.d/{NAME}.fish").read_text()
+    assert fish.startswith(f"complete --command {NAME} ")
+
+
+def test_rpmlint_reports_no_errors(built: Built) -> None:
+    rpms = [built.rpm, built.srpm, built.example]
+    result = run("rpmlint", "-c", REPO / "rpm" / "rpmlint.toml", *rpms, check=False)
+    assert " 0 errors," in result.stdout and result.returncode == 0, result.stdout
+    # rpm/rpmlint.toml filters only what Fedora's rpmlint configuration filters: with
+    # rpmlint's upstream defaults, those are the only errors.
+    raw = run("rpmlint", *rpms, check=False).stdout
+    codes = {m.group(1) for m in re.finditer(r": E: (\S+)", raw)}
+    assert codes <= {"no-signature", "no-packager-tag", "no-group-tag"}, raw
+
+
+# --------------------------------------------------------------------------- in the sandbox
+
+
+SYSTEMCTL_STUB = '''#!{python}
+"""systemctl, as far as the macros use it. Records each call; `start`/`stop` of the unit run
+its ExecStart=/ExecStop= lines from the unit file the RPM installs, as systemd would for a
+oneshot with RemainAfterExit (start only when inactive, stop only when active)."""
+import pathlib, shlex, subprocess, sys
+log, unit_file, active = pathlib.Path({log!r}), pathlib.Path({unit_file!r}), pathlib.Path({active!r})
+with log.open("a") as out:
+    out.write(" ".join(sys.argv[1:]) + "\\n")
+words = [arg for arg in sys.argv[1:] if not arg.startswith("-")]
+
+def execute(key):
+    for line in unit_file.read_text().splitlines():
+        if line.startswith(key + "="):
+            command = line.split("=", 1)[1]
+            status = subprocess.run(shlex.split(command.lstrip("-@:+!"))).returncode
+            if status and not command.startswith("-"):
+                sys.exit(1)
+
+if words == ["start", {unit!r}] and not active.exists():
+    execute("ExecStart")
+    active.touch()
+elif words == ["stop", {unit!r}] and active.exists():
+    active.unlink()
+    execute("ExecStop")
+'''
+
+
+def make_tools(built: Built, where: Path) -> Path:
+    """bin/: the tproxy-firewalld wrapper and the systemctl / logger stubs (logs in where/)."""
+    bin_dir = where / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    sitelib = built.root / SITELIB.lstrip("/")
+    tools = {
+        NAME: f"""#!/bin/sh
+# The RPM's own tproxy-firewalld (payload extracted to {built.root}), run by the test's Python.
+PYTHONPATH={shlex.quote(str(sitelib))} exec {shlex.quote(sys.executable)} {shlex.quote(str(built.root / "usr/bin" / NAME))} "$@"
+""",
+        "systemctl": SYSTEMCTL_STUB.format(
+            python=sys.executable,
+            log=str(where / "systemctl.log"),
+            active=str(where / "unit-active"),
+            unit_file=str(built.root / f"usr/lib/systemd/system/{UNIT}"),
+            unit=UNIT,
+        ),
+        "logger": f'#!/bin/sh\necho "$*" >> {shlex.quote(str(where / "logger.log"))}\n',
+    }
+    for name, text in tools.items():
+        path = bin_dir / name
+        path.write_text(text)
+        path.chmod(0o755)
+    return bin_dir
+
+
+@dataclass
+class Scene:
+    """A sandbox, the tools on the scriptlets' PATH, and what the stubs recorded."""
+
+    sb: Sandbox
+    built: Built
+    where: Path
+    bin_dir: Path
+    scripts: int = 0
+
+    def boot_with_systemd(self) -> None:
+        """Make the sandbox look booted with systemd to the macros: /run/systemd/system (the
+        sandbox's /run is its own tmpfs), so they start and stop the unit (the stub)."""
+        self.sb.run("mkdir", "-p", "/run/systemd/system")
+
+    def scriptlet(
+        self, body: str, arg: int, *, path: str | None = None, shell: tuple[str, ...] = ("/bin/sh",)
+    ) -> subprocess.CompletedProcess[str]:
+        """Run body as rpm does, `/bin/sh FILE ARG` with rpm's PATH (the tools first), in the
+        sandbox. Only PATH, HOME and LANG in the environment."""
+        self.scripts += 1
+        file = self.sb.workdir / f"scriptlet-{self.scripts}.sh"
+        file.write_text(body)
+        env_path = path if path is not None else f"{self.bin_dir}:{RPM_SCRIPT_PATH}"
+        return self.sb.run(
+            "env", "-i", f"PATH={env_path}", "HOME=/root", "LANG=C.UTF-8", *shell, file, arg,
+            check=False, timeout=180,
+        )  # fmt: skip
+
+    def quietly(self, body: str, arg: int) -> None:
+        result = self.scriptlet(body, arg)
+        assert (result.returncode, result.stdout, result.stderr) == (0, "", ""), result
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.sb.run(self.bin_dir / NAME, *args, check=False, timeout=120)
+
+    def stub_log(self, name: str) -> list[str]:
+        path = self.where / f"{name}.log"
+        return path.read_text().splitlines() if path.exists() else []
+
+
+@pytest.fixture
+def scene(built: Built, make_sandbox: SandboxFactory, tmp_path: Path) -> Scene:
+    return Scene(make_sandbox("nftables"), built, tmp_path, make_tools(built, tmp_path))
+
+
+FIREWALLD = "org.fedoraproject.FirewallD1"
+RUNTIME = ("/org/fedoraproject/FirewallD1", f"{FIREWALLD}.direct")
+PERMANENT = ("/org/fedoraproject/FirewallD1/config", f"{FIREWALLD}.config.direct")
+
+
+Call = tuple[tuple[str, str], str, str, list[Any]]  # (where, member, signature, body)
+
+
+def firewalld_calls(sb: Sandbox, calls: list[Call]) -> list[Any]:
+    """Calls to the sandbox's firewalld over its own system bus, from here (what firewall-cmd
+    does, without a Python start-up and an introspection per call) -> the reply bodies."""
+
+    async def go() -> list[Any]:
+        bus = await MessageBus(bus_address=sb.bus_address, bus_type=BusType.SYSTEM).connect()
+        try:
+            replies = []
+            for (path, interface), member, signature, body in calls:
+                message = Message(
+                    destination=FIREWALLD, path=path, interface=interface, member=member,
+                    signature=signature, body=body,
+                )  # fmt: skip
+                reply = await bus.call(message)
+                assert reply is not None, member
+                assert reply.message_type == MessageType.METHOD_RETURN, (member, body, reply.body)
+                replies.append(reply.body)
+            return replies
+        finally:
+            bus.disconnect()  # type: ignore[no-untyped-call]
+
+    return asyncio.run(go())
+
+
+def add_foreign(sb: Sandbox) -> None:
+    """Other tools' entries, permanent and runtime-only, in tables and chains we use too."""
+    calls: list[Call] = []
+    for where in (PERMANENT, RUNTIME):
+        calls += [
+            (where, "addChain", "sss", ["ipv4", "filter", "FOREIGN"]),
+            (where, "addRule", "sssias", ["ipv4", "filter", "FOREIGN", 0, ["-j", "RETURN"]]),
+            (where, "addRule", "sssias", ["ipv4", "nat", "OUTPUT", 0, shlex.split("-p udp --dport 5353 -j RETURN")]),
+            (where, "addPassthrough", "sas", ["ipv4", shlex.split("-t filter -A INPUT -p tcp --dport 8888 -j ACCEPT")]),
+        ]  # fmt: skip
+    # runtime only (gone after a restart)
+    calls += [(RUNTIME, "addRule", "sssias", ["ipv4", "filter", "INPUT", 5, shlex.split("-p tcp --dport 9999 -j ACCEPT")])]  # fmt: skip
+    firewalld_calls(sb, calls)
+
+
+def direct_lines(sb: Sandbox, *, permanent: bool = False) -> list[str]:
+    """Every direct entry firewalld holds (runtime, or its permanent config), as firewall-cmd
+    --direct --get-all-chains / --get-all-rules / --get-all-passthroughs print them."""
+    where = PERMANENT if permanent else RUNTIME
+    chains, rules, passthroughs = firewalld_calls(
+        sb,
+        [
+            (where, member, "", [])
+            for member in ("getAllChains", "getAllRules", "getAllPassthroughs")
+        ],
+    )
+    return sorted(
+        [" ".join(chain) for chain in chains[0]]
+        + [
+            f"{ipv} {table} {chain} {priority} {shlex.join(args)}"
+            for ipv, table, chain, priority, args in rules[0]
+        ]
+        + [f"{ipv} {shlex.join(args)}" for ipv, args in passthroughs[0]]
+    )
+
+
+def is_ours(line: str) -> bool:
+    return "KUMA_MESH" in line or KUMA_COMMENT in line
+
+
+def ours(lines: list[str]) -> list[str]:
+    return [line for line in lines if is_ours(line)]
+
+
+def foreign(lines: list[str]) -> list[str]:
+    return [line for line in lines if not is_ours(line)]
+
+
+def kernel_text(sb: Sandbox) -> str:
+    return sb.iptables_save("ipv4") + sb.iptables_save("ipv6")
+
+
+def has_passthrough_address(sb: Sandbox) -> bool:
+    return "inet6 ::6/128 " in sb.run("ip", "-6", "addr", "show", "dev", "lo").stdout
+
+
+def has_state(sb: Sandbox) -> bool:
+    return sb.run("test", "-e", STATE_FILE, check=False).returncode == 0
+
+
+@contextmanager
+def firewalld_stopped(sb: Sandbox) -> Iterator[None]:
+    sb.stop_firewalld()
+    try:
+        yield
+    finally:
+        assert sb.start_firewalld() == "running"
+
+
+def assert_installed(scene: Scene) -> None:
+    """Ours live (runtime and kernel) and persistent (firewalld's permanent config and
+    direct.xml), all as the example's settings say."""
+    sb = scene.sb
+    diff = scene.cli("diff")
+    assert diff.returncode == 0, diff  # desired (recorded) = runtime = permanent = direct.xml
+    runtime, permanent = ours(direct_lines(sb)), ours(direct_lines(sb, permanent=True))
+    assert runtime and runtime == permanent
+    assert "ipv4 nat KUMA_MESH_INBOUND" in runtime and "ipv6 nat KUMA_MESH_OUTBOUND" in runtime
+    kernel = kernel_text(sb)
+    assert re.search(r"-A KUMA_MESH_INBOUND .*--dport 22 .*-j RETURN", kernel), kernel
+    assert re.search(r"-A KUMA_MESH_OUTBOUND .*--uid-owner 5678 .*-j RETURN", kernel), kernel
+    assert "KUMA_MESH_INBOUND" in sb.direct_xml.read_text()
+
+
+def assert_nothing_of_ours(scene: Scene) -> None:
+    sb = scene.sb
+    assert ours(direct_lines(sb)) == [] and ours(direct_lines(sb, permanent=True)) == []
+    assert "KUMA_MESH" not in kernel_text(sb) and KUMA_COMMENT not in kernel_text(sb)
+    assert "KUMA" not in sb.direct_xml.read_text() and KUMA_COMMENT not in sb.direct_xml.read_text()
+    assert not has_state(sb)
+    assert not has_passthrough_address(sb)
+
+
+ENABLED = [f"--quiet --no-reload enable {UNIT}"]
+STARTED = [*ENABLED, f"--quiet start {UNIT}"]
+STOPPED = [f"--quiet --no-reload disable {UNIT}", f"--quiet stop {UNIT}"]
+
+
+@pytest.mark.parametrize("firewalld", ["running", "stopped"])
+def test_example_scriptlets_install_and_erase(scene: Scene, firewalld: str) -> None:
+    """On a host booted with systemd, firewalld running or stopped at %post and at erase."""
+    sb, example = scene.sb, scriptlets(scene.built.example)
+    scene.boot_with_systemd()
+    add_foreign(sb)
+    foreign_runtime, foreign_permanent = (
+        foreign(direct_lines(sb)),
+        foreign(direct_lines(sb, permanent=True)),
+    )
+    stopped = firewalld == "stopped"
+
+    # %post, first install ($1 == 1): quiet; rules live and persistent; the unit enabled and
+    # started (::6 on lo; when firewalld runs, the CLI has added it already).
+    if stopped:
+        with firewalld_stopped(sb):
+            scene.quietly(example["postinstall"], 1)
+            assert "KUMA_MESH_INBOUND" in sb.direct_xml.read_text()  # the file only, for now
+        foreign_runtime = foreign_permanent  # runtime-only entries died with firewalld
+    else:
+        scene.quietly(example["postinstall"], 1)
+    assert_installed(scene)
+    assert has_passthrough_address(sb)
+    assert scene.stub_log("systemctl") == STARTED
+    assert foreign(direct_lines(sb)) == foreign_runtime
+    assert foreign(direct_lines(sb, permanent=True)) == foreign_permanent
+
+    # %post again (upgrade, $1 == 2): quiet, and nothing changes.
+    xml = sb.direct_xml.read_bytes()
+    runtime = direct_lines(sb)
+    scene.quietly(example["postinstall"], 2)
+    assert sb.direct_xml.read_bytes() == xml and direct_lines(sb) == runtime
+
+    # %preun on upgrade ($1 == 1): nothing is removed, the unit stays.
+    scene.quietly(example["preuninstall"], 1)
+    assert sb.direct_xml.read_bytes() == xml and direct_lines(sb) == runtime
+    assert has_state(sb) and has_passthrough_address(sb)
+    assert scene.stub_log("systemctl") == STARTED * 2
+
+    # %preun on erase ($1 == 0): nothing of ours left anywhere; everyone else's intact.
+    if stopped:
+        with firewalld_stopped(sb):
+            scene.quietly(example["preuninstall"], 0)
+            assert "KUMA" not in sb.direct_xml.read_text()
+    else:
+        scene.quietly(example["preuninstall"], 0)
+    assert_nothing_of_ours(scene)
+    assert scene.stub_log("systemctl")[-2:] == STOPPED
+    assert foreign(direct_lines(sb)) == foreign_runtime
+    assert foreign(direct_lines(sb, permanent=True)) == foreign_permanent
+    assert scene.stub_log("logger") == []
+
+
+def test_example_scriptlets_in_an_image_build(scene: Scene) -> None:
+    """No systemd running and firewalld not running (kickstart %post, image builds, containers):
+    %post writes direct.xml and enables the unit, without starting anything; erase before any
+    boot cleans the file."""
+    sb, example = scene.sb, scriptlets(scene.built.example)
+    add_foreign(sb)
+    with firewalld_stopped(sb):
+        foreign_file = sb.direct_xml.read_text()
+        scene.quietly(example["postinstall"], 1)
+        assert "KUMA_MESH_INBOUND" in sb.direct_xml.read_text()
+        assert has_state(sb) and not has_passthrough_address(sb)
+        assert scene.stub_log("systemctl") == ENABLED
+        scene.quietly(example["preuninstall"], 0)
+        assert scene.stub_log("systemctl") == [*ENABLED, STOPPED[0]]
+        assert sb.direct_xml.read_text() == foreign_file
+    assert_nothing_of_ours(scene)
+    assert foreign(direct_lines(sb)) == foreign(direct_lines(sb, permanent=True)) != []
+
+
+@pytest.mark.parametrize("firewalld", ["running", "stopped"])
+def test_own_preun_on_erase_removes_everything(scene: Scene, firewalld: str) -> None:
+    """Erasing tproxy-firewalld itself leaves no redirect behind (runtime and file); its
+    upgrade keeps them."""
+    sb = scene.sb
+    scene.boot_with_systemd()
+    add_foreign(sb)
+    foreign_permanent = foreign(direct_lines(sb, permanent=True))
+    scene.quietly(scriptlets(scene.built.example)["postinstall"], 1)
+    assert_installed(scene)
+    own = scriptlets(scene.built.rpm)
+    scene.quietly(own["preuninstall"], 1)
+    assert_installed(scene)
+    assert has_passthrough_address(sb)
+    if firewalld == "stopped":
+        with firewalld_stopped(sb):
+            scene.quietly(own["preuninstall"], 0)
+    else:
+        scene.quietly(own["preuninstall"], 0)
+    assert_nothing_of_ours(scene)
+    assert scene.stub_log("systemctl")[-2:] == STOPPED
+    assert foreign(direct_lines(sb, permanent=True)) == foreign_permanent != []
+
+
+def exec_start(built: Built) -> list[str]:
+    """The unit's ExecStart= command line, from the unit file the RPM installs."""
+    unit = (built.root / f"usr/lib/systemd/system/{UNIT}").read_text()
+    lines = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("ExecStart=")]
+    assert len(lines) == 1, lines
+    return shlex.split(lines[0].lstrip("-@:+!"))
+
+
+def test_reboot_brings_rules_and_passthrough_address_back(scene: Scene) -> None:
+    """Simulated reboot: firewalld stops, the kernel forgets ::6 on lo; at boot the unit runs
+    its ExecStart and firewalld starts from /etc."""
+    sb = scene.sb
+    scene.quietly(scriptlets(scene.built.example)["postinstall"], 1)
+    assert_installed(scene)
+    sb.stop_firewalld()
+    sb.run("ip", "-6", "addr", "del", "::6/128", "dev", "lo")
+    assert not has_passthrough_address(sb)
+    sb.run(*exec_start(scene.built))
+    assert sb.start_firewalld() == "running"
+    assert_installed(scene)
+    assert has_passthrough_address(sb)
+
+
+def test_reboot_in_a_fresh_namespace(scene: Scene, make_sandbox: SandboxFactory) -> None:
+    """The same across a real boundary: a new network namespace (fresh lo, empty tables) and a
+    new firewalld on the same /etc/firewalld and /var/lib/tproxy-firewalld contents."""
+    old = scene.sb
+    scene.quietly(scriptlets(scene.built.example)["postinstall"], 1)
+    direct_xml, state = old.direct_xml.read_text(), old.run("cat", STATE_FILE).stdout
+    old.close()
+
+    new = make_sandbox("nftables")
+    scene.sb = new
+    assert not has_passthrough_address(new)
+    new.stop_firewalld()
+    new.direct_xml.write_text(direct_xml)
+    new.run("sh", "-c", f"cat > {STATE_FILE}", input=state)
+    new.run(*exec_start(scene.built))
+    assert new.start_firewalld() == "running"
+    assert_installed(scene)
+    assert has_passthrough_address(new)
+
+
+def test_failures_are_logged_and_never_fail_the_transaction(scene: Scene) -> None:
+    sb = scene.sb
+    macros = scene.built.root / MACROS.lstrip("/")
+    add_foreign(sb)
+    before = direct_lines(sb), sb.direct_xml.read_bytes()
+
+    # Bad settings: exit 0 (also under `sh -e`), one clear line on stderr and in syslog,
+    # nothing installed, the unit left alone.
+    post = eval_macro(macros, "%tproxy_firewalld_install --redirect-inbound-port 99999")
+    for shell in (("/bin/sh",), ("/bin/sh", "-e")):
+        result = scene.scriptlet(post, 1, shell=shell)
+        assert result.returncode == 0 and result.stdout == "", result
+        [line] = result.stderr.splitlines()
+        assert line.startswith(
+            f"{NAME}: {EXAMPLE}: '{NAME} install --redirect-inbound-port 99999' failed (exit 2), "
+            "Kuma's redirect rules were NOT installed: Error: "
+        ), line
+        assert (
+            scene.stub_log("logger")[-1]
+            == f"-t {NAME} -p user.err -- {line.removeprefix(f'{NAME}: ')}"
+        )
+    assert (direct_lines(sb), sb.direct_xml.read_bytes()) == before and not has_state(sb)
+    assert scene.stub_log("systemctl") == []
+
+    # tproxy-firewalld missing (a package without Requires(post)): said, not fatal. (The
+    # stubs stay first on PATH: the real logger would write to the host's /dev/log.)
+    stubs_only = scene.where / "stubs-only"
+    stubs_only.mkdir()
+    for stub in ("systemctl", "logger"):
+        (stubs_only / stub).symlink_to(scene.bin_dir / stub)
+    result = scene.scriptlet(post, 1, path=f"{stubs_only}:{RPM_SCRIPT_PATH}")
+    assert result.returncode == 0 and result.stdout == ""
+    assert (
+        result.stderr
+        == f"{NAME}: {EXAMPLE}: tproxy-firewalld is not installed; Kuma's redirect rules were NOT installed\n"
+    )
+
+    # An uninstall that fails (direct.xml edited by hand into something unusable): logged, not fatal.
+    scene.quietly(scriptlets(scene.built.example)["postinstall"], 1)
+    with firewalld_stopped(sb):
+        good = sb.direct_xml.read_text()
+        sb.direct_xml.write_text(
+            good.replace("<direct>", '<!DOCTYPE direct SYSTEM "x">\n<direct>', 1)
+        )
+        result = scene.scriptlet(scriptlets(scene.built.example)["preuninstall"], 0)
+        assert result.returncode == 0 and result.stdout == "", result
+        [line] = result.stderr.splitlines()
+        assert line.startswith(f"{NAME}: {EXAMPLE}: '{NAME} uninstall' failed (exit 3), "), line
+        assert scene.stub_log("logger")[-1].endswith(line.removeprefix(f"{NAME}: "))
+        sb.direct_xml.write_text(good)
