@@ -93,6 +93,12 @@ def remove_record(paths: Paths) -> None:
     paths.state_file.unlink(missing_ok=True)
 
 
+def diff_json(d: Diff | None) -> dict[str, Any] | None:
+    if d is None:
+        return None
+    return {"add": [entry_json(e) for e in d.add], "remove": [entry_json(e) for e in d.remove]}
+
+
 @dataclass
 class Result:
     """What install / uninstall did (or, with --dry-run, would do)."""
@@ -123,14 +129,6 @@ class Result:
         return "; ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
-        def diff(d: Diff | None) -> dict[str, Any] | None:
-            if d is None:
-                return None
-            return {
-                "add": [entry_json(e) for e in d.add],
-                "remove": [entry_json(e) for e in d.remove],
-            }
-
         return {
             "version": JSON_VERSION,
             "action": self.action,
@@ -138,9 +136,9 @@ class Result:
             "dry_run": self.dry_run,
             "changed": self.changed,
             "summary": self.summary(),
-            "runtime": diff(self.runtime),
-            "permanent": diff(self.permanent),
-            "file": diff(self.file),
+            "runtime": diff_json(self.runtime),
+            "permanent": diff_json(self.permanent),
+            "file": diff_json(self.file),
             "notes": self.notes,
         }
 
@@ -397,22 +395,14 @@ class DiffReport:
         )
 
     def to_json(self) -> dict[str, Any]:
-        def diff(d: Diff | None) -> dict[str, Any] | None:
-            if d is None:
-                return None
-            return {
-                "add": [entry_json(e) for e in d.add],
-                "remove": [entry_json(e) for e in d.remove],
-            }
-
         return {
             "version": JSON_VERSION,
             "in_sync": self.in_sync,
             "desired_from": self.desired_from,
             "firewalld_running": self.live,
-            "runtime": diff(self.runtime),
-            "permanent": diff(self.permanent),
-            "file": diff(self.file),
+            "runtime": diff_json(self.runtime),
+            "permanent": diff_json(self.permanent),
+            "file": diff_json(self.file),
             "file_vs_permanent": {
                 "only_in_file": [entry_json(e) for e in self.file_only],
                 "only_in_firewalld": [entry_json(e) for e in self.firewalld_only],
