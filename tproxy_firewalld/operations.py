@@ -111,10 +111,13 @@ class Result:
     file: Diff | None = None
     notes: list[str] = field(default_factory=list)
     dbus_changes: list[str] = field(default_factory=list)
+    #: changes outside the direct config, e.g. "lo: +::6/128"
+    other_changes: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
-        return any(d is not None and not d.empty for d in (self.runtime, self.permanent, self.file))
+        diffs = (self.runtime, self.permanent, self.file)
+        return any(d is not None and not d.empty for d in diffs) or bool(self.other_changes)
 
     def summary(self) -> str:
         if not self.changed:
@@ -126,6 +129,7 @@ class Result:
             parts.append(f"permanent: updated ({self.permanent.summary()})")
         if self.file is not None and not self.file.empty:
             parts.append(f"direct.xml: {self.file.summary()}")
+        parts += self.other_changes
         return "; ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
@@ -139,6 +143,7 @@ class Result:
             "runtime": diff_json(self.runtime),
             "permanent": diff_json(self.permanent),
             "file": diff_json(self.file),
+            "other_changes": self.other_changes,
             "notes": self.notes,
         }
 
@@ -170,18 +175,27 @@ async def install(
     # the record always describes what is installed.
     with locked(paths.firewalld_dir) if not dry_run else _nolock():
         result = await _converge("install", desired, paths, offline, dry_run, bus_address)
-        if not dry_run:
-            _record_install(result, settings, paths)
+        _loopback_and_record(result, settings, paths, dry_run)
     return result
 
 
-def _record_install(result: Result, settings: Settings, paths: Paths) -> None:
+def _loopback_and_record(result: Result, settings: Settings, paths: Paths, dry_run: bool) -> None:
+    """::6/128 on lo for the IPv6 rules (live only), then the record of what is installed."""
     added_v6 = False
-    if result.mode == "live" and "ipv6" in settings.ipvs:
-        added_v6 = ensure_ipv6_passthrough(result.notes)
+    if result.mode == "live" and "ipv6" in settings.ipvs and not has_ipv6_passthrough():
+        if dry_run:
+            result.other_changes.append(f"lo: +{IPV6_PASSTHROUGH}")
+        else:
+            added_v6 = ensure_ipv6_passthrough(result.notes)
+            if added_v6:
+                result.other_changes.append(f"lo: +{IPV6_PASSTHROUGH}")
+                result.notes = [n for n in result.notes if not n.startswith("added ")]
+    if dry_run:
+        return
     previous = read_record(paths)
-    keep = bool(previous and previous.ipv6_loopback_added)
-    write_record(paths, Record(settings, added_v6 or keep))
+    record = Record(settings, added_v6 or bool(previous and previous.ipv6_loopback_added))
+    if previous != record:  # an in-sync run writes nothing at all
+        write_record(paths, record)
 
 
 async def uninstall(
@@ -195,8 +209,15 @@ async def uninstall(
         result = await _converge("uninstall", DirectConfig(), paths, offline, dry_run, bus_address)
         if not dry_run:
             record = read_record(paths)
-            if record and record.ipv6_loopback_added and result.mode == "live":
+            if (
+                record
+                and record.ipv6_loopback_added
+                and result.mode == "live"
+                and has_ipv6_passthrough()
+            ):
                 remove_ipv6_passthrough(result.notes)
+                result.other_changes.append(f"lo: -{IPV6_PASSTHROUGH}")
+                result.notes = [n for n in result.notes if not n.startswith("removed ")]
             remove_record(paths)
     return result
 
@@ -266,6 +287,10 @@ async def _converge_live(
         plan = replace(plan, permanent_after=permanent.merged_with(desired))
     result.runtime = plan.runtime
     result.permanent = plan.permanent_diff
+    file_diff = Diff.between(desired, on_disk)
+    if result.permanent.empty and not file_diff.empty:
+        # only the file is off (a hand edit): firewalld's update() rewrites it
+        result.file = file_diff
     if not plan.empty:
         _precheck(desired, result)
         if not dry_run:
