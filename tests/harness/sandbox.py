@@ -526,7 +526,9 @@ def start_sandbox(
 ) -> Sandbox:
     """Start firewalld (RUNNING) in fresh network, mount and pid namespaces.
 
-    root: a debootstrapped Debian root whose firewalld to run instead of the host's.
+    root: a debootstrapped Debian root (scripts/build-roots) whose firewalld to run instead of
+    the host's, chrooted inside the same namespaces; everything else (firewall-cmd, iptables-save,
+    the traffic agent, run()) stays the host's, talking to it over the shared /run.
     conf: further firewalld.conf settings, e.g. {"RFC3964_IPv4": "no"}.
     Raises SandboxError, with firewalld's log, if that cannot be done.
     """

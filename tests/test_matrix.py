@@ -1,0 +1,700 @@
+"""The integration suite against every firewalld our users run: 0.9 / 1.3 / 2.3 / 2.5.
+
+Debian carries that spread: bullseye 0.9.3 (like RHEL 8), bookworm 1.3.3 (this host, like
+RHEL 9), trixie 2.3.1 and forky 2.5.2 (like Fedora and newer RHEL). The host's firewalld runs
+as is; the others run from Debian roots built by scripts/build-roots, chrooted inside the
+sandbox's namespaces (tests/harness). The CLI under test always runs on the host side, inside
+the sandbox's mount namespace, where /run (the system bus socket) and /etc/firewalld are the
+ones that firewalld uses; offline cases give it `--root` on the chroot.
+
+Which versions: TPFW_FIREWALLD_ROOTS, a comma-separated list of suites (roots in
+TPFW_ROOTS_DIR, default /var/cache/tproxy-firewalld/roots) or root paths; "none" for the host
+only. Unset: the host plus every complete root found there. A root that is asked for but
+missing or broken fails its tests, never skips them.
+
+Every test appends its outcome to TPFW_MATRIX_RESULTS (default build/matrix-results.jsonl);
+scripts/compat-table renders the README's compatibility table from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import Backend, Peer, Sandbox, SandboxFactory, YesNo
+from test_live import add_foreign, direct_lines, file_config, foreign, ours, tpfw
+
+from tproxy_firewalld.directxml import render_direct_xml
+from tproxy_firewalld.entries import Chain, DirectConfig, Rule
+from tproxy_firewalld.ruleset import build_ruleset
+from tproxy_firewalld.settings import load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_ROOTS_DIR = Path("/var/cache/tproxy-firewalld/roots")
+ROOT_SUITES = ("bullseye", "trixie", "forky")  # what scripts/build-roots builds
+BACKENDS: tuple[Backend, ...] = ("nftables", "iptables")
+FLUSH: tuple[YesNo, ...] = ("yes", "no")
+
+KUMA_COMMENT = "kuma/mesh/transparent/proxy"
+KUMA_DP_UID = 5678
+INBOUND_PORT, OUTBOUND_PORT, APP_PORT = 15006, 15001, 8080
+# The runtime-only rule add_foreign() adds (test_live.py).
+RUNTIME_ONLY = "ipv4 filter INPUT 5 -p tcp --dport 9999 -j ACCEPT"
+# firewalld >= 2.5 says this when a file it watches changes behind its back.
+OUT_OF_BAND = "out-of-band"
+WATCHER_DELAY = 5.0  # firewalld's watcher acts 5 s after the last change of a file
+
+
+# -- the versions ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Version:
+    suite: str  # Debian suite: bookworm is the host
+    root: Path | None  # None: the host's firewalld
+    package: str  # Debian package version of firewalld, e.g. "0.9.3-2"
+    problem: str = ""  # why the root cannot be used: its tests fail with this
+
+    @property
+    def upstream(self) -> str:
+        match = re.match(r"\d+\.\d+\.\d+", self.package)
+        return match.group(0) if match else "?"
+
+    @property
+    def number(self) -> tuple[int, ...]:
+        return (
+            tuple(int(part) for part in self.upstream.split(".")) if self.upstream != "?" else (0,)
+        )
+
+    @property
+    def id(self) -> str:
+        return f"{self.suite}-{self.upstream}"
+
+    # What differs between versions (../shared/FIREWALLD.md §8), as the tests expect it.
+    def flushes_iptables_without_direct_config(self, backend: Backend) -> bool:
+        """Before 2.0 every start and reload flushes all iptables tables; from 2.0 the nftables
+        backend does so only once direct config exists. The iptables backend always does."""
+        return self.number < (2, 0) or backend == "iptables"
+
+    @property
+    def has_strict_forward_ports(self) -> bool:
+        return self.number >= (2, 3)
+
+    @property
+    def rereads_direct_xml(self) -> bool:
+        """Up to 2.4 the watcher loads a changed direct.xml by itself; 2.5 only warns."""
+        return self.number < (2, 5)
+
+
+def roots_dir() -> Path:
+    return Path(os.environ.get("TPFW_ROOTS_DIR") or DEFAULT_ROOTS_DIR)
+
+
+def host_version() -> Version:
+    codename = "host"
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("VERSION_CODENAME="):
+                codename = line.split("=", 1)[1].strip('"') or codename
+    except OSError:
+        pass
+    try:
+        package = subprocess.run(
+            ["dpkg-query", "-W", "-f", "${Version}", "firewalld"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError) as exc:
+        return Version(codename, None, "", f"the host's firewalld package: {exc}")
+    return Version(codename, None, package)
+
+
+def root_version(name: str) -> Version:
+    path = Path(name) if "/" in name else roots_dir() / name
+    marker = path.parent / f"{path.name}.json"
+    if not (path / "usr/sbin/firewalld").exists():
+        return Version(path.name, path, "", f"no firewalld root at {path}; run scripts/build-roots")
+    try:
+        package = str(json.loads(marker.read_text())["firewalld"])
+    except (OSError, ValueError, KeyError):
+        return Version(path.name, path, "", f"{marker} missing or unreadable: an incomplete root")
+    return Version(path.name, path, package)
+
+
+def discover() -> list[Version]:
+    wanted = os.environ.get("TPFW_FIREWALLD_ROOTS")
+    if wanted is None:
+        names = [s for s in ROOT_SUITES if (roots_dir() / f"{s}.json").exists()]
+    else:
+        names = [w for w in re.split(r"[,\s]+", wanted) if w and w != "none"]
+    versions = [host_version(), *(root_version(name) for name in names)]
+    return sorted(versions, key=lambda v: v.number)
+
+
+VERSIONS = discover()
+
+
+def params(*, backends: tuple[Backend, ...] = BACKENDS, flush: tuple[YesNo, ...] = ("yes",),
+           only: Any = None) -> list[Any]:  # fmt: skip
+    """pytest params (version, backend, flush) for every version (that `only` accepts)."""
+    return [
+        pytest.param(v, b, f, id=f"{v.id}-{b}" + (f"-flush{f}" if len(flush) > 1 else ""))
+        for v in VERSIONS
+        if only is None or only(v)
+        for b in backends
+        for f in flush
+    ]
+
+
+# -- results, for the README's table ---------------------------------------------------------
+
+
+def results_path() -> Path:
+    return Path(os.environ.get("TPFW_MATRIX_RESULTS") or REPO / "build" / "matrix-results.jsonl")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fresh_results() -> None:
+    path = results_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("")
+
+
+@pytest.fixture
+def outcome(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """The test's line in the results file; the test sets "passed" as its last step."""
+    version, backend, flush = (
+        request.node.callspec.params[k] for k in ("version", "backend", "flush")
+    )
+    entry: dict[str, Any] = {
+        "test": request.node.originalname,
+        "suite": version.suite,
+        "firewalld": version.package,
+        "backend": backend,
+        "flush_all_on_reload": flush,
+        "passed": False,
+        "facts": {},  # what firewalld was seen doing, for the README (scripts/compat-table)
+    }
+    started = time.monotonic()
+    yield entry
+    entry["seconds"] = round(time.monotonic() - started, 1)
+    with results_path().open("a") as out:
+        out.write(json.dumps(entry) + "\n")
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def start(
+    make_sandbox: SandboxFactory,
+    version: Version,
+    backend: Backend,
+    flush: YesNo = "yes",
+    conf: dict[str, str] | None = None,
+) -> Sandbox:
+    if version.problem:
+        pytest.fail(version.problem, pytrace=False)
+    sb = make_sandbox(backend, flush, version.root, conf)
+    assert sb.firewalld_version() == version.upstream, "the sandbox runs the firewalld asked for"
+    return sb
+
+
+def expected_ours() -> DirectConfig:
+    """The default install (uid 5678 exempt), as the CLI builds it."""
+    return build_ruleset(load_settings(env={}, flags={"--kuma-dp-user": str(KUMA_DP_UID)}))
+
+
+def log_text(sb: Sandbox) -> str:
+    return sb.log_path.read_text(errors="replace")
+
+
+# This machine's kernel has no loadable modules (no /proc/modules): firewalld 0.9.3 logs a
+# traceback for that when it stops (1.x and later cope). Nothing to do with direct rules.
+NO_PROC_MODULES = "No such file or directory: '/proc/modules'"
+
+
+def complaints(sb: Sandbox) -> list[str]:
+    """firewalld's ERROR messages and tracebacks, one string each (the kernel's lack of
+    loadable modules excepted)."""
+    messages = re.split(r"\n(?=\d{4}-\d\d-\d\d \d\d:\d\d:\d\d )", log_text(sb))
+    return [
+        m for m in messages
+        if ("ERROR" in m or "Traceback" in m) and NO_PROC_MODULES not in m
+    ]  # fmt: skip
+
+
+def settle_watcher() -> None:
+    """Long enough for firewalld's file watcher to have acted on a change just made."""
+    time.sleep(WATCHER_DELAY + 2)
+
+
+def served(reply: dict[str, str | None] | None) -> tuple[str | None, str | None] | None:
+    return None if reply is None else (reply["server"], reply["orig_dst"])
+
+
+@contextmanager
+def proxy_and_remote(sb: Sandbox) -> Iterator[Peer]:
+    """The proxy's two listeners in the sandbox, the app on the remote peer."""
+    peer = sb.add_peer()
+    with ExitStack() as stack:
+        stack.enter_context(sb.listen(OUTBOUND_PORT, name="proxy-out"))
+        stack.enter_context(sb.listen(INBOUND_PORT, name="proxy-in"))
+        stack.enter_context(sb.listen(APP_PORT, name="remote", netns=peer.name))
+        yield peer
+
+
+def assert_redirected(sb: Sandbox, peer: Peer, when: str) -> None:
+    out = sb.connect(peer.ipv4, APP_PORT)
+    assert served(out) == ("proxy-out", f"{peer.ipv4}:{APP_PORT}"), f"{when}: outbound"
+    assert served(sb.connect(peer.ipv4, APP_PORT, uid=KUMA_DP_UID)) == ("remote", None), (
+        f"{when}: the proxy's own uid is exempt"
+    )
+    inbound = sb.connect(peer.local_ipv4, APP_PORT, netns=peer.name)
+    assert served(inbound) == ("proxy-in", f"{peer.local_ipv4}:{APP_PORT}"), f"{when}: inbound"
+
+
+def assert_not_redirected(sb: Sandbox, peer: Peer, when: str) -> None:
+    assert served(sb.connect(peer.ipv4, APP_PORT)) == ("remote", None), f"{when}: outbound"
+    # Nothing listens on the sandbox's 8080 (and firewalld's zone refuses it): no connection.
+    assert sb.connect(peer.local_ipv4, APP_PORT, netns=peer.name, timeout=2) is None, (
+        f"{when}: inbound"
+    )
+
+
+def status_json(sb: Sandbox, *args: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(tpfw(sb, "status", "--output", "json", *args).stdout)
+    return data
+
+
+def in_sync(sb: Sandbox, *settings: str) -> bool:
+    result = tpfw(sb, "diff", *settings, check=False)
+    assert result.returncode in (0, 1), result.stdout + result.stderr
+    return result.returncode == 0
+
+
+# -- 1. the whole cycle ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("version", "backend", "flush"), params(flush=FLUSH))
+def test_cycle(
+    make_sandbox: SandboxFactory,
+    outcome: dict[str, Any],
+    version: Version,
+    backend: Backend,
+    flush: YesNo,
+) -> None:
+    """install / diff / traffic / reload / restart / dry-run / uninstall with foreign entries."""
+    sb = start(make_sandbox, version, backend, flush)
+    add_foreign(sb)
+    runtime0, permanent0 = direct_lines(sb), direct_lines(sb, permanent=True)
+    assert RUNTIME_ONLY in runtime0 and RUNTIME_ONLY not in permanent0
+    wanted = expected_ours()
+
+    with proxy_and_remote(sb) as peer:
+        assert_not_redirected(sb, peer, "before install")
+
+        dry = json.loads(tpfw(sb, "install", "--dry-run", "--output", "json").stdout)
+        assert dry["dry_run"] is True and dry["changed"] is True
+        assert (direct_lines(sb), direct_lines(sb, permanent=True)) == (runtime0, permanent0)
+
+        result = json.loads(tpfw(sb, "install", "--output", "json").stdout)
+        assert result["mode"] == "live" and result["changed"] is True
+        runtime, permanent = direct_lines(sb), direct_lines(sb, permanent=True)
+        assert foreign(runtime) == runtime0 and foreign(permanent) == permanent0, "foreign kept"
+        assert len(ours(runtime)) == len(wanted.entries()) and ours(runtime) == ours(permanent)
+        assert file_config(sb).ours().entries() == wanted.entries()
+        assert tpfw(sb, "install").stdout.strip().endswith("install: nothing to do")
+        assert in_sync(sb)
+        status = status_json(sb)
+        assert status["firewalld"]["version"] == version.upstream
+        assert status["firewalld"]["backend"] == backend
+        assert status["firewalld"]["flush_all_on_reload"] == flush
+        n = len(wanted.entries())
+        assert status["installed"] == {"runtime": n, "permanent": n, "file": n}
+        assert status["in_sync"] is True
+        assert_redirected(sb, peer, "after install")
+
+        sb.reload()
+        assert in_sync(sb), "after reload"
+        # FlushAllOnReload=no keeps runtime-only direct rules over a reload, =yes drops them.
+        kept = RUNTIME_ONLY in direct_lines(sb)
+        outcome["facts"][
+            f"another tool's runtime-only direct rule, reload with FlushAllOnReload={flush}"
+        ] = "kept" if kept else "dropped"
+        assert kept == (flush == "no")
+        assert_redirected(sb, peer, "after reload")
+
+        assert sb.restart_firewalld() == "running"
+        assert in_sync(sb), "after restart"
+        assert RUNTIME_ONLY not in direct_lines(sb), "runtime-only rules never survive a restart"
+        assert_redirected(sb, peer, "after restart")
+
+        before = (direct_lines(sb), direct_lines(sb, permanent=True), sb.direct_xml.read_bytes())
+        dry = tpfw(sb, "uninstall", "--dry-run")
+        assert "would change" in dry.stdout
+        assert (
+            direct_lines(sb),
+            direct_lines(sb, permanent=True),
+            sb.direct_xml.read_bytes(),
+        ) == before
+
+        out = tpfw(sb, "uninstall").stdout
+        assert "uninstall: runtime: -" in out and "permanent: updated" in out, out
+        assert direct_lines(sb) == foreign(before[0])
+        assert direct_lines(sb, permanent=True) == permanent0
+        assert file_config(sb).ours().is_empty()
+        for ipv in ("ipv4", "ipv6"):
+            saved = "".join(sb.iptables_save(ipv, t) for t in ("raw", "nat", "mangle"))
+            assert "KUMA" not in saved and KUMA_COMMENT not in saved
+        assert tpfw(sb, "uninstall").stdout.strip().endswith("uninstall: nothing to do")
+        assert_not_redirected(sb, peer, "after uninstall")
+
+    assert sb.state() == "running"
+    assert complaints(sb) == []
+    outcome["passed"] = True
+
+
+# -- 2. offline --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("version", "backend", "flush"), params())
+def test_offline_install_and_uninstall_apply_at_next_start(
+    make_sandbox: SandboxFactory,
+    outcome: dict[str, Any],
+    version: Version,
+    backend: Backend,
+    flush: YesNo,
+) -> None:
+    """`--root` on the stopped firewalld's root: direct.xml only; firewalld takes it at start."""
+    sb = start(make_sandbox, version, backend, flush)
+    add_foreign(sb)
+    permanent0 = direct_lines(sb, permanent=True)
+    wanted = expected_ours()
+    root = str(sb.image_root)
+    sb.stop_firewalld()
+
+    result = json.loads(tpfw(sb, "install", "--root", root, "--output", "json").stdout)
+    assert result["mode"] == "offline" and len(result["file"]["add"]) == len(wanted.entries())
+    outcome["facts"]["offline `--root` install and uninstall"] = "applied at next start"
+    assert status_json(sb, "--root", root)["installed"] == {"file": len(wanted.entries())}
+    assert sb.start_firewalld() == "running"
+    assert len(ours(direct_lines(sb))) == len(wanted.entries())
+    assert foreign(direct_lines(sb, permanent=True)) == permanent0
+    # The record went under --root; the live diff is told the settings instead.
+    assert in_sync(sb, "--kuma-dp-user", str(KUMA_DP_UID))
+    assert tpfw(sb, "install", "--root", root).stdout.strip().endswith("nothing to do")
+
+    sb.stop_firewalld()
+    assert "direct.xml: -" in tpfw(sb, "uninstall", "--root", root).stdout
+    assert sb.start_firewalld() == "running"
+    assert ours(direct_lines(sb)) == [] and direct_lines(sb, permanent=True) == permanent0
+    assert "KUMA" not in sb.iptables_save("ipv4", "nat")
+    outcome["passed"] = True
+
+
+# -- 3. Kuma's leftovers ---------------------------------------------------------------------
+
+JUMP_COMMENT = f"{KUMA_COMMENT}/redirect outbound TCP traffic to our custom chain for processing"
+KUMA_STORED = DirectConfig(
+    chains=(Chain("ipv4", "nat", "KUMA_MESH_OUTBOUND"), Chain("ipv4", "filter", "FOREIGN")),
+    rules=(
+        Rule("ipv4", "nat", "OUTPUT", 3,
+             ("-m", "comment", "--comment", JUMP_COMMENT, "-p", "tcp", "-j", "KUMA_MESH_OUTBOUND")),
+        Rule("ipv4", "nat", "KUMA_MESH_OUTBOUND", 3, ("-p", "tcp", "--dport", "15001", "-j", "RETURN")),
+        Rule("ipv4", "filter", "FOREIGN", 0, ("-j", "RETURN")),
+    ),
+)  # fmt: skip
+# kumactl --store-firewalld labels every rule ipv4, its IPv6 ones included: iptables rejects
+# this one, so a firewalld that loads it fails.
+KUMA_BROKEN = Rule(
+    "ipv4", "nat", "KUMA_MESH_OUTBOUND", 3, ("-s", "::6/128", "-o", "lo", "-j", "RETURN")
+)
+
+
+@pytest.mark.parametrize(("version", "backend", "flush"), params(backends=("nftables",)))
+def test_kuma_leftovers_are_removed_live_and_offline(
+    make_sandbox: SandboxFactory,
+    outcome: dict[str, Any],
+    version: Version,
+    backend: Backend,
+    flush: YesNo,
+) -> None:
+    sb = start(make_sandbox, version, backend, flush)
+    only_foreign = DirectConfig(chains=(KUMA_STORED.chains[1],), rules=(KUMA_STORED.rules[2],))
+
+    # live: what kumactl --store-firewalld left and firewalld loaded
+    sb.direct_xml.write_bytes(render_direct_xml(KUMA_STORED))
+    sb.reload()
+    assert sb.state() == "running" and "KUMA_MESH_OUTBOUND" in sb.iptables_save("ipv4", "nat")
+    out = tpfw(sb, "uninstall").stdout
+    assert (
+        "runtime: -1 chain -2 rules" in out and "permanent: updated (-1 chain -2 rules)" in out
+    ), out
+    assert file_config(sb) == only_foreign
+    assert "KUMA" not in sb.iptables_save("ipv4", "nat")
+    assert direct_lines(sb) == ["ipv4 filter FOREIGN", "ipv4 filter FOREIGN 0 -j RETURN"]
+
+    # offline: the leftover with kumactl's mislabelled IPv6 rule, which firewalld cannot load
+    sb.stop_firewalld()
+    broken = DirectConfig(KUMA_STORED.chains, (*KUMA_STORED.rules, KUMA_BROKEN))
+    sb.direct_xml.write_bytes(render_direct_xml(broken))
+    out = tpfw(sb, "uninstall", "--root", str(sb.image_root)).stdout
+    assert "direct.xml: -1 chain -3 rules" in out, out
+    assert file_config(sb) == only_foreign
+    assert sb.start_firewalld() == "running"
+    outcome["passed"] = True
+
+
+@pytest.mark.parametrize(("version", "backend", "flush"), params(backends=("nftables",)))
+def test_firewalld_failing_on_kumas_leftover_is_recovered(
+    make_sandbox: SandboxFactory,
+    outcome: dict[str, Any],
+    version: Version,
+    backend: Backend,
+    flush: YesNo,
+) -> None:
+    """firewalld started on kumactl's broken leftover goes to state FAILED, in every version
+    (from 1.2 running a fail-safe stock configuration; 0.9 just failed). Our tools say so, make
+    no live change while FAILED, and an offline uninstall fixes the file."""
+    sb = start(make_sandbox, version, backend, flush)
+    sb.stop_firewalld()
+    broken = DirectConfig(KUMA_STORED.chains, (*KUMA_STORED.rules, KUMA_BROKEN))
+    sb.direct_xml.write_bytes(render_direct_xml(broken))
+    state = sb.start_firewalld()
+    outcome["facts"]["start with kumactl's mislabelled IPv6 rule in direct.xml"] = (
+        f"state {state.split()[0].upper()}"
+    )
+    assert state.startswith("failed"), state
+    status = tpfw(sb, "status", check=False)
+    assert "FAILED" in status.stdout + status.stderr, status
+    for command in ("install", "uninstall"):
+        result = tpfw(sb, command, check=False)
+        assert result.returncode == 5 and "FAILED state" in result.stderr, result
+        assert result.stderr.startswith("Error: ") and "Traceback" not in result.stderr
+    assert file_config(sb).entries() == broken.entries(), "nothing written while FAILED"
+    assert "direct.xml: -1 chain -3 rules" in tpfw(sb, "uninstall", "--offline").stdout
+    assert sb.restart_firewalld() == "running"
+    assert "ipv4 filter FOREIGN" in direct_lines(sb) and ours(direct_lines(sb)) == []
+    assert tpfw(sb, "install").returncode == 0 and in_sync(sb)
+    outcome["passed"] = True
+
+
+# -- 4. safety -------------------------------------------------------------------------------
+
+MIDWAY_REJECTED = """
+import asyncio
+from tproxy_firewalld.entries import DirectConfig, Rule
+from tproxy_firewalld.errors import TproxyError
+from tproxy_firewalld.firewalld import Firewalld
+from tproxy_firewalld.operations import apply_plan
+from tproxy_firewalld.plan import make_plan
+from tproxy_firewalld.ruleset import build_ruleset
+from tproxy_firewalld.settings import load_settings
+
+async def main():
+    fw = await Firewalld.connect()
+    good = build_ruleset(load_settings(env={}, flags={"--kuma-dp-user": "5678"}))
+    bad = Rule("ipv4", "nat", "OUTPUT", 7, ("-m", "comment", "--comment",
+               "kuma/mesh/transparent/proxy/z", "-j", "KUMA_MESH_MISSING"))
+    desired = DirectConfig(good.chains, good.rules + (bad,))
+    plan = make_plan(desired, await fw.runtime(), await fw.permanent())
+    try:
+        await apply_plan(fw, plan)
+    except TproxyError as exc:
+        print(type(exc).__name__, exc.exit_code, exc)
+        return
+    print("applied")
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize(("version", "backend", "flush"), params())
+def test_rule_firewalld_rejects_is_rolled_back_and_firewalld_keeps_running(
+    make_sandbox: SandboxFactory,
+    outcome: dict[str, Any],
+    version: Version,
+    backend: Backend,
+    flush: YesNo,
+) -> None:
+    """A rule this firewalld's iptables rejects (a jump to a missing chain, past the pre-check):
+    COMMAND_FAILED, everything done so far undone, permanent untouched, firewalld RUNNING."""
+    sb = start(make_sandbox, version, backend, flush)
+    add_foreign(sb)
+    before = direct_lines(sb), direct_lines(sb, permanent=True), sb.direct_xml.read_bytes()
+    out = sb.run(sys.executable, "-c", MIDWAY_REJECTED).stdout
+    assert out.startswith("FirewalldRejected 6 ") and "COMMAND_FAILED" in out, out
+    assert "runtime change(s) already made, nothing was changed" in out, out
+    assert (
+        direct_lines(sb),
+        direct_lines(sb, permanent=True),
+        sb.direct_xml.read_bytes(),
+    ) == before
+    assert sb.state() == "running"
+    sb.reload()
+    assert sb.state() == "running"
+    assert tpfw(sb, "install").returncode == 0 and in_sync(sb)
+    outcome["passed"] = True
+
+
+# -- 5. what differs between versions ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(("version", "backend", "flush"), params())
+def test_status_warns_exactly_when_a_reload_flushes_other_tools_chains(
+    make_sandbox: SandboxFactory,
+    outcome: dict[str, Any],
+    version: Version,
+    backend: Backend,
+    flush: YesNo,
+) -> None:
+    """Before 2.0 firewalld flushes all iptables tables on every reload; from 2.0 only once
+    direct config exists (nftables backend; the iptables backend always flushes). `status`
+    warns in exactly the cases where another tool's chain is then lost, and names that chain
+    only, none of firewalld's own (RFC3964_IPv4, 2.5's *_dispatch)."""
+    sb = start(make_sandbox, version, backend, flush)
+
+    def docker_chain_survives_reload() -> bool:
+        sb.run("iptables", "-t", "filter", "-N", "DOCKER-USER")
+        sb.reload()
+        alive = sb.run("iptables", "-t", "filter", "-S", "DOCKER-USER", check=False).returncode == 0
+        if alive:
+            sb.run("iptables", "-t", "filter", "-X", "DOCKER-USER")
+        return alive
+
+    def flush_warning() -> list[str]:
+        sb.run("iptables", "-t", "filter", "-N", "DOCKER-USER")
+        warnings = [w for w in status_json(sb)["warnings"] if "flushes all iptables tables" in w]
+        sb.run("iptables", "-t", "filter", "-X", "DOCKER-USER")
+        for warning in warnings:  # only the other tool's chain: none of firewalld's own
+            assert warning.endswith(
+                "these chains of other tools would be wiped: ipv4 filter DOCKER-USER"
+            )
+        return warnings
+
+    flushes = version.flushes_iptables_without_direct_config(backend)
+    # No direct configuration at all.
+    warned = flush_warning()
+    assert len(warned) == int(flushes), warned
+    if version.number < (2, 0):
+        assert "on every start, reload and stop (firewalld < 2.0)" in warned[0]
+    elif backend == "iptables":
+        assert "on every start, reload and stop (FirewallBackend=iptables)" in warned[0]
+    survived = docker_chain_survives_reload()
+    outcome["facts"]["another tool's iptables chain, reload without direct rules"] = (
+        "kept" if survived else "flushed, status warns"
+    )
+    assert survived == (not flushes)
+
+    # Ours installed: every version flushes.
+    tpfw(sb, "install")
+    assert len(flush_warning()) == 1
+    assert not docker_chain_survives_reload()
+    assert in_sync(sb), "our rules come back with the reload"
+
+    status = status_json(sb)
+    strict = status["firewalld"]["strict_forward_ports"]
+    assert strict == ("no" if version.has_strict_forward_ports else None), strict
+    assert not [w for w in status["warnings"] if "StrictForwardPorts" in w]
+    outcome["passed"] = True
+
+
+@pytest.mark.parametrize(("version", "backend", "flush"), params())
+def test_strict_forward_ports_yes_is_warned_about_where_it_breaks_the_redirects(
+    make_sandbox: SandboxFactory,
+    outcome: dict[str, Any],
+    version: Version,
+    backend: Backend,
+    flush: YesNo,
+) -> None:
+    """firewalld >= 2.3 with StrictForwardPorts=yes rejects every connection that conntrack
+    marks as DNATed unless a forward port allows it: REDIRECT is DNAT, so Kuma's inbound and
+    outbound redirects both stop working. `status` says so; the traffic shows it. Before 2.3
+    the setting does not exist: firewalld ignores the line, nothing is reported, traffic flows."""
+    sb = start(make_sandbox, version, backend, flush, conf={"StrictForwardPorts": "yes"})
+    with proxy_and_remote(sb) as peer:
+        tpfw(sb, "install")
+        status = status_json(sb)
+        warned = [w for w in status["warnings"] if w.startswith("StrictForwardPorts=yes")]
+        outcome["facts"]["StrictForwardPorts=yes"] = (
+            "breaks inbound and outbound redirects, status warns"
+            if version.has_strict_forward_ports
+            else "not a setting: ignored"
+        )
+        if version.has_strict_forward_ports:
+            assert status["firewalld"]["strict_forward_ports"] == "yes"
+            assert len(warned) == 1, status
+            assert "StrictForwardPorts=yes" in tpfw(sb, "status").stdout
+            # The evidence: neither direction reaches the proxy, nor anything else.
+            assert sb.connect(peer.ipv4, APP_PORT, timeout=2) is None, "outbound"
+            assert sb.connect(peer.local_ipv4, APP_PORT, netns=peer.name, timeout=2) is None, (
+                "inbound"
+            )
+        else:
+            assert status["firewalld"]["strict_forward_ports"] is None and warned == [], status
+            assert_redirected(sb, peer, "StrictForwardPorts unknown to this version")
+    outcome["passed"] = True
+
+
+@pytest.mark.parametrize(("version", "backend", "flush"), params(backends=("nftables",)))
+def test_our_writes_cause_no_out_of_band_warning_and_hand_edits_follow_the_version(
+    make_sandbox: SandboxFactory,
+    outcome: dict[str, Any],
+    version: Version,
+    backend: Backend,
+    flush: YesNo,
+) -> None:
+    """Our live writes go through firewalld (config.direct.update): no firewalld, 2.5 included,
+    sees an out-of-band change. A hand edit of direct.xml is re-read by firewalld up to 2.4;
+    2.5 only warns, and then `diff` names the edit and `install` refuses to overwrite it."""
+    sb = start(make_sandbox, version, backend, flush)
+    tpfw(sb, "install")
+    tpfw(sb, "install", "--redirect-outbound-port", "15999")
+    settle_watcher()
+    tpfw(sb, "uninstall")
+    tpfw(sb, "install")
+    settle_watcher()
+    assert OUT_OF_BAND not in log_text(sb), log_text(sb)
+    assert in_sync(sb)
+
+    # A hand edit: a foreign rule added to the file behind firewalld's back.
+    mine = Rule("ipv4", "filter", "INPUT", 0, ("-p", "tcp", "--dport", "2022", "-j", "ACCEPT"))
+    config = file_config(sb)
+    sb.direct_xml.write_bytes(
+        render_direct_xml(DirectConfig(config.chains, (*config.rules, mine), config.passthroughs))
+    )
+    settle_watcher()
+    permanent = direct_lines(sb, permanent=True)
+    outcome["facts"]["our live writes: out-of-band warnings"] = "none"
+    outcome["facts"]["direct.xml edited by hand while running"] = (
+        "re-read after 5 s"
+        if version.rereads_direct_xml
+        else "not re-read; logs out-of-band, needs reload"
+    )
+    if version.rereads_direct_xml:
+        assert f"ipv4 filter INPUT 0 {' '.join(mine.args)}" in permanent, (
+            "firewalld re-read the file"
+        )
+        assert OUT_OF_BAND not in log_text(sb)
+        assert in_sync(sb)
+        assert tpfw(sb, "install", "--redirect-outbound-port", "15999").returncode == 0
+    else:
+        assert OUT_OF_BAND in log_text(sb), log_text(sb)
+        assert f"ipv4 filter INPUT 0 {' '.join(mine.args)}" not in permanent, "2.5 does not re-read"
+        diff = tpfw(sb, "diff", check=False)
+        assert diff.returncode == 1 and f"only in direct.xml: {mine.describe()}" in diff.stdout
+        result = tpfw(sb, "install", "--redirect-outbound-port", "15999", check=False)
+        assert result.returncode == 3 and "edited by hand and not loaded" in result.stderr
+        sb.reload()  # what the message and firewalld ask for
+        assert tpfw(sb, "install", "--redirect-outbound-port", "15999").returncode == 0
+    assert mine in file_config(sb).rules
+    outcome["passed"] = True
