@@ -80,7 +80,7 @@ class Version:
     def id(self) -> str:
         return f"{self.suite}-{self.upstream}"
 
-    # What differs between versions (../shared/FIREWALLD.md §8), as the tests expect it.
+    # What differs between versions (firewalld release notes and source), as the tests expect it.
     def flushes_iptables_without_direct_config(self, backend: Backend) -> bool:
         """Before 2.0 every start and reload flushes all iptables tables; from 2.0 the nftables
         backend does so only once direct config exists. The iptables backend always does."""
