@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 import yaml
 from harness import Sandbox, SandboxFactory
+from test_live import add_foreign, direct_lines, file_config, foreign, ours
 
 from tproxy_firewalld.directxml import parse_direct_xml
-from tproxy_firewalld.entries import DirectConfig
 from tproxy_firewalld.errors import SettingsError
 from tproxy_firewalld.ruleset import build_ruleset
 from tproxy_firewalld.settings import FIELDS_BY_FLAG, load_settings
@@ -203,81 +203,6 @@ def ok(run: Run) -> Run:
 
 # --------------------------------------------------------------------------- firewalld helpers
 # (as in test_live.py)
-
-
-def add_foreign(sb: Sandbox) -> None:
-    sb.firewall_cmd("--permanent", "--direct", "--add-chain", "ipv4", "filter", "FOREIGN")
-    sb.firewall_cmd(
-        "--permanent", "--direct", "--add-rule", "ipv4", "filter", "FOREIGN", "0", "-j", "RETURN"
-    )
-    sb.firewall_cmd(
-        "--permanent",
-        "--direct",
-        "--add-rule",
-        "ipv6",
-        "nat",
-        "OUTPUT",
-        "0",
-        "-p",
-        "udp",
-        "--dport",
-        "5353",
-        "-j",
-        "RETURN",
-    )
-    sb.firewall_cmd(
-        "--permanent",
-        "--direct",
-        "--add-passthrough",
-        "ipv4",
-        "-t",
-        "filter",
-        "-A",
-        "INPUT",
-        "-p",
-        "tcp",
-        "--dport",
-        "8888",
-        "-j",
-        "ACCEPT",
-    )
-    sb.reload()
-    sb.firewall_cmd(
-        "--direct",
-        "--add-rule",
-        "ipv4",
-        "filter",
-        "INPUT",
-        "5",
-        "-p",
-        "tcp",
-        "--dport",
-        "9999",
-        "-j",
-        "ACCEPT",
-    )
-
-
-def direct_lines(sb: Sandbox, *, permanent: bool = False) -> list[str]:
-    scope = ["--permanent"] if permanent else []
-    out = []
-    for what in ("--get-all-chains", "--get-all-rules", "--get-all-passthroughs"):
-        out += sb.firewall_cmd(*scope, "--direct", what).stdout.splitlines()
-    return sorted(out)
-
-
-def foreign(lines: list[str]) -> list[str]:
-    return [line for line in lines if "KUMA_MESH" not in line and KUMA_COMMENT not in line]
-
-
-def ours(lines: list[str]) -> list[str]:
-    return [line for line in lines if "KUMA_MESH" in line or KUMA_COMMENT in line]
-
-
-def file_config(sb: Sandbox) -> DirectConfig:
-    return (
-        parse_direct_xml(sb.direct_xml.read_bytes()) if sb.direct_xml.exists() else DirectConfig()
-    )
 
 
 def snapshot(sb: Sandbox) -> tuple[list[str], list[str], bytes, bool]:
