@@ -1,12 +1,15 @@
-"""Install speed against a real firewalld (sandbox): prints figures, asserts nothing.
+"""Speed against a real firewalld (sandbox), side by side with `firewall-cmd --reload` in the same
+run: prints figures, asserts nothing.
 
-Median wall time of N runs each, for the default dual-stack Kuma set (8 chains, 22 rules):
+For each rule set (the default dual-stack set, and IPv4 with N = 0, 10, 100
+--exclude-outbound-ips), the median wall time of R runs of:
   * tproxy-firewalld install from nothing (process start included)
   * the same install again (in sync: reads only)
   * tproxy-firewalld uninstall
-  * firewall-cmd per entry, runtime + permanent (what a shell script would do)
-  * direct.xml written + firewall-cmd --reload
-Run: python3 bench/install_bench.py [N]
+  * firewall-cmd --reload with the same rules in direct.xml (what the ratios are against)
+Every command runs inside the sandbox the same way (nsenter), so their overheads are alike.
+
+Run: python3 bench/install_bench.py [R]      (R defaults to 7)
 """
 
 from __future__ import annotations
@@ -14,62 +17,79 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from harness import start_sandbox  # noqa: E402
+from harness import Sandbox, start_sandbox  # noqa: E402
 
 from tproxy_firewalld.directxml import render_direct_xml  # noqa: E402
-from tproxy_firewalld.entries import Chain, join_args  # noqa: E402
+from tproxy_firewalld.entries import DirectConfig  # noqa: E402
+from tproxy_firewalld.kuma import KumaSettings  # noqa: E402
 from tproxy_firewalld.ruleset import build_ruleset  # noqa: E402
-from tproxy_firewalld.settings import load_settings  # noqa: E402
+
+TP = [sys.executable, "-m", "tproxy_firewalld"]
 
 
-def timed(fn) -> float:  # type: ignore[no-untyped-def]
+def timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
 
 
+def cases() -> list[tuple[str, list[str]]]:
+    out = [("default (dual-stack)", ["--kuma-dp-user", "5678"])]
+    for n in (0, 10, 100):
+        ips = [f"10.{i // 250}.{i % 250}.0/24" for i in range(n)]
+        args = ["--kuma-dp-user", "5678", "--ip-family-mode", "ipv4"]
+        if ips:
+            args += ["--exclude-outbound-ips", ",".join(ips)]
+        out.append((f"ipv4, N={n}", args))
+    return out
+
+
+def settings_of(args: list[str]) -> KumaSettings:
+    flags: dict[str, list[str]] = {}
+    for flag, value in zip(args[::2], args[1::2]):
+        flags.setdefault(flag, []).append(value)
+    return KumaSettings.load(flags=flags)
+
+
+def measure(sb: Sandbox, args: list[str], runs: int) -> dict[str, float]:
+    ours = build_ruleset(settings_of(args))
+    fresh, again, removal, reload_ = [], [], [], []
+    for _ in range(runs):
+        fresh.append(timed(lambda: sb.run(*TP, "install", *args)))
+        again.append(timed(lambda: sb.run(*TP, "install", *args)))
+        removal.append(timed(lambda: sb.run(*TP, "uninstall")))
+    data = render_direct_xml(ours)
+    for _ in range(runs):
+        sb.direct_xml.write_bytes(data)
+        reload_.append(timed(lambda: sb.firewall_cmd("--reload")))
+    sb.direct_xml.write_bytes(render_direct_xml(DirectConfig()))
+    sb.firewall_cmd("--reload")
+    return {
+        "rules": float(len(ours.rules)),
+        "install (fresh)": statistics.median(fresh),
+        "install (in sync)": statistics.median(again),
+        "uninstall": statistics.median(removal),
+        "firewall-cmd --reload": statistics.median(reload_),
+    }
+
+
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 5
-    ours = build_ruleset(load_settings(flags={"--kuma-dp-user": "5678"}))
-    tp = [sys.executable, "-m", "tproxy_firewalld"]
-    fresh, again, removal, per_entry, reload_ = [], [], [], [], []
+    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 7
+    print(f"median of {runs} runs; ratios against firewall-cmd --reload of the same rules, same run")
     with start_sandbox("nftables", "yes") as sb:
-        # D-Bus calls made, from the tool's own JSON report
-        for _ in range(n):
-            fresh.append(timed(lambda: sb.run(*tp, "install")))
-            again.append(timed(lambda: sb.run(*tp, "install")))
-            removal.append(timed(lambda: sb.run(*tp, "uninstall")))
-        script = []
-        for e in (*ours.chains, *ours.rules):
-            if isinstance(e, Chain):
-                spec = f"--add-chain {e.ipv} {e.table} {e.chain}"
-            else:
-                spec = f"--add-rule {e.ipv} {e.table} {e.chain} {e.priority} {join_args(e.args)}"
-            script.append(f"firewall-cmd --direct {spec} >/dev/null")
-            script.append(f"firewall-cmd --permanent --direct {spec} >/dev/null")
-        for _ in range(min(n, 2)):
-            per_entry.append(timed(lambda: sb.run("sh", "-ec", "\n".join(script), timeout=300)))
-            sb.run(*tp, "uninstall")
-        data = render_direct_xml(ours)
-        for _ in range(n):
-            def write_and_reload() -> None:
-                sb.direct_xml.write_bytes(data)
-                sb.firewall_cmd("--reload")
-            reload_.append(timed(write_and_reload))
-            sb.direct_xml.write_bytes(render_direct_xml(type(ours)()))
-            sb.firewall_cmd("--reload")
-    med = {k: statistics.median(v) for k, v in {
-        "install (fresh)": fresh, "install (in sync)": again, "uninstall": removal,
-        "firewall-cmd per entry (60 calls)": per_entry, "direct.xml + firewall-cmd --reload": reload_,
-    }.items()}
-    base = med["direct.xml + firewall-cmd --reload"]
-    print(f"default dual-stack set: {len(ours.chains)} chains, {len(ours.rules)} rules; median of {n}")
-    for name, value in med.items():
-        print(f"  {name:38s} {value:7.3f} s   {value / base:5.2f} x reload")
+        sb.run(*TP, "install", "--kuma-dp-user", "5678")  # warm: byte code, template cache
+        sb.run(*TP, "uninstall")
+        for title, args in cases():
+            m = measure(sb, args, runs)
+            base = m["firewall-cmd --reload"]
+            print(f"\n{title}: {int(m['rules'])} rules")
+            for name in ("install (fresh)", "install (in sync)", "uninstall", "firewall-cmd --reload"):
+                print(f"  {name:24s} {m[name]:7.3f} s   {m[name] / base:5.2f} x reload")
 
 
 if __name__ == "__main__":

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 from tproxy_firewalld.cli import app
 from tproxy_firewalld.directxml import parse_direct_xml
+from tproxy_firewalld.kuma import OWNER, KumaSettings
 
 COMMANDS = ["render", "install", "uninstall", "diff", "status"]
 runner = CliRunner()
@@ -103,10 +105,10 @@ def test_render_keeps_foreign_entries_and_refuses_broken_files(tmp_path: Path) -
     result = runner.invoke(app, ["render", "--direct-xml", str(path), "--kuma-dp-user", "0"])
     assert result.exit_code == 0, result.stderr
     config = parse_direct_xml(result.stdout.encode())
-    assert [r.describe() for r in config.foreign().rules] == [
+    assert [r.describe() for r in config.foreign(OWNER).rules] == [
         "rule ipv4 filter INPUT 0 -p tcp --dport 22 -j ACCEPT"
     ]
-    assert len(config.ours().rules) == 22
+    assert len(config.ours(OWNER).rules) == 22
     path.write_text("<direct><rule")
     broken = runner.invoke(app, ["render", "--direct-xml", str(path)])
     assert broken.exit_code == 3 and broken.stdout == "" and broken.stderr.count("\n") == 1
@@ -128,3 +130,23 @@ def test_offline_install_json_and_diff_exit_codes(tmp_path: Path) -> None:
     broken.write_text("<direct><rule")
     assert runner.invoke(app, ["diff", "--root", str(root)]).exit_code == 3
     assert runner.invoke(app, ["--version"]).stdout.startswith("tproxy-firewalld ")
+
+
+@pytest.mark.parametrize("field", [f for f in KumaSettings.flag_fields() if f.kind == "bool"], ids=lambda f: f.flag)
+def test_every_boolean_flag_takes_kumactls_false_spelling(field: Any, tmp_path: Path) -> None:
+    args = ["render", "--direct-xml", str(tmp_path / "none.xml"), "--kuma-dp-user", "0"]
+    off = runner.invoke(app, [*args, f"{field.flag}=false"])
+    assert off.exit_code == 0, off.stderr
+    on = runner.invoke(app, [*args, field.flag, "--redirect-dns-port", "15053"])
+    assert on.exit_code in (0, 2), on.stderr  # --redirect-dns needs a resolv.conf nameserver
+    bad = runner.invoke(app, [*args, f"{field.flag}=maybe"])
+    assert bad.exit_code == 2 and "not a valid boolean" in bad.stderr, bad.stderr
+
+
+def test_a_false_flag_overrides_a_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("log: {enabled: true}\nkumaDPUser: '0'\n")
+    base = ["render", "--direct-xml", str(tmp_path / "none.xml"), "--config", str(config)]
+    assert "-j LOG" in runner.invoke(app, base).stdout
+    result = runner.invoke(app, [*base, "--iptables-logs=false"])
+    assert result.exit_code == 0 and "-j LOG" not in result.stdout

@@ -10,7 +10,6 @@ firewalld's escaping and quoting, not against lxml's.
 from __future__ import annotations
 
 import io
-import itertools
 import os
 import shlex
 import threading
@@ -30,10 +29,9 @@ from tproxy_firewalld.entries import (
     DirectConfig,
     Passthrough,
     Rule,
-    is_ours_chain,
-    is_ours_rule,
 )
 from tproxy_firewalld.errors import DirectXmlError, ExitCode
+from tproxy_firewalld.kuma import OWNER
 
 # --------------------------------------------------------------------------------------
 # Helpers: firewalld's model, written down independently of the code under test
@@ -45,8 +43,10 @@ EB_TABLES = ("broute", "nat", "filter")
 IPV_TABLES = [("ipv4", t) for t in IP_TABLES] + [("ipv6", t) for t in IP_TABLES]
 IPV_TABLES += [("eb", t) for t in EB_TABLES]
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
-OUR_CHAIN = "KUMA_MESH"
-OUR_COMMENT = "kuma/mesh/transparent/proxy"
+# the documented boundaries, separators included (issue 13: KUMA_MESHCTL_ALLOW and a comment
+# "kuma/mesh/transparent/proxy-ops: ..." are somebody else's)
+OUR_CHAIN = "KUMA_MESH_"
+OUR_COMMENT = "kuma/mesh/transparent/proxy/"
 JUMPS = ("-j", "--jump", "-g", "--goto")
 
 R = '<rule ipv="ipv4" table="nat" chain="OUTPUT" priority="0">'
@@ -72,7 +72,7 @@ def spec_ours_rule(rule: Rule) -> bool:
     if rule.chain.startswith(OUR_CHAIN):
         return True
     a = rule.args
-    for prev, tok in itertools.pairwise(a):
+    for prev, tok in zip(a, a[1:]):
         if prev in JUMPS and tok.startswith(OUR_CHAIN):
             return True
         if prev == "--comment" and tok.startswith(OUR_COMMENT):
@@ -954,7 +954,7 @@ BUILTINS = ["INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING"]
 FOREIGN_NAMES = {
     quote: st.one_of(
         st.sampled_from(["OUTPUT", "PREROUTING"]),
-        st.sampled_from([*BUILTINS, "X", "MY_CHAIN", "KUMA", "kuma_mesh_x"]),
+        st.sampled_from([*BUILTINS, "X", "MY_CHAIN", "KUMA", "kuma_mesh_x", "KUMA_MESH", "KUMA_MESHCTL_ALLOW"]),
         _text(0, 10, quote),
     ).filter(lambda n: not n.startswith(OUR_CHAIN))
     for quote in (True, False)
@@ -973,8 +973,21 @@ RULE_CHAINS_FOR_MARKED = st.one_of(
 LOOKALIKE_ARGS = st.one_of(
     token_lists,
     # looks a bit like ours, but is not: jump/comment to something else
-    st.tuples(st.sampled_from(JUMPS), st.sampled_from(["ACCEPT", "KUMA", "kuma_mesh", "KUMA_MES"])),
-    st.tuples(st.just("--comment"), st.sampled_from(["kuma", "x kuma/mesh/transparent/proxy"])),
+    st.tuples(
+        st.sampled_from(JUMPS),
+        st.sampled_from(["ACCEPT", "KUMA", "kuma_mesh", "KUMA_MES", "KUMA_MESH", "KUMA_MESHCTL_ALLOW"]),
+    ),
+    st.tuples(
+        st.just("--comment"),
+        st.sampled_from(
+            [
+                "kuma",
+                "x kuma/mesh/transparent/proxy",
+                "kuma/mesh/transparent/proxy",
+                "kuma/mesh/transparent/proxy-ops: keep ssh open",
+            ]
+        ),
+    ),
     st.tuples(st.just("KUMA_MESH_X"), st.just("-j")),  # prefix, but not after a jump
     st.tuples(st.just(OUR_COMMENT), st.just("--comment")),  # comment, but before the flag
 )
@@ -1107,13 +1120,13 @@ def test_dbus_shape_round_trips(config: DirectConfig) -> None:
     )
 )
 def test_rule_ownership_is_the_documented_rule(rule: Rule) -> None:
-    assert is_ours_rule(rule) == spec_ours_rule(rule)
+    assert OWNER.owns(rule) == spec_ours_rule(rule)
 
 
 @PROPS
 @given(st.one_of(foreign_chains(), our_chains()))
 def test_chain_ownership_is_the_prefix(chain: Chain) -> None:
-    assert is_ours_chain(chain) == chain.chain.startswith(OUR_CHAIN)
+    assert OWNER.owns(chain) == chain.chain.startswith(OUR_CHAIN)
 
 
 def test_generators_produce_what_they_claim() -> None:
@@ -1132,10 +1145,10 @@ def test_generators_produce_what_they_claim() -> None:
 @PROPS
 @given(configs(), ours_sets())
 def test_merge_keeps_foreign_and_replaces_ours(existing: DirectConfig, ours: DirectConfig) -> None:
-    merged = existing.merged_with(ours)
-    foreign = existing.foreign()
-    assert merged.foreign() == foreign  # same entries, same tuples, same order
-    assert merged.ours() == DirectConfig(
+    merged = existing.merged_with(ours, OWNER)
+    foreign = existing.foreign(OWNER)
+    assert merged.foreign(OWNER) == foreign  # same entries, same tuples, same order
+    assert merged.ours(OWNER) == DirectConfig(
         chains=tuple(dedup(ours.chains)), rules=tuple(dedup(ours.rules))
     )
     assert merged.passthroughs == existing.passthroughs
@@ -1146,14 +1159,14 @@ def test_merge_keeps_foreign_and_replaces_ours(existing: DirectConfig, ours: Dir
 @PROPS
 @given(configs(), ours_sets())
 def test_merge_survives_render_and_parse(existing: DirectConfig, ours: DirectConfig) -> None:
-    merged = existing.merged_with(ours)
+    merged = existing.merged_with(ours, OWNER)
     back = parse_direct_xml(render_direct_xml(merged))
     assert back.entries() == merged.entries()
     assert per_group(back) == per_group(merged)
     # foreign entries come first in the merge, so their regrouped order is exactly
     # what firewalld would make of the foreign entries alone
-    assert back.foreign() == regroup(existing.foreign())
-    assert per_group(back.ours()) == per_group(DirectConfig(
+    assert back.foreign(OWNER) == regroup(existing.foreign(OWNER))
+    assert per_group(back.ours(OWNER)) == per_group(DirectConfig(
         chains=tuple(dedup(ours.chains)), rules=tuple(dedup(ours.rules))
     ))  # fmt: skip
 
@@ -1162,17 +1175,17 @@ def test_merge_survives_render_and_parse(existing: DirectConfig, ours: DirectCon
 @given(configs(), ours_sets())
 def test_second_install_is_a_no_op(existing: DirectConfig, ours: DirectConfig) -> None:
     # file on disk after a first install ...
-    first = render_direct_xml(existing.merged_with(ours))
+    first = render_direct_xml(existing.merged_with(ours, OWNER))
     # ... read back and merged again with the same rules: same bytes
-    second = render_direct_xml(parse_direct_xml(first).merged_with(ours))
+    second = render_direct_xml(parse_direct_xml(first).merged_with(ours, OWNER))
     assert second == first
 
 
 @PROPS
 @given(configs())
 def test_merge_with_nothing_removes_exactly_ours(existing: DirectConfig) -> None:
-    removed = existing.merged_with(DirectConfig())
-    assert removed == existing.foreign()
-    assert removed.ours().is_empty()
+    removed = existing.merged_with(DirectConfig(), OWNER)
+    assert removed == existing.foreign(OWNER)
+    assert removed.ours(OWNER).is_empty()
     back = parse_direct_xml(render_direct_xml(removed))
-    assert back == regroup(existing.foreign())
+    assert back == regroup(existing.foreign(OWNER))

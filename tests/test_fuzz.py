@@ -16,8 +16,11 @@ from hypothesis import strategies as st
 
 from tproxy_firewalld.entries import MAX_CHAIN_NAME, DirectConfig
 from tproxy_firewalld.errors import SettingsError
+from tproxy_firewalld.kuma import MAX_UID
+from tproxy_firewalld.kuma import KumaSettings as Settings
 from tproxy_firewalld.ruleset import build_ruleset
-from tproxy_firewalld.settings import FIELDS, MAX_UID, Settings, load_settings
+
+FIELDS = Settings.fields()
 
 #: every option name the template writes (from its text, so a new option is noticed)
 OPTIONS = {
@@ -93,7 +96,7 @@ def check_rules(config: DirectConfig) -> None:
 def answer(**kw: Any) -> Settings | None:
     FUZZED["inputs"] += 1
     try:
-        s = load_settings(resolve=False, **kw)
+        s = Settings.load(**kw)
     except SettingsError as exc:
         message = str(exc)
         assert message and "\n" not in message and len(message) < 2000
@@ -111,7 +114,7 @@ def test_any_flag_value(field: Any, value: Any) -> None:
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(field=st.sampled_from(FIELDS), value=values)
+@given(field=st.sampled_from([f for f in FIELDS if f.key]), value=values)
 def test_any_config_key_value(field: Any, value: Any) -> None:
     import io
 
@@ -127,11 +130,25 @@ def test_any_config_key_value(field: Any, value: Any) -> None:
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(field=st.sampled_from(FIELDS), value=texts)
+@given(field=st.sampled_from([f for f in FIELDS if f.env]), value=texts)
 def test_any_environment_value(field: Any, value: str) -> None:
     if "\x00" in value:
         return  # an environment variable cannot hold NUL
     answer(env={field.env: value})
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(field=st.sampled_from([f for f in FIELDS if not f.ignored]), value=values)
+def test_any_library_value(field: Any, value: Any) -> None:
+    """The library's way in (keyword values by setting name) and the constructor itself."""
+    answer(**{field.name: value})
+    FUZZED["inputs"] += 1
+    try:
+        s = Settings(**{field.name: value})
+    except SettingsError as exc:
+        assert str(exc) and "\n" not in str(exc)
+        return
+    check_rules(build_ruleset(s))
 
 
 @settings(max_examples=200, deadline=None)

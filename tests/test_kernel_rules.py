@@ -18,13 +18,14 @@ from pathlib import Path
 
 import pytest
 from harness import Backend, Family, Reply, Sandbox, SandboxFactory, endpoint
+from helpers import kuma_goldens, load
 
 from tproxy_firewalld.directxml import parse_direct_xml, render_direct_xml
-from tproxy_firewalld.entries import CHAIN_PREFIX, COMMENT_PREFIX, Chain, Passthrough, Rule
+from tproxy_firewalld.entries import Chain, Passthrough, Rule
+from tproxy_firewalld.kuma import CHAIN_PREFIX, COMMENT_PREFIX, OWNER
+from tproxy_firewalld.kuma import KumaSettings as Settings
 from tproxy_firewalld.ruleset import build_ruleset, render_restore
-from tproxy_firewalld.settings import Settings, load_settings
 
-KUMA_DATA = Path(__file__).parent / "data" / "kuma"
 BACKENDS: list[Backend] = ["nftables", "iptables"]
 FAMILIES: list[Family] = ["ipv4", "ipv6"]
 KUMA_TABLES = ("raw", "nat", "mangle")
@@ -71,8 +72,8 @@ def kuma_settings(tmp_path: Path, flags: Mapping[str, object] | None = None) -> 
     per family, and the kuma-dp user is uid 5678 unless the flags say otherwise."""
     resolv = tmp_path / "resolv.conf"
     resolv.write_text(RESOLV_CONF)
-    return load_settings(
-        flags={"--kuma-dp-user": str(KUMA_DP_UID), **(flags or {})},
+    return load(
+        {"--kuma-dp-user": str(KUMA_DP_UID), **(flags or {})},
         env={"KUMA_TRANSPARENT_PROXY_REDIRECT_DNS_RESOLV_CONFIG_PATH": str(resolv)},
     )
 
@@ -103,7 +104,7 @@ def is_kuma_rule(chain: str, spec: str) -> bool:
 
 
 def built_in_name(chain: str) -> str:
-    base = chain.removesuffix("_direct")
+    base = chain[: -len("_direct")] if chain.endswith("_direct") else chain
     return base if chain.endswith("_direct") and base in BUILT_IN_CHAINS else chain
 
 
@@ -201,7 +202,7 @@ def test_default_rules_match_kumas_rhel9_install(
 ) -> None:
     sb = make_sandbox("nftables")
     load_into_firewalld(sb, kuma_settings(tmp_path))
-    expected = kuma_rules((KUMA_DATA / golden).read_text(), placeholder="ifPlaceholder")
+    expected = kuma_rules((kuma_goldens() / golden).read_text(), placeholder="ifPlaceholder")
     assert_same_rules(firewalld_kernel_rules(sb, ipv), expected, f"{golden} (nftables backend)")
 
 
@@ -286,7 +287,7 @@ def test_excluded_inbound_port_reaches_the_app(firewalld_sandbox: Sandbox, tmp_p
 
 # -- 3. the render command keeps everyone else's entries --------------------------------------
 
-STALE_COMMENT = f"{COMMENT_PREFIX}/redirect TCP traffic to envoy (port 15099)"
+STALE_COMMENT = f"{COMMENT_PREFIX}redirect TCP traffic to envoy (port 15099)"
 FOREIGN_DIRECT_XML = f"""<?xml version="1.0" encoding="utf-8"?>
 <direct>
   <chain ipv="ipv4" table="filter" chain="MYAPP"/>
@@ -295,7 +296,7 @@ FOREIGN_DIRECT_XML = f"""<?xml version="1.0" encoding="utf-8"?>
   <rule ipv="ipv4" table="nat" chain="KUMA_MESH_OUTBOUND_REDIRECT" priority="0">-p tcp -m comment --comment "{STALE_COMMENT}" -j REDIRECT --to-ports 15099</rule>
   <passthrough ipv="ipv4">-t filter -A INPUT -p tcp --dport 9998 -j ACCEPT</passthrough>
 </direct>
-"""  # noqa: E501
+"""
 FOREIGN_CHAIN = Chain("ipv4", "filter", "MYAPP")
 FOREIGN_RULE = Rule("ipv4", "filter", "MYAPP", 0, ("-p", "tcp", "--dport", "9999", "-j", "ACCEPT"))
 FOREIGN_PASSTHROUGH = Passthrough(
@@ -330,8 +331,8 @@ def test_render_keeps_foreign_entries_and_replaces_stale_kuma_ones(
 
     rendered = parse_direct_xml(output.encode())
     fresh = build_ruleset(kuma_settings(tmp_path))
-    assert rendered.foreign().entries() == {FOREIGN_CHAIN, FOREIGN_RULE, FOREIGN_PASSTHROUGH}
-    assert rendered.ours().entries() == fresh.entries()
+    assert rendered.foreign(OWNER).entries() == {FOREIGN_CHAIN, FOREIGN_RULE, FOREIGN_PASSTHROUGH}
+    assert rendered.ours(OWNER).entries() == fresh.entries()
     assert STALE_RULE not in rendered.rules
 
     sb.direct_xml.write_text(output)

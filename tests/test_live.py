@@ -7,134 +7,24 @@ a foreign chain, a passthrough) and checks they come through untouched.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-import pytest
 from harness import Sandbox, SandboxFactory
+from helpers import (
+    CHANGING_MEMBERS,
+    KUMA_COMMENT,
+    add_foreign,
+    direct_lines,
+    file_config,
+    foreign,
+    ours,
+    tpfw,
+    watch_bus,
+)
 
-from tproxy_firewalld.directxml import parse_direct_xml, render_direct_xml
+from tproxy_firewalld.directxml import render_direct_xml
 from tproxy_firewalld.entries import Chain, DirectConfig, Rule
-
-KUMA_COMMENT = "kuma/mesh/transparent/proxy"
-CHANGING_MEMBERS = {
-    "addChain", "removeChain", "addRule", "removeRule", "removeRules", "addPassthrough",
-    "removePassthrough", "passthrough", "update", "reload", "completeReload", "runtimeToPermanent",
-}  # fmt: skip
-
-
-def tpfw(sb: Sandbox, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = sb.run(sys.executable, "-m", "tproxy_firewalld", *args, check=False, timeout=120)
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"tproxy-firewalld {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
-        )
-    return result
-
-
-def add_foreign(sb: Sandbox) -> None:
-    sb.firewall_cmd("--permanent", "--direct", "--add-chain", "ipv4", "filter", "FOREIGN")
-    sb.firewall_cmd(
-        "--permanent", "--direct", "--add-rule", "ipv4", "filter", "FOREIGN", "0", "-j", "RETURN"
-    )
-    sb.firewall_cmd(
-        "--permanent",
-        "--direct",
-        "--add-rule",
-        "ipv6",
-        "nat",
-        "OUTPUT",
-        "0",
-        "-p",
-        "udp",
-        "--dport",
-        "5353",
-        "-j",
-        "RETURN",
-    )
-    sb.firewall_cmd(
-        "--permanent",
-        "--direct",
-        "--add-passthrough",
-        "ipv4",
-        "-t",
-        "filter",
-        "-A",
-        "INPUT",
-        "-p",
-        "tcp",
-        "--dport",
-        "8888",
-        "-j",
-        "ACCEPT",
-    )
-    sb.reload()
-    # runtime only: lives until the next reload (with FlushAllOnReload=yes)
-    sb.firewall_cmd(
-        "--direct",
-        "--add-rule",
-        "ipv4",
-        "filter",
-        "INPUT",
-        "5",
-        "-p",
-        "tcp",
-        "--dport",
-        "9999",
-        "-j",
-        "ACCEPT",
-    )
-
-
-def direct_lines(sb: Sandbox, *, permanent: bool = False) -> list[str]:
-    scope = ["--permanent"] if permanent else []
-    out = []
-    for what in ("--get-all-chains", "--get-all-rules", "--get-all-passthroughs"):
-        out += sb.firewall_cmd(*scope, "--direct", what).stdout.splitlines()
-    return sorted(out)
-
-
-def foreign(lines: list[str]) -> list[str]:
-    return [line for line in lines if "KUMA_MESH" not in line and KUMA_COMMENT not in line]
-
-
-def ours(lines: list[str]) -> list[str]:
-    return [line for line in lines if "KUMA_MESH" in line or KUMA_COMMENT in line]
-
-
-def file_config(sb: Sandbox) -> DirectConfig:
-    return (
-        parse_direct_xml(sb.direct_xml.read_bytes()) if sb.direct_xml.exists() else DirectConfig()
-    )
-
-
-@contextmanager
-def watch_bus(sb: Sandbox) -> Iterator[list[str]]:
-    """The firewalld methods called on the sandbox's system bus while the block runs."""
-    argv = [
-        # nsenter forwards no signal, so the monitor ends by its own timeout: long enough for
-        # the block (one tproxy-firewalld run, about a second).
-        *sb._nsenter(), "timeout", "6", "dbus-monitor", "--system", "--monitor",
-        "type='method_call',destination='org.fedoraproject.FirewallD1'",
-    ]  # fmt: skip
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    time.sleep(0.5)  # let dbus-monitor register its match before the block's calls
-    members: list[str] = []
-    try:
-        yield members
-    finally:
-        out, _ = proc.communicate(timeout=20)
-        members += [
-            part.split("=", 1)[1]
-            for line in out.splitlines()
-            if line.startswith("method call")
-            for part in line.split()
-            if part.startswith("member=")
-        ]
+from tproxy_firewalld.kuma import OWNER
 
 
 def test_install_is_live_permanent_and_keeps_foreign(firewalld_sandbox: Sandbox) -> None:
@@ -143,14 +33,17 @@ def test_install_is_live_permanent_and_keeps_foreign(firewalld_sandbox: Sandbox)
     before_runtime, before_permanent = direct_lines(sb), direct_lines(sb, permanent=True)
 
     out = tpfw(sb, "install").stdout
-    assert "install: runtime: +8 chains +22 rules; permanent: updated (+8 chains +22 rules)" in out
+    assert (
+        "install: runtime: +8 chains +22 rules; permanent: updated (+8 chains +22 rules); "
+        "lo: +::6/128; record: written" in out
+    )
 
     runtime, permanent = direct_lines(sb), direct_lines(sb, permanent=True)
     assert foreign(runtime) == before_runtime and foreign(permanent) == before_permanent
     assert len(ours(runtime)) == 30 and ours(runtime) == ours(permanent)
     on_disk = file_config(sb)
-    assert len(on_disk.ours().entries()) == 30
-    assert {e.describe() for e in on_disk.foreign().entries()} >= {"chain ipv4 filter FOREIGN"}
+    assert len(on_disk.ours(OWNER).entries()) == 30
+    assert {e.describe() for e in on_disk.foreign(OWNER).entries()} >= {"chain ipv4 filter FOREIGN"}
     nat = sb.iptables_save("ipv4", "nat") + sb.iptables_save("ipv6", "nat")
     assert (
         nat.count("-j REDIRECT --to-ports 15001") == 2
@@ -197,7 +90,7 @@ def test_diff_names_drift_and_install_repairs_it(firewalld_sandbox: Sandbox) -> 
     assert result.returncode == 1
     assert "runtime: +1 rule" in result.stdout and "+ rule ipv4 nat OUTPUT" in result.stdout
     data = json.loads(tpfw(sb, "diff", "--output", "json", check=False).stdout)
-    assert data["version"] == 1 and data["in_sync"] is False
+    assert data["schema"] == "tproxy-firewalld/diff/2" and data["in_sync"] is False
     assert [e["chain"] for e in data["runtime"]["add"]] == ["OUTPUT"]
     assert "runtime: +1 rule" in tpfw(sb, "install").stdout
     assert tpfw(sb, "diff", check=False).returncode == 0
@@ -223,7 +116,7 @@ def test_diff_names_drift_and_install_repairs_it(firewalld_sandbox: Sandbox) -> 
     result = tpfw(sb, "diff", "--redirect-outbound-port", "15999", check=False)
     assert result.returncode == 1 and "--to-ports 15999" in result.stdout
     out = tpfw(sb, "install", "--redirect-outbound-port", "15999").stdout
-    assert "runtime: +2 rules -2 rules" in out, out
+    assert "runtime: +2 rules -2 rules; permanent: updated (+2 rules -2 rules); record: written" in out, out
     assert tpfw(sb, "diff", check=False).returncode == 0, "diff follows the recorded settings"
     assert "--to-ports 15999" in sb.iptables_save("ipv6", "nat")
 
@@ -253,7 +146,7 @@ def test_uninstall_removes_exactly_ours(firewalld_sandbox: Sandbox) -> None:
     assert "uninstall: runtime: -8 chains" in out and "permanent: updated" in out
     assert direct_lines(sb) == before_runtime
     assert direct_lines(sb, permanent=True) == before_permanent
-    assert file_config(sb).ours().is_empty()
+    assert file_config(sb).ours(OWNER).is_empty()
     for ipv in ("ipv4", "ipv6"):
         saved = "".join(sb.iptables_save(ipv, t) for t in ("raw", "nat", "mangle"))
         assert "KUMA" not in saved and KUMA_COMMENT not in saved
@@ -292,13 +185,13 @@ def test_offline_install_applies_at_next_start(firewalld_sandbox: Sandbox) -> No
     add_foreign(sb)
     sb.stop_firewalld()
     out = tpfw(sb, "install").stdout + ""
-    assert "install: direct.xml: +8 chains +22 rules" in out
+    assert "install: direct.xml: +8 chains +22 rules; record: written" in out
     assert sb.start_firewalld() == "running"
     assert len(ours(direct_lines(sb))) == 30
     assert "FOREIGN" in " ".join(direct_lines(sb))
     assert tpfw(sb, "diff", check=False).returncode == 0
     # offline, nothing was added to lo; the first live run adds the IPv6 passthrough address
-    assert tpfw(sb, "install").stdout.strip() == "install: lo: +::6/128"
+    assert tpfw(sb, "install").stdout.strip() == "install: lo: +::6/128; record: written"
     assert tpfw(sb, "install").stdout.strip().endswith("nothing to do")
 
 
@@ -337,7 +230,7 @@ def test_uninstall_cleans_up_after_kumas_store_firewalld(firewalld_sandbox: Sand
     )
     sb.direct_xml.write_bytes(render_direct_xml(kuma))
     out = tpfw(sb, "uninstall").stdout
-    assert "direct.xml: -1 chain -2 rules" in out
+    assert "uninstall: direct.xml: -1 chain -2 rules" in out
     left = file_config(sb)
     assert left == DirectConfig(
         chains=(Chain("ipv4", "filter", "FOREIGN"),), rules=(kuma.rules[2],)
@@ -373,11 +266,14 @@ def test_status_reports_state_and_warnings(make_sandbox: SandboxFactory) -> None
         data["installed"] == {"runtime": 30, "permanent": 30, "file": 30}
         and data["in_sync"] is True
     )
-    assert any("DOCKER-USER" in w and "flushes all iptables tables" in w for w in data["warnings"])
-    assert any(w.startswith("RFC3964_IPv4=yes") for w in data["warnings"]), "firewalld's default"
+    messages = [w["message"] for w in data["warnings"]]
+    assert any("DOCKER-USER" in m and "flushes all iptables tables" in m for m in messages)
+    assert any(
+        w["code"] == "rfc3964-ipv4" and w["message"].startswith("RFC3964_IPv4=yes") for w in data["warnings"]
+    ), "firewalld's default"
     sb2 = make_sandbox("nftables", "yes", conf={"RFC3964_IPv4": "no"})
     tpfw(sb2, "install")
     quiet = json.loads(tpfw(sb2, "status", "--output", "json").stdout)
-    assert not any("RFC3964" in w for w in quiet["warnings"]) and quiet["warnings"] == []
+    assert quiet["warnings"] == []
     text = tpfw(sb, "status").stdout
     assert "firewalld: RUNNING, version" in text and "drift: none" in text

@@ -22,7 +22,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -32,12 +31,22 @@ from typing import Any
 
 import pytest
 from harness import Backend, Peer, Sandbox, SandboxFactory, YesNo
-from test_live import add_foreign, direct_lines, file_config, foreign, ours, tpfw
+from helpers import (
+    MIDWAY_REJECTED,
+    add_foreign,
+    direct_lines,
+    file_config,
+    foreign,
+    load,
+    ours,
+    run_in_sandbox,
+    tpfw,
+)
 
 from tproxy_firewalld.directxml import render_direct_xml
 from tproxy_firewalld.entries import Chain, DirectConfig, Rule
+from tproxy_firewalld.kuma import OWNER
 from tproxy_firewalld.ruleset import build_ruleset
-from tproxy_firewalld.settings import load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_ROOTS_DIR = Path("/var/cache/tproxy-firewalld/roots")
@@ -210,7 +219,7 @@ def start(
 
 def expected_ours() -> DirectConfig:
     """The default install (uid 5678 exempt), as the CLI builds it."""
-    return build_ruleset(load_settings(env={}, flags={"--kuma-dp-user": str(KUMA_DP_UID)}))
+    return build_ruleset(load({"--kuma-dp-user": str(KUMA_DP_UID)}))
 
 
 def log_text(sb: Sandbox) -> str:
@@ -311,7 +320,7 @@ def test_cycle(
         runtime, permanent = direct_lines(sb), direct_lines(sb, permanent=True)
         assert foreign(runtime) == runtime0 and foreign(permanent) == permanent0, "foreign kept"
         assert len(ours(runtime)) == len(wanted.entries()) and ours(runtime) == ours(permanent)
-        assert file_config(sb).ours().entries() == wanted.entries()
+        assert file_config(sb).ours(OWNER).entries() == wanted.entries()
         assert tpfw(sb, "install").stdout.strip().endswith("install: nothing to do")
         assert in_sync(sb)
         status = status_json(sb)
@@ -351,7 +360,7 @@ def test_cycle(
         assert "uninstall: runtime: -" in out and "permanent: updated" in out, out
         assert direct_lines(sb) == foreign(before[0])
         assert direct_lines(sb, permanent=True) == permanent0
-        assert file_config(sb).ours().is_empty()
+        assert file_config(sb).ours(OWNER).is_empty()
         for ipv in ("ipv4", "ipv6"):
             saved = "".join(sb.iptables_save(ipv, t) for t in ("raw", "nat", "mangle"))
             assert "KUMA" not in saved and KUMA_COMMENT not in saved
@@ -490,34 +499,6 @@ def test_firewalld_failing_on_kumas_leftover_is_recovered(
 
 # -- 4. safety -------------------------------------------------------------------------------
 
-MIDWAY_REJECTED = """
-import asyncio
-from tproxy_firewalld.entries import DirectConfig, Rule
-from tproxy_firewalld.errors import TproxyError
-from tproxy_firewalld.firewalld import Firewalld
-from tproxy_firewalld.operations import apply_plan
-from tproxy_firewalld.plan import make_plan
-from tproxy_firewalld.ruleset import build_ruleset
-from tproxy_firewalld.settings import load_settings
-
-async def main():
-    fw = await Firewalld.connect()
-    good = build_ruleset(load_settings(env={}, flags={"--kuma-dp-user": "5678"}))
-    bad = Rule("ipv4", "nat", "OUTPUT", 7, ("-m", "comment", "--comment",
-               "kuma/mesh/transparent/proxy/z", "-j", "KUMA_MESH_MISSING"))
-    desired = DirectConfig(good.chains, good.rules + (bad,))
-    plan = make_plan(desired, await fw.runtime(), await fw.permanent())
-    try:
-        await apply_plan(fw, plan)
-    except TproxyError as exc:
-        print(type(exc).__name__, exc.exit_code, exc)
-        return
-    print("applied")
-
-asyncio.run(main())
-"""
-
-
 @pytest.mark.parametrize(("version", "backend", "flush"), params())
 def test_rule_firewalld_rejects_is_rolled_back_and_firewalld_keeps_running(
     make_sandbox: SandboxFactory,
@@ -531,9 +512,9 @@ def test_rule_firewalld_rejects_is_rolled_back_and_firewalld_keeps_running(
     sb = start(make_sandbox, version, backend, flush)
     add_foreign(sb)
     before = direct_lines(sb), direct_lines(sb, permanent=True), sb.direct_xml.read_bytes()
-    out = sb.run(sys.executable, "-c", MIDWAY_REJECTED).stdout
+    out = run_in_sandbox(sb, MIDWAY_REJECTED).stdout
     assert out.startswith("FirewalldRejected 6 ") and "COMMAND_FAILED" in out, out
-    assert "runtime change(s) already made, nothing was changed" in out, out
+    assert "change(s) already made, nothing was changed" in out, out
     assert (
         direct_lines(sb),
         direct_lines(sb, permanent=True),

@@ -21,7 +21,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tomllib
 from dbus_next.aio.message_bus import MessageBus
 from dbus_next.constants import BusType, MessageType
 from dbus_next.message import Message

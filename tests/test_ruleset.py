@@ -9,16 +9,15 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers import kuma_goldens, load
 from typer.testing import CliRunner
 
 from tproxy_firewalld.cli import app
 from tproxy_firewalld.directxml import parse_direct_xml
-from tproxy_firewalld.entries import CHAIN_PREFIX, COMMENT_PREFIX
+from tproxy_firewalld.kuma import CHAIN_PREFIX, COMMENT_PREFIX
 from tproxy_firewalld.ruleset import build_ruleset, parse_restore, render_restore
-from tproxy_firewalld.settings import load_settings
 
 HERE = Path(__file__).parent
-KUMA = HERE / "data" / "kuma"
 CASES = sorted(p.stem for p in (HERE / "cases").glob("*.yaml"))
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 
@@ -30,7 +29,7 @@ def strip_comments(text: str) -> str:
 
 
 def kuma_golden(name: str) -> str:
-    lines = (KUMA / name).read_text().splitlines()
+    lines = (kuma_goldens() / name).read_text().splitlines()
     return "\n".join(line for line in lines if line and not line.startswith("###")) + "\n"
 
 
@@ -68,7 +67,7 @@ def kuma_golden(name: str) -> str:
     ],
 )
 def test_matches_kumactl_dry_run_goldens(golden: str, flags: dict[str, Any]) -> None:
-    settings = load_settings(flags={"--kuma-dp-user": "0", "--ip-family-mode": "ipv4", **flags})
+    settings = load({"--kuma-dp-user": "0", "--ip-family-mode": "ipv4", **flags})
     expected = kuma_golden(golden).replace("dnsJumpTargetPlaceholder", "RETURN")
     assert strip_comments(render_restore(settings, "ipv4")) == expected
 
@@ -79,7 +78,7 @@ def test_default_rules_match_the_rhel9_install_goldens() -> None:
     iptables-save reorders matches; so compare each rule's set of (option, value) pairs, per
     chain and in order.
     """
-    settings = load_settings(flags={"--kuma-dp-user": "5678"})
+    settings = load({"--kuma-dp-user": "5678"})
     for ipv, golden in (
         ("ipv4", "rhel-9-default.iptables.golden"),
         ("ipv6", "rhel-9-default.ip6tables.golden"),
@@ -91,7 +90,7 @@ def test_default_rules_match_the_rhel9_install_goldens() -> None:
         ):
             mine.setdefault(rule.chain, []).append(_pairs(list(rule.args)))
         theirs: dict[str, list[frozenset[str]]] = {}
-        for line in (KUMA / golden).read_text().splitlines():
+        for line in (kuma_goldens() / golden).read_text().splitlines():
             if line.startswith("-A "):
                 import shlex
 
@@ -166,7 +165,7 @@ def test_insert_positions_become_priorities() -> None:
         "* nat\n-N KUMA_MESH_X\n-I OUTPUT 1 -j A\n-A OUTPUT -j B\n-I OUTPUT 2 -j C\n"
         "-I OUTPUT 1 -j D\n-A OUTPUT -j E\n-A KUMA_MESH_X -j F\n-A KUMA_MESH_X -j G\nCOMMIT\n"
     )
-    config = parse_restore(text, "ipv4")
+    config = parse_restore(text, "ipv4", CHAIN_PREFIX)
     output = sorted((r for r in config.rules if r.chain == "OUTPUT"), key=lambda r: r.priority)
     # iptables-restore --noflush: inserts D, A, C above existing rules, appends B, E below.
     assert [(r.args[-1], r.priority) for r in output] == [
@@ -181,7 +180,7 @@ def test_insert_positions_become_priorities() -> None:
 
 
 def test_dual_stack_writes_both_families_whatever_the_host_has() -> None:
-    config = build_ruleset(load_settings(flags={"--kuma-dp-user": "5678"}))
+    config = build_ruleset(load({"--kuma-dp-user": "5678"}))
     assert {c.ipv for c in config.chains} == {"ipv4", "ipv6"}
     assert len(config.chains) == 8 and len(config.rules) == 22
     v6 = [r for r in config.rules if r.ipv == "ipv6"]
@@ -191,5 +190,5 @@ def test_dual_stack_writes_both_families_whatever_the_host_has() -> None:
 def test_comment_is_cut_to_254_bytes_like_kuma() -> None:
     from tproxy_firewalld.ruleset import comment
 
-    assert len(comment("x" * 300).encode()) == 254
-    assert comment("a").startswith(COMMENT_PREFIX + "/")
+    assert len(comment("x" * 300, COMMENT_PREFIX).encode()) == 254
+    assert comment("a", COMMENT_PREFIX) == COMMENT_PREFIX + "a"

@@ -18,13 +18,25 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import Sandbox, SandboxFactory
-from test_live import add_foreign, direct_lines, file_config, foreign, ours, tpfw
+from harness import Sandbox
+from helpers import (
+    MIDWAY_REJECTED,
+    TP,
+    add_foreign,
+    direct_lines,
+    file_config,
+    foreign,
+    load,
+    ours,
+    run_in_sandbox,
+    tpfw,
+)
 
 from tproxy_firewalld.directxml import parse_direct_xml, render_direct_xml
 from tproxy_firewalld.entries import Chain, DirectConfig, Rule
+from tproxy_firewalld.kuma import OWNER
 from tproxy_firewalld.ruleset import build_ruleset
-from tproxy_firewalld.settings import load_settings
+from tproxy_firewalld.target import Target
 
 FOREIGN = DirectConfig(
     chains=(Chain("ipv4", "filter", "FOREIGN"),),
@@ -33,7 +45,6 @@ FOREIGN = DirectConfig(
         Rule("ipv6", "nat", "OUTPUT", 0, ("-p", "udp", "--dport", "5353", "-j", "RETURN")),
     ),
 )
-TP = [sys.executable, "-m", "tproxy_firewalld"]
 
 
 def image_root(tmp_path: Path, content: DirectConfig = FOREIGN) -> Path:
@@ -50,9 +61,7 @@ def run_tp(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 
 
 def ours_for(port: int) -> DirectConfig:
-    return build_ruleset(
-        load_settings(flags={"--kuma-dp-user": "5678", "--redirect-outbound-port": str(port)})
-    )
+    return build_ruleset(load({"--kuma-dp-user": "5678", "--redirect-outbound-port": str(port)}))
 
 
 # --------------------------------------------------------------------------- files
@@ -81,69 +90,130 @@ def test_new_file_is_0644_root(tmp_path: Path) -> None:
 
 
 def _holds(config: DirectConfig, candidates: list[DirectConfig]) -> bool:
-    return any(config.ours().entries() == c.entries() for c in candidates)
+    return any(config.ours(OWNER).entries() == c.entries() for c in candidates)
 
 
-def test_kill_9_at_any_moment_leaves_old_or_new_file(tmp_path: Path) -> None:
-    """100 install/uninstall runs killed at random points; after each the file is whole."""
+#: Runs the CLI with every file-system step of a write counted; at step N the process dies on
+#: the spot (os._exit: no cleanup, no finally), as if killed by SIGKILL right there.
+CRASH = """
+import os, sys, tempfile
+at = int(os.environ["TPFW_CRASH_AT"])
+count = [0]
+def hooked(module, name):
+    real = getattr(module, name)
+    def step(*args, **kwargs):
+        count[0] += 1
+        if count[0] == at:
+            os._exit(137)
+        return real(*args, **kwargs)
+    setattr(module, name, step)
+for name in ("replace", "fsync", "fchmod", "fchown", "unlink", "rename"):
+    hooked(os, name)
+hooked(tempfile, "mkstemp")
+from tproxy_firewalld.cli import main
+sys.argv = ["tproxy-firewalld", *sys.argv[1:]]
+try:
+    main()
+finally:
+    sys.stderr.write(f"STEPS {count[0]}\\n")
+"""
+
+
+def _offline_check(root: Path, data: bytes, checked: dict[bytes, bool]) -> None:
+    """firewalld's own check of the whole configuration, once per distinct content."""
+    if data in checked:
+        return
+    (root / "check" / "direct.xml").write_bytes(data)
+    check = subprocess.run(
+        # its own net and mount namespaces: no firewall, and its log goes to a tmpfs
+        ["unshare", "--net", "--mount", "sh", "-c",
+         'mount -t tmpfs tmpfs /var/log && exec firewall-offline-cmd --system-config "$0" --check-config',
+         str(root / "check")],
+        capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    checked[data] = check.returncode == 0
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def _crash_run(root: Path, command: list[str], at: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", CRASH, *command, "--root", str(root)],
+        capture_output=True, text=True, check=False, timeout=60,
+        env={**os.environ, "TPFW_CRASH_AT": str(at)},
+    )  # fmt: skip
+
+
+def test_a_crash_at_every_step_of_a_write_leaves_old_or_new_file(tmp_path: Path) -> None:
+    """Fault injection: install, reinstall with other settings and uninstall, each killed at
+    every file-system step of its writes in turn; after each the file is whole, firewalld
+    takes it, and it holds exactly the old or the new complete set with the foreign entries."""
     root = image_root(tmp_path)
     path = root / "etc/firewalld/direct.xml"
-    shutil.copytree(
-        "/etc/firewalld",
-        root / "check",
-        dirs_exist_ok=True,
-        ignore=shutil.ignore_patterns("direct.xml*"),
-    )
-    variants = [DirectConfig(), ours_for(15001), ours_for(16001)]
-    durations: list[float] = []
+    shutil.copytree("/etc/firewalld", root / "check", dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("direct.xml*"))  # fmt: skip
     checked: dict[bytes, bool] = {}
-    rng = random.Random(4)
-    kills = runs = 0
-    while kills < 100:
-        runs += 1
-        assert runs < 400, f"only {kills} of {runs} runs could be killed mid-way"
-        command = rng.choice(
-            [["install", "--redirect-outbound-port", "16001"], ["install"], ["uninstall"]]
-        )
-        started = time.monotonic()
-        proc = subprocess.Popen(
-            [*TP, *command, "--root", str(root)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        if len(durations) < 3:  # learn how long a whole run takes here
-            proc.wait(timeout=60)
-            durations.append(time.monotonic() - started)
+    commands = [["install"], ["install", "--redirect-outbound-port", "16001"], ["uninstall"]]
+    expected = [ours_for(15001), ours_for(16001), DirectConfig()]
+    crashes = 0
+    record = root / "var/lib/tproxy-firewalld/installed.json"
+
+    def snapshot() -> tuple[bytes, bytes | None]:
+        return path.read_bytes(), record.read_bytes() if record.exists() else None
+
+    def restore(saved: tuple[bytes, bytes | None]) -> None:
+        path.write_bytes(saved[0])
+        if saved[1] is None:
+            record.unlink(missing_ok=True)
         else:
-            # Spread the kills over the whole run, weighted towards its end (the write).
-            typical = sorted(durations)[len(durations) // 2]
-            time.sleep(rng.uniform(0.3, 1.0) * typical)
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                kills += 1
-            else:
-                durations.append(time.monotonic() - started)
-            proc.wait(timeout=30)
-        i = runs
-        data = path.read_bytes()
-        config = parse_direct_xml(data)  # parses: never torn
-        assert config.foreign() == FOREIGN, f"run {i}: foreign entries intact"
-        assert _holds(config, variants), f"run {i}: a complete set of ours (old or new)"
-        if data not in checked:
-            # firewalld's own check of the whole configuration, once per distinct content
-            (root / "check" / "direct.xml").write_bytes(data)
-            check = subprocess.run(
-                # its own net and mount namespaces: no firewall, and its log goes to a tmpfs
-                ["unshare", "--net", "--mount", "sh", "-c",
-                 'mount -t tmpfs tmpfs /var/log && exec firewall-offline-cmd --system-config "$0" --check-config',
-                 str(root / "check")],
-                capture_output=True, text=True, check=False, timeout=120,
-            )  # fmt: skip
-            checked[data] = check.returncode == 0
-            assert check.returncode == 0, check.stdout + check.stderr
-    print(
-        f"kill -9: {kills} runs killed mid-way ({runs} runs); {len(checked)} distinct files, all valid"
-    )
+            record.write_bytes(saved[1])
+
+    for i, command in enumerate(commands):
+        before = snapshot()
+        full = _crash_run(root, command, 0)  # counts the steps, crashes nowhere
+        assert full.returncode == 0, full.stderr
+        steps = int(full.stderr.rsplit("STEPS ", 1)[1])
+        after = snapshot()
+        assert steps >= 4, "the writes were counted"
+        for at in range(1, steps + 1):
+            restore(before)
+            proc = _crash_run(root, command, at)
+            assert proc.returncode == 137, (at, proc.stderr)
+            crashes += 1
+            data = path.read_bytes()
+            config = parse_direct_xml(data)  # parses: never torn
+            assert config.foreign(OWNER) == FOREIGN, f"{command} step {at}: foreign entries intact"
+            olds = [expected[i - 1]] if i else [DirectConfig()]
+            assert _holds(config, [*olds, expected[i]]), f"{command} step {at}: old or new set"
+            _offline_check(root, data, checked)
+            # the next run converges
+            assert subprocess.run([*TP, *command, "--root", str(root)], capture_output=True,
+                                  check=False).returncode == 0  # fmt: skip
+            assert path.read_bytes() == after[0]
+        restore(after)
+    assert crashes >= 12
+    print(f"fault injection: {crashes} crashes, {len(checked)} distinct files, all valid")
+
+
+def test_kill_9_at_random_moments_leaves_old_or_new_file(tmp_path: Path) -> None:
+    """A short random run on top: real SIGKILLs at random points of whole runs."""
+    root = image_root(tmp_path)
+    path = root / "etc/firewalld/direct.xml"
+    variants = [DirectConfig(), ours_for(15001), ours_for(16001)]
+    rng = random.Random(4)
+    kills = 0
+    for run in range(30):
+        command = rng.choice([["install", "--redirect-outbound-port", "16001"], ["install"], ["uninstall"]])
+        proc = subprocess.Popen([*TP, *command, "--root", str(root)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        time.sleep(rng.uniform(0.05, 0.6))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait(timeout=30)
+        config = parse_direct_xml(path.read_bytes())
+        assert config.foreign(OWNER) == FOREIGN, f"run {run}"
+        assert _holds(config, variants), f"run {run}: a complete set of ours"
+    assert kills >= 5, kills
 
 
 def test_concurrent_installs_serialise(tmp_path: Path) -> None:
@@ -157,7 +227,7 @@ def test_concurrent_installs_serialise(tmp_path: Path) -> None:
     results = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), results
     config = parse_direct_xml((root / "etc/firewalld/direct.xml").read_bytes())
-    assert config.foreign() == FOREIGN
+    assert config.foreign(OWNER) == FOREIGN
     assert _holds(config, [ours_for(p) for p in ports]), "exactly one complete set"
     assert len(config.rules) == len(set(config.rules)) and len(config.chains) == len(
         set(config.chains)
@@ -186,10 +256,8 @@ def test_concurrent_live_installs_end_with_one_complete_set(firewalld_sandbox: S
 
 
 def test_lock_timeout_gives_a_clear_message(tmp_path: Path) -> None:
-    from tproxy_firewalld.files import locked
-
     root = image_root(tmp_path)
-    with locked(root / "etc/firewalld"):
+    with Target.make(root).locked():
         env = {**os.environ, "TPROXY_FIREWALLD_LOCK_TIMEOUT": "0.5"}
         proc = subprocess.run(
             [*TP, "install", "--root", str(root)],
@@ -289,33 +357,10 @@ def test_a_step_firewalld_rejects_midway_is_rolled_back(firewalld_sandbox: Sandb
     sb = firewalld_sandbox
     add_foreign(sb)
     before = direct_lines(sb), direct_lines(sb, permanent=True)
-    script = f"""
-import asyncio, sys
-from tproxy_firewalld.firewalld import Firewalld
-from tproxy_firewalld.operations import apply_plan
-from tproxy_firewalld.plan import make_plan
-from tproxy_firewalld.entries import DirectConfig, Rule
-from tproxy_firewalld.ruleset import build_ruleset
-from tproxy_firewalld.settings import load_settings
-from tproxy_firewalld.errors import TproxyError
-async def main():
-    fw = await Firewalld.connect()
-    good = build_ruleset(load_settings(flags={{"--kuma-dp-user": "5678"}}))
-    bad = Rule("ipv4", "nat", "OUTPUT", 7, ("-m", "comment", "--comment", "kuma/mesh/transparent/proxy/z", "-j", "KUMA_MESH_MISSING"))
-    desired = DirectConfig(good.chains, good.rules + (bad,))
-    plan = make_plan(desired, await fw.runtime(), await fw.permanent())
-    try:
-        await apply_plan(fw, plan)
-    except TproxyError as exc:
-        print(type(exc).__name__, exc.exit_code, exc)
-        return
-    print("applied")
-asyncio.run(main())
-"""
-    out = sb.run(sys.executable, "-c", script).stdout
+    out = run_in_sandbox(sb, MIDWAY_REJECTED).stdout
     assert out.startswith("FirewalldRejected 6 ") and "COMMAND_FAILED" in out, out
     assert re.search(
-        r"undid the \d+ runtime change\(s\) already made, nothing was changed\n$", out
+        r"undid the \d+ change\(s\) already made, nothing was changed\n$", out
     ), out
     assert out.count("\n") == 1, "one line"
     assert (direct_lines(sb), direct_lines(sb, permanent=True)) == before
@@ -339,10 +384,7 @@ def test_firewalld_killed_during_install_then_a_later_run_converges(
     assert watcher.returncode == 0, "the watcher killed firewalld"
     assert result.returncode == 8, (result.returncode, result.stderr)
     assert result.stderr.startswith("Error: ") and "Traceback" not in result.stderr
-    assert (
-        "undoing the" in result.stderr
-        and "The permanent configuration was not changed" in result.stderr
-    )
+    assert "undoing the" in result.stderr and "not changed: the permanent configuration" in result.stderr
     sb.stop_firewalld()  # reap it
     assert sb.start_firewalld() == "running"
     assert ours(direct_lines(sb, permanent=True)) == [], (

@@ -4,30 +4,31 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pwd
 from pathlib import Path
 
 import pytest
 
 from tproxy_firewalld.errors import SettingsError
-from tproxy_firewalld.settings import (
+from tproxy_firewalld.kuma import (
     DEFAULT_UID,
-    FIELDS,
-    Settings,
     UidExclusion,
     VnetNetwork,
-    load_settings,
     read_nameservers,
 )
+from tproxy_firewalld.kuma import KumaSettings as Settings
+
+FIELDS = Settings.fields()
 
 
 def load(flags: dict[str, object] | None = None, **kw: object) -> Settings:
-    return load_settings(flags=flags or {}, resolve=False, **kw)  # type: ignore[arg-type]
+    return Settings.load(flags=flags or {}, **kw)  # type: ignore[arg-type]
 
 
 def error_of(**kw: object) -> str:
     with pytest.raises(SettingsError) as info:
-        load_settings(resolve=kw.pop("resolve", False), **kw)  # type: ignore[arg-type]
+        Settings.load(**kw)  # type: ignore[arg-type]
     message = str(info.value)
     assert "\n" not in message, "an error is one line"
     return message
@@ -36,10 +37,10 @@ def error_of(**kw: object) -> str:
 def test_defaults_are_kumactls() -> None:
     s = load()
     assert s == Settings()
-    assert (s.inbound_port, s.outbound_port, s.dns_port) == (15006, 15001, 15053)
+    assert (s.redirect_inbound_port, s.redirect_outbound_port, s.redirect_dns_port) == (15006, 15001, 15053)
     assert s.ip_family_mode == "dualstack" and s.ipvs == ("ipv4", "ipv6")
     assert s.redirect_inbound and s.redirect_outbound
-    assert s.inbound_exclude_ports == ()  # Kuma no longer excludes 22 by default
+    assert s.exclude_inbound_ports == ()  # Kuma no longer excludes 22 by default
 
 
 def test_every_flag_maps_to_a_config_key_and_env_var() -> None:
@@ -104,19 +105,19 @@ def test_flag_values(tmp_path: Path) -> None:
         }
     )
     assert s.kuma_dp_uid == 1234 and s.ip_family_mode == "ipv4" and not s.redirect_inbound
-    assert (s.inbound_port, s.outbound_port, s.dns_port) == (1001, 1002, 1053)
-    assert s.inbound_exclude_ports == (22, 80, 443)
-    assert s.inbound_exclude_ips == ("10.0.0.0/8", "fd00::/8")
-    assert s.outbound_exclude_ips == ("192.0.2.1", "2001:db8::1")
-    assert s.outbound_exclude_ports_for_uids == (
+    assert (s.redirect_inbound_port, s.redirect_outbound_port, s.redirect_dns_port) == (1001, 1002, 1053)
+    assert s.exclude_inbound_ports == (443,), "kumactl: a repeated port-list flag replaces"
+    assert s.exclude_inbound_ips == ("10.0.0.0/8", "fd00::/8")
+    assert s.exclude_outbound_ips == ("192.0.2.1", "2001:db8::1")
+    assert s.exclude_outbound_ports_for_uids == (
         UidExclusion(("tcp",), ("53", "3000:5000"), "106:108"),
         UidExclusion(("udp",), ("1:65535",), "7"),
         UidExclusion(("tcp", "udp"), ("1:65535",), "9"),
     )
-    assert s.dns_capture_all and s.dns_enabled, "capture-all implies DNS redirection, as in Kuma"
+    assert s.redirect_all_dns_traffic and s.dns_enabled, "capture-all implies DNS redirection, as in Kuma"
     assert s.vnet == (VnetNetwork("docker0", "172.17.0.0/16"), VnetNetwork("br+", "fd00::/64"))
-    assert s.log_enabled and s.drop_invalid_packets
-    assert s.inbound_insert_instead_of_append and s.outbound_insert_instead_of_append
+    assert s.iptables_logs and s.drop_invalid_packets
+    assert s.redirect_inbound_insert_instead_of_append and s.redirect_outbound_insert_instead_of_append
 
 
 def test_precedence_defaults_files_env_flags(tmp_path: Path) -> None:
@@ -135,10 +136,10 @@ def test_precedence_defaults_files_env_flags(tmp_path: Path) -> None:
         "UNRELATED": "x",
     }
     s = load({"--redirect-dns-port": "6666"}, config_files=[str(first), str(second)], env=env)
-    assert s.inbound_port == 1111, "from the first file"
-    assert s.inbound_exclude_ports == (9,), "a later file's list replaces, not merges"
-    assert s.outbound_port == 4444, "env beats files"
-    assert s.dns_port == 6666, "flags beat env"
+    assert s.redirect_inbound_port == 1111, "from the first file"
+    assert s.exclude_inbound_ports == (9,), "a later file's list replaces, not merges"
+    assert s.redirect_outbound_port == 4444, "env beats files"
+    assert s.redirect_dns_port == 6666, "flags beat env"
     assert s.ip_family_mode == "ipv4"
 
 
@@ -147,7 +148,7 @@ def test_config_comma_list_and_stdin(tmp_path: Path) -> None:
     a.write_text("redirect: {inbound: {port: 1}}")
     b = tmp_path / "b.yaml"
     b.write_text("redirect: {inbound: {port: 2}}")
-    assert load(config_files=[f"{a},{b}"]).inbound_port == 2
+    assert load(config_files=[f"{a},{b}"]).redirect_inbound_port == 2
     stdin = io.StringIO('{"kumaDPUser": "42", "ipFamilyMode": "ipv4"}')
     s = load(config_files=["-"], stdin=stdin)
     assert s.kuma_dp_uid == 42 and s.ipvs == ("ipv4",)
@@ -173,7 +174,7 @@ def test_env_bools_and_lists() -> None:
             "KUMA_TRANSPARENT_PROXY_DROP_INVALID_PACKETS": "1",
         }
     )
-    assert not s.redirect_inbound and s.outbound_exclude_ports == (1, 2)
+    assert not s.redirect_inbound and s.exclude_outbound_ports == (1, 2)
     assert s.vnet == (VnetNetwork("eth1", "10.1.0.0/16"),) and s.drop_invalid_packets
 
 
@@ -270,15 +271,15 @@ def test_bad_flags(flags: dict[str, object], expected: str) -> None:
 
 
 def test_kuma_dp_user_name_must_exist() -> None:
-    assert error_of(flags={"--kuma-dp-user": "no-such-user-xyz"}, resolve=True) == (
+    assert error_of(flags={"--kuma-dp-user": "no-such-user-xyz"}) == (
         "the specified UID or username ('no-such-user-xyz') does not refer to a valid user on the host"
     )
 
 
 def test_kuma_dp_user_resolution() -> None:
     root = pwd.getpwuid(0).pw_name
-    assert load_settings(flags={"--kuma-dp-user": root}).kuma_dp_uid == 0
-    assert load_settings(flags={"--kuma-dp-user": "4000000000"}).kuma_dp_uid == 4000000000
+    assert Settings.load(flags={"--kuma-dp-user": root}).kuma_dp_uid == 0
+    assert Settings.load(flags={"--kuma-dp-user": "4000000000"}).kuma_dp_uid == 4000000000
     try:
         expected = pwd.getpwuid(DEFAULT_UID).pw_uid
     except KeyError:
@@ -286,7 +287,7 @@ def test_kuma_dp_user_resolution() -> None:
             expected = pwd.getpwnam("kuma-dp").pw_uid
         except KeyError:
             expected = DEFAULT_UID
-    assert load_settings().kuma_dp_uid == expected
+    assert Settings.load().kuma_dp_uid == expected
 
 
 @pytest.mark.parametrize(
@@ -360,7 +361,7 @@ def test_nameservers_from_resolv_conf(tmp_path: Path) -> None:
         "nameserver 2001:db8::53\nnameserver 10.0.0.2\nnameserver bogus\n"
     )
     assert read_nameservers(str(conf)) == ("10.0.0.2", "2001:db8::53")
-    s = load_settings(
+    s = Settings.load(
         flags={"--redirect-dns": True, "--kuma-dp-user": "0"},
         env={"KUMA_TRANSPARENT_PROXY_REDIRECT_DNS_RESOLV_CONFIG_PATH": str(conf)},
     )
@@ -374,15 +375,14 @@ def test_no_nameserver_of_a_family_warns(tmp_path: Path) -> None:
     f.write_text(
         f"redirect: {{dns: {{enabled: true, resolvConfigPath: {conf}}}}}\nkumaDPUser: '0'\n"
     )
-    s = load_settings(config_files=[str(f)])
-    assert s.warnings == (
+    s = Settings.load(config_files=[str(f)])
+    assert [w.message for w in s.warnings] == [
         f"no IPv6 DNS servers found in {conf}. DNS traffic capture for IPv6 will be disabled",
-    )
+    ]
     assert (
         error_of(
             flags={"--redirect-dns": True},
-            env={"KUMA_TRANSPARENT_PROXY_REDIRECT_DNS_RESOLV_CONFIG_PATH": "/nonexistent"},
-            resolve=True,
+            env={"KUMA_TRANSPARENT_PROXY_REDIRECT_DNS_RESOLV_CONFIG_PATH": "/nonexistent"}
         )
         == "unable to read file /nonexistent"
     )
@@ -397,3 +397,99 @@ def test_json_round_trip() -> None:
         }
     )
     assert Settings.from_json(json.loads(json.dumps(s.to_json()))) == s
+
+
+# -- one declaration, every way in through the parsers (issue 12) ----------------------------
+
+
+def test_the_constructor_validates_every_field() -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings(redirect_inbound_port="1 -j ACCEPT")  # type: ignore[arg-type]
+    assert info.value.setting == "redirect_inbound_port"
+    assert str(info.value) == (
+        "redirect_inbound_port: value '1 -j ACCEPT' is not a valid port (uint16 in the range [1, 65535])"
+    )
+    with pytest.raises(SettingsError, match="invalid IP address"):
+        Settings(exclude_outbound_ips=("10.0.0.1 -j ACCEPT",))
+    with pytest.raises(SettingsError, match="kuma_dp_uid: value '-1'"):
+        Settings(kuma_dp_uid="-1")  # type: ignore[arg-type]
+    # the parsers accept their own output: a valid Settings rebuilds to an equal one
+    s = Settings(exclude_inbound_ports=[22], vnet=["docker0:172.17.0.0/16"])  # type: ignore[arg-type]
+    assert s.exclude_inbound_ports == (22,) and s.replace() == s
+
+
+@pytest.mark.parametrize(
+    ("tampered", "message"),
+    [
+        ({"redirect_outbound_port": "15001 -j ACCEPT"}, "redirect_outbound_port: value '15001 -j ACCEPT'"),
+        ({"exclude_outbound_ports_for_uids": ["tcp:1:1 -j X"]}, "exclude_outbound_ports_for_uids"),
+        ({"vnet": ["eth0:10.0.0.0/8 -j ACCEPT"]}, "invalid CIDR definition"),
+        ({"dns_nameservers": ["10.0.0.1 -j X"]}, "is not a nameserver address"),
+        ({"no_such_setting": 1}, "unknown settings ['no_such_setting']"),
+    ],
+)
+def test_a_tampered_state_file_never_reaches_the_template(tampered: dict[str, object], message: str) -> None:
+    data = {**load().to_json(), **tampered}
+    with pytest.raises(SettingsError) as info:
+        Settings.from_json(data, "installed.json: settings")
+    assert message in str(info.value) and str(info.value).startswith("installed.json: settings: ")
+
+
+def test_library_values_are_keyed_by_setting_name_and_errors_name_it(tmp_path: Path) -> None:
+    (tmp_path / "resolv.conf").write_text("nameserver 10.0.0.2\n")
+    s = Settings.load(exclude_inbound_ports=[22], redirect_dns=True, resolv_conf_path=str(tmp_path / "resolv.conf"))
+    assert s.exclude_inbound_ports == (22,) and s.redirect_dns
+    with pytest.raises(SettingsError) as info:
+        Settings.load(redirect_inbound_port="abc")
+    assert info.value.setting == "redirect_inbound_port"
+    assert str(info.value).startswith("redirect_inbound_port: value 'abc' is not a valid port")
+    with pytest.raises(SettingsError, match="^no_such: unknown setting; known: kuma_dp_user, "):
+        Settings.load(no_such=1)
+
+
+def test_every_field_has_help_and_each_flag_key_and_env_is_unique() -> None:
+    flags = [f.flag for f in FIELDS if f.flag]
+    keys = [f.key for f in FIELDS if f.key]
+    envs = [f.env for f in FIELDS if f.env]
+    assert len(flags) == len(set(flags)) and len(keys) == len(set(keys)) and len(envs) == len(set(envs))
+    assert all(f.help.strip() for f in FIELDS)
+    assert all(f.kind in ("bool", "scalar", "list") and f.repeat in ("replace", "accumulate") for f in FIELDS)
+
+
+def test_repeated_flags_replace_port_lists_and_accumulate_ip_lists() -> None:
+    s = load({"--exclude-inbound-ports": ["1000", "2000"], "--exclude-outbound-ports": ["3000", ""]})
+    assert s.exclude_inbound_ports == (2000,) and s.exclude_outbound_ports == ()
+    s = load({"--exclude-outbound-ips": ["10.0.0.1", "10.0.0.2,10.0.0.3"], "--vnet": ["a:10.1.0.0/16", "b:10.2.0.0/16"]})
+    assert s.exclude_outbound_ips == ("10.0.0.1", "10.0.0.2", "10.0.0.3") and len(s.vnet) == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("redirect: {inbound: {port: 1}}\nredirect: {outbound: {port: 2}}\n", "duplicate key 'redirect'"),
+        (
+            "a: &a [x, x, x, x, x, x, x, x, x]\n"
+            + "".join(f"b{i}: &b{i} [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n" for i in range(12)),
+            "more than 64 aliases",
+        ),
+        ("[" * 5000 + "]" * 5000, "failed"),
+    ],
+)
+def test_hostile_yaml_is_refused_in_one_line(tmp_path: Path, text: str, message: str) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    assert message in error_of(config_files=[str(f)])
+
+
+def test_config_and_resolv_conf_reads_are_bounded(tmp_path: Path) -> None:
+    assert "is not a regular file" in error_of(config_files=["/dev/zero"])
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert "is not a regular file" in error_of(config_files=[str(fifo)])
+    big = tmp_path / "big.yaml"
+    big.write_text("#" * (2 * 1024 * 1024))
+    assert "larger than" in error_of(config_files=[str(big)])
+    assert "unable to read file /dev/zero" in error_of(flags={"--redirect-dns": True}, resolv_conf_path="/dev/zero")
+    many = tmp_path / "resolv.conf"
+    many.write_text("".join(f"nameserver 10.0.{i // 256}.{i % 256}\n" for i in range(2000)))
+    assert "lists 2000 nameservers; at most 32" in error_of(flags={"--redirect-dns": True}, resolv_conf_path=str(many))

@@ -1,33 +1,30 @@
-"""The ``tproxy-firewalld`` command: parses flags, calls the library, prints, picks the exit code.
+"""The ``tproxy-firewalld`` command: parses, calls the library (:mod:`api`), renders, exits.
 
 Every command that takes settings takes the same flags as ``kumactl install
-transparent-proxy`` (plus ``--config`` and the ``KUMA_TRANSPARENT_PROXY_*`` environment).
+transparent-proxy`` (plus ``--config`` and the ``KUMA_TRANSPARENT_PROXY_*`` environment); the
+options come from the settings' one declaration (:class:`kuma.KumaSettings`), so they cannot
+drift from the library, the Ansible module or the README.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import inspect
 import json
 import os
 import sys
-import typing
-from collections.abc import Callable
-from enum import StrEnum
+from collections.abc import Sequence
+from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Any, Callable, Optional
 
 import typer
-from typer.core import TyperCommand
+import typer.core
 
 from tproxy_firewalld import __version__
-from tproxy_firewalld.errors import ExitCode, SettingsError, TproxyError
-from tproxy_firewalld.settings import Settings, load_settings
+from tproxy_firewalld.errors import ExitCode, TproxyError
+from tproxy_firewalld.kuma import KumaSettings
+from tproxy_firewalld.settings import Field
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-DEFAULT_DIRECT_XML = Path("/etc/firewalld/direct.xml")
+SETTINGS_PANEL = "Settings (as kumactl install transparent-proxy)"
 
 HELP = """\
 Keep Kuma's transparent-proxy redirect rules in firewalld: rendered exactly as
@@ -49,330 +46,133 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 
+SETTINGS_KEY = "tproxy_firewalld.settings_flags"
 
-class KumaFlagsCommand(TyperCommand):
-    """Accepts kumactl's ``--flag=false`` spelling for boolean flags (Go's pflag allows it)."""
+
+def setting_help(f: Field) -> str:
+    default = "" if f.kind == "list" and not f.default else f" (default: {f.default_text})"
+    return f.help + default
+
+
+_OPTIONS: list[Any] = []
+
+
+def _settings_options() -> list[Any]:
+    """The options of every settings flag, from the one declaration of each setting. Every
+    option takes values (a boolean's bare ``--flag`` is rewritten to ``--flag=true`` by
+    :meth:`SettingsCommand.parse_args`) and may repeat; the setting decides what a repeat
+    means."""
+    if _OPTIONS:
+        return _OPTIONS
+    option = typer.core.TyperOption
+    _OPTIONS.append(
+        option(
+            param_decls=["--config"],
+            multiple=True,
+            metavar="FILE",
+            help="Config file (YAML or JSON, Kuma's shape); repeatable, comma lists allowed, '-' "
+            "for stdin. Later files override earlier; lists replace.",
+            rich_help_panel=SETTINGS_PANEL,
+        )
+    )
+    for f in KumaSettings.flag_fields():
+        assert f.flag is not None
+        metavar = "[=true|false]" if f.kind == "bool" else f.metavar or "VALUE"
+        _OPTIONS.append(
+            option(
+                param_decls=[f.flag],
+                multiple=True,
+                metavar=metavar,
+                help=setting_help(f),
+                rich_help_panel=SETTINGS_PANEL,
+            )
+        )
+    return _OPTIONS
+
+
+_BOOL_FLAGS = frozenset(f.flag for f in KumaSettings.flag_fields() if f.kind == "bool")
+
+
+class SettingsCommand(typer.core.TyperCommand):
+    """A command that takes the settings flags; they reach it through ``ctx.meta``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.extend(_settings_options())
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        booleans = {
-            name: param
-            for param in self.params
-            if getattr(param, "is_flag", False)
-            for name in param.opts
-        }
+        # kumactl's booleans (Go's pflag): `--flag` means true, `--flag=false` false.
         rewritten: list[str] = []
-        for arg in args:
-            name, sep, value = arg.partition("=")
-            if sep and name in booleans:
-                param = booleans[name]
-                if value in ("1", "t", "T", "true", "TRUE", "True"):
-                    rewritten.append(name)
-                elif value in ("0", "f", "F", "false", "FALSE", "False"):
-                    if not param.secondary_opts:
-                        raise typer.BadParameter(
-                            f"value '{value}' is not allowed (the flag can only be turned on)",
-                            param_hint=name,
-                        )
-                    rewritten.append(param.secondary_opts[0])
-                else:
-                    raise typer.BadParameter(
-                        f"value '{value}' is not a valid boolean (true or false)", param_hint=name
-                    )
-            else:
-                rewritten.append(arg)
+        for i, arg in enumerate(args):
+            if arg == "--":
+                rewritten += args[i:]
+                break
+            rewritten.append(f"{arg}=true" if arg in _BOOL_FLAGS else arg)
         return super().parse_args(ctx, rewritten)
 
-
-SETTINGS_PANEL = "Settings (as kumactl install transparent-proxy)"
-
-
-def _opt(*names: str, help: str, **kw: Any) -> Any:
-    return typer.Option(*names, help=help, rich_help_panel=SETTINGS_PANEL, show_default=False, **kw)
+    def invoke(self, ctx: Any) -> Any:
+        names = {p.name for p in _settings_options()}
+        ctx.meta[SETTINGS_KEY] = {name: ctx.params.pop(name, ()) for name in names}
+        return super().invoke(ctx)
 
 
-# (flag, python name, annotation) — every settings flag, once, shared by all commands.
-_SETTINGS_PARAMS: list[tuple[str, str, Any]] = [
-    (
-        "--config",
-        "config",
-        Annotated[
-            list[str] | None,
-            _opt(
-                "--config",
-                metavar="FILE",
-                help="Config file (YAML or JSON, Kuma's shape); repeatable, comma lists allowed, '-' for stdin. Later files override earlier; lists replace.",
-            ),
-        ],
-    ),
-    (
-        "--kuma-dp-user",
-        "kuma_dp_user",
-        Annotated[
-            str | None,
-            _opt(
-                "--kuma-dp-user",
-                metavar="USER|UID",
-                help="User name or numeric UID the proxy runs as (its traffic is not redirected). Default: UID 5678, else user kuma-dp. A numeric UID need not exist yet.",
-            ),
-        ],
-    ),
-    (
-        "--ip-family-mode",
-        "ip_family_mode",
-        Annotated[
-            str | None,
-            _opt(
-                "--ip-family-mode",
-                metavar="dualstack|ipv4",
-                help="dualstack (IPv4 and IPv6 rules, default) or ipv4.",
-            ),
-        ],
-    ),
-    (
-        "--redirect-inbound",
-        "redirect_inbound",
-        Annotated[
-            bool | None,
-            _opt(
-                "--redirect-inbound/--no-redirect-inbound",
-                help="Redirect inbound TCP traffic (default true; --redirect-inbound=false turns it off).",
-            ),
-        ],
-    ),
-    (
-        "--redirect-inbound-port",
-        "redirect_inbound_port",
-        Annotated[
-            str | None,
-            _opt(
-                "--redirect-inbound-port",
-                metavar="PORT",
-                help="Port inbound traffic is redirected to (default 15006).",
-            ),
-        ],
-    ),
-    (
-        "--redirect-outbound-port",
-        "redirect_outbound_port",
-        Annotated[
-            str | None,
-            _opt(
-                "--redirect-outbound-port",
-                metavar="PORT",
-                help="Port outbound traffic is redirected to (default 15001).",
-            ),
-        ],
-    ),
-    (
-        "--exclude-inbound-ports",
-        "exclude_inbound_ports",
-        Annotated[
-            list[str] | None,
-            _opt(
-                "--exclude-inbound-ports",
-                metavar="PORTS",
-                help="Inbound ports not to redirect (comma list; repeatable). Note: 22 is NOT excluded by default.",
-            ),
-        ],
-    ),
-    (
-        "--exclude-outbound-ports",
-        "exclude_outbound_ports",
-        Annotated[
-            list[str] | None,
-            _opt(
-                "--exclude-outbound-ports",
-                metavar="PORTS",
-                help="Outbound TCP ports not to redirect (comma list; repeatable).",
-            ),
-        ],
-    ),
-    (
-        "--exclude-inbound-ips",
-        "exclude_inbound_ips",
-        Annotated[
-            list[str] | None,
-            _opt(
-                "--exclude-inbound-ips",
-                metavar="IPS",
-                help="Source IPs/CIDRs whose inbound traffic is not redirected (comma list; repeatable; each applies to its own family).",
-            ),
-        ],
-    ),
-    (
-        "--exclude-outbound-ips",
-        "exclude_outbound_ips",
-        Annotated[
-            list[str] | None,
-            _opt(
-                "--exclude-outbound-ips",
-                metavar="IPS",
-                help="Destination IPs/CIDRs whose outbound traffic is not redirected (comma list; repeatable).",
-            ),
-        ],
-    ),
-    (
-        "--exclude-outbound-ports-for-uids",
-        "exclude_outbound_ports_for_uids",
-        Annotated[
-            list[str] | None,
-            _opt(
-                "--exclude-outbound-ports-for-uids",
-                metavar="[PROTO:][PORTS:]UIDS",
-                help="[tcp|udp:][ports:]uids, e.g. tcp:53,3000-5000:106-108 — outbound traffic of these UIDs to these ports is not redirected (repeatable).",
-            ),
-        ],
-    ),
-    (
-        "--redirect-dns",
-        "redirect_dns",
-        Annotated[
-            bool | None,
-            _opt(
-                "--redirect-dns",
-                help="Redirect DNS to the nameservers in resolv.conf to the kuma-dp DNS proxy.",
-            ),
-        ],
-    ),
-    (
-        "--redirect-all-dns-traffic",
-        "redirect_all_dns_traffic",
-        Annotated[
-            bool | None,
-            _opt(
-                "--redirect-all-dns-traffic",
-                help="Redirect all DNS traffic (UDP 53) to the kuma-dp DNS proxy.",
-            ),
-        ],
-    ),
-    (
-        "--redirect-dns-port",
-        "redirect_dns_port",
-        Annotated[
-            str | None,
-            _opt(
-                "--redirect-dns-port",
-                metavar="PORT",
-                help="Port of the kuma-dp DNS proxy (default 15053).",
-            ),
-        ],
-    ),
-    (
-        "--skip-dns-conntrack-zone-split",
-        "skip_dns_conntrack_zone_split",
-        Annotated[
-            bool | None,
-            _opt(
-                "--skip-dns-conntrack-zone-split",
-                help="Do not add the raw-table conntrack zone rules for DNS.",
-            ),
-        ],
-    ),
-    (
-        "--vnet",
-        "vnet",
-        Annotated[
-            list[str] | None,
-            _opt(
-                "--vnet",
-                metavar="IFACE:CIDR",
-                help="IFACE:CIDR of a virtual network (e.g. docker0:172.17.0.0/16) whose traffic is redirected too (repeatable).",
-            ),
-        ],
-    ),
-    (
-        "--iptables-logs",
-        "iptables_logs",
-        Annotated[
-            bool | None,
-            _opt(
-                "--iptables-logs",
-                help="Log matching packets with the kernel's LOG target (level 7).",
-            ),
-        ],
-    ),
-    (
-        "--drop-invalid-packets",
-        "drop_invalid_packets",
-        Annotated[
-            bool | None,
-            _opt(
-                "--drop-invalid-packets",
-                help="Drop packets in conntrack state INVALID (mangle PREROUTING).",
-            ),
-        ],
-    ),
-    (
-        "--redirect-inbound-insert-instead-of-append",
-        "redirect_inbound_insert_instead_of_append",
-        Annotated[
-            bool | None,
-            _opt(
-                "--redirect-inbound-insert-instead-of-append",
-                help="Insert the PREROUTING jump above other rules instead of appending it.",
-            ),
-        ],
-    ),
-    (
-        "--redirect-outbound-insert-instead-of-append",
-        "redirect_outbound_insert_instead_of_append",
-        Annotated[
-            bool | None,
-            _opt(
-                "--redirect-outbound-insert-instead-of-append",
-                help="Insert the OUTPUT jump above other rules instead of appending it.",
-            ),
-        ],
-    ),
-]
+def _flags(ctx: typer.Context) -> dict[str, Any]:
+    given = ctx.meta.get(SETTINGS_KEY, {})
+    by_name = {f.flag.lstrip("-").replace("-", "_"): f.flag for f in KumaSettings.flag_fields() if f.flag}
+    return {by_name[name]: list(values) for name, values in given.items() if name in by_name and values}
 
 
-def with_settings(func: F) -> F:
-    """Add every settings flag to a command; the command receives ``settings_flags``."""
-    sig = inspect.signature(func)
-    # The module's annotations are strings (from __future__ import annotations); typer
-    # reads the signature we build, so resolve them here or the options lose their help.
-    hints = typing.get_type_hints(func, include_extras=True)
-    own = [
-        p.replace(annotation=hints.get(p.name, p.annotation))
-        for p in sig.parameters.values()
-        if p.name != "settings_flags"
-    ]
-    extra = [
-        inspect.Parameter(py, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ann)
-        for _flag, py, ann in _SETTINGS_PARAMS
-    ]
-
-    @functools.wraps(func)
-    def wrapper(**kwargs: Any) -> Any:
-        flags = {flag: kwargs.pop(py) for flag, py, _ann in _SETTINGS_PARAMS}
-        return func(settings_flags=flags, **kwargs)
-
-    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + extra
-    wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {p.name: p.annotation for p in params}
-    return wrapper  # type: ignore[return-value]
+def _config_files(ctx: typer.Context) -> list[str]:
+    return list(ctx.meta.get(SETTINGS_KEY, {}).get("config", ()))
 
 
-def settings_given(flags: dict[str, Any]) -> bool:
-    return any(v not in (None, []) for v in flags.values()) or any(
-        k.startswith("KUMA_TRANSPARENT_PROXY_") for k in os.environ
+def settings_given(ctx: typer.Context) -> bool:
+    return bool(_flags(ctx) or _config_files(ctx) or KumaSettings.env_given(os.environ))
+
+
+def load(ctx: typer.Context, output: Optional[Output] = None) -> KumaSettings:
+    settings = KumaSettings.load(
+        config_files=_config_files(ctx), env=os.environ, flags=_flags(ctx), stdin=sys.stdin
     )
-
-
-def settings_from(flags: dict[str, Any]) -> Settings:
-    config_files = flags.pop("--config", None) or []
-    settings = load_settings(
-        config_files=config_files, env=os.environ, flags=flags, stdin=sys.stdin
-    )
-    for warning in settings.warnings:
-        typer.echo(f"Warning: {warning}", err=True)
+    if output is not Output.json:
+        for warning in settings.warnings:
+            typer.echo(f"Warning: {warning.message}", err=True)
     return settings
 
 
-def fail(exc: TproxyError) -> typer.Exit:
-    typer.echo(f"Error: {exc.message}", err=True)
-    return typer.Exit(int(exc.exit_code))
+class Output(str, Enum):
+    text = "text"
+    json = "json"
+
+
+def run(output: Optional[Output], fn: Callable[[], Any], *, min_code: int = 0) -> Any:
+    """Call the library; an expected failure is one line (and an error document with
+    --output json), never a traceback."""
+    try:
+        return fn()
+    except TproxyError as exc:
+        code = max(int(exc.exit_code), min_code)
+        if output is Output.json:
+            from tproxy_firewalld.report import error_json
+
+            typer.echo(json.dumps(error_json(exc), indent=2))
+        typer.echo(f"Error: {exc.message}", err=True)
+        raise typer.Exit(code) from None
+
+
+def _target(root: Optional[Path], offline: bool, timeout: Optional[float]) -> Any:
+    from tproxy_firewalld.target import Target
+
+    return Target.make(root, offline=offline, timeout=timeout)
+
+
+def _print_json(doc: dict[str, Any]) -> None:
+    typer.echo(json.dumps(doc, indent=2))
+
+
+def _print_lines(lines: Sequence[str], err: bool = False) -> None:
+    for line in lines:
+        typer.echo(line, err=err)
 
 
 def version_callback(value: bool) -> None:
@@ -383,141 +183,92 @@ def version_callback(value: bool) -> None:
 
 @app.callback()
 def main_callback(
-    version: Annotated[
-        bool | None,
-        typer.Option(
-            "--version", callback=version_callback, is_eager=True, help="Show the version and exit."
-        ),
-    ] = None,
+    version: Optional[bool] = typer.Option(
+        None, "--version", callback=version_callback, is_eager=True, help="Show the version and exit."
+    ),
 ) -> None:
     """Kuma's transparent-proxy rules as a persistent, removable part of firewalld."""
 
 
-@app.command(cls=KumaFlagsCommand)
-@with_settings
+def _timeout(value: Optional[str]) -> Optional[float]:
+    if value is None:
+        return None
+    from tproxy_firewalld.firewalld import parse_timeout
+
+    return parse_timeout(value, "--timeout")
+
+
+DRY_RUN = typer.Option(False, "--dry-run", help="Print the plan; change nothing.")
+OFFLINE = typer.Option(
+    False, "--offline", help="Do not talk to firewalld; write direct.xml (applied at firewalld's next start)."
+)
+ROOT = typer.Option(
+    None,
+    "--root",
+    metavar="DIR",
+    help="Work on the image root DIR (DIR/etc/firewalld/direct.xml, symlinks resolved inside DIR); "
+    "implies --offline. A DIR that resolves to / is the live system.",
+)
+OUTPUT = typer.Option(Output.text, "--output", "-o", help="text (for people) or json (versioned, for programs).")
+TIMEOUT = typer.Option(
+    None,
+    "--timeout",
+    metavar="SECONDS",
+    help="How long one D-Bus call to firewalld may take (default 20, or TPROXY_FIREWALLD_TIMEOUT).",
+)
+TEMPLATE = typer.Option(
+    None,
+    "--rules-template",
+    metavar="FILE",
+    help="Render from this jinja2 template file instead of Kuma's (advanced). Its rules are checked "
+    "like Kuma's and must carry Kuma's chain or comment prefix.",
+)
+
+
+@app.command(cls=SettingsCommand)
 def render(
-    direct_xml: Annotated[
-        Path,
-        typer.Option(
-            "--direct-xml",
-            metavar="PATH",
-            help="The direct.xml to merge into (a missing file counts as empty).",
-            show_default=True,
-        ),
-    ] = DEFAULT_DIRECT_XML,
-    settings_flags: dict[str, Any] | None = None,
+    ctx: typer.Context,
+    direct_xml: Path = typer.Option(
+        Path("/etc/firewalld/direct.xml"),
+        "--direct-xml",
+        metavar="PATH",
+        help="The direct.xml to merge into (a missing file counts as empty).",
+        show_default=True,
+    ),
+    rules_template: Optional[str] = TEMPLATE,
 ) -> None:
     """Print the complete merged direct.xml: everyone else's entries kept, ours rendered.
 
     Reads PATH (default /etc/firewalld/direct.xml), replaces tproxy-firewalld's entries
     (chains KUMA_MESH_*, rules carrying Kuma's comment) with the rule set for the given
-    settings, checks every rule with iptables-restore --test, and writes the result to
-    stdout. Nothing on the system is changed.
+    settings, checks every rule in a throw-away network namespace, and writes the result
+    to stdout. Nothing on the system is changed.
     """
-    from tproxy_firewalld.directxml import read_direct_xml, render_direct_xml
-    from tproxy_firewalld.iptables import check_rules
-    from tproxy_firewalld.ruleset import build_ruleset
+    from tproxy_firewalld import api
 
-    try:
-        settings = settings_from(dict(settings_flags or {}))
-        existing = read_direct_xml(direct_xml)
-        ours = build_ruleset(settings)
-        result = check_rules(ours)
-        for note in result.skipped:
-            typer.echo(f"Warning: {note}", err=True)
-        output = render_direct_xml(existing.merged_with(ours))
-    except TproxyError as exc:
-        raise fail(exc) from None
+    def go() -> Any:
+        return api.render(load(ctx), direct_xml, rules_template=rules_template)
+
+    output, warnings = run(None, go)
+    _print_lines([f"Warning: {w.message}" for w in warnings if w.code == "not-checked"], err=True)
     sys.stdout.buffer.write(output)
     sys.stdout.flush()
 
 
-OUTPUT_HELP = "text (for people) or json (versioned, for programs)."
-
-
-class Output(StrEnum):
-    text = "text"
-    json = "json"
-
-
-RootOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--root",
-        metavar="DIR",
-        help="Work on the image root DIR (DIR/etc/firewalld/direct.xml); implies --offline.",
-    ),
-]
-OfflineOpt = Annotated[
-    bool,
-    typer.Option(
-        "--offline",
-        help="Do not talk to firewalld; write direct.xml (applied at firewalld's next start).",
-    ),
-]
-DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")]
-OutputOpt = Annotated[Output, typer.Option("--output", "-o", help=OUTPUT_HELP)]
-
-
-def _paths(root: Path | None) -> Any:
-    from tproxy_firewalld.operations import Paths
-
-    return Paths(root) if root is not None else Paths()
-
-
-def _print_diff(title: str, d: Any, indent: str = "  ") -> None:
-    typer.echo(f"{title}: {d.summary()}")
-    for e in d.add:
-        typer.echo(f"{indent}+ {e.describe()}")
-    for e in d.remove:
-        typer.echo(f"{indent}- {e.describe()}")
-
-
-def _print_result(result: Any, output: Output) -> None:
-    if output is Output.json:
-        typer.echo(json.dumps(result.to_json(), indent=2))
-        return
-    for note in result.notes:
-        typer.echo(note, err=True)
-    prefix = "would change: " if result.dry_run and result.changed else ""
-    if result.dry_run:
-        for title, d in (
-            ("runtime", result.runtime),
-            ("permanent", result.permanent),
-            ("direct.xml", result.file),
-        ):
-            if d is not None:
-                _print_diff(title, d)
-    typer.echo(f"{result.action}: {prefix}{result.summary()}")
-
-
-TemplateOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--rules-template",
-        metavar="FILE",
-        help="Render from this jinja2 template instead of Kuma's (advanced). Its rules are checked "
-        "like Kuma's and must carry Kuma's chain or comment prefix.",
-    ),
-]
-
-
-@app.command(cls=KumaFlagsCommand)
-@with_settings
+@app.command(cls=SettingsCommand)
 def install(
-    dry_run: DryRunOpt = False,
-    offline: OfflineOpt = False,
-    root: RootOpt = None,
-    output: OutputOpt = Output.text,
-    allow_ssh_redirect: Annotated[
-        bool,
-        typer.Option(
-            "--allow-ssh-redirect",
-            help="Install even though inbound redirection captures the port sshd listens on.",
-        ),
-    ] = False,
-    rules_template: TemplateOpt = None,
-    settings_flags: dict[str, Any] | None = None,
+    ctx: typer.Context,
+    dry_run: bool = DRY_RUN,
+    offline: bool = OFFLINE,
+    root: Optional[Path] = ROOT,
+    output: Output = OUTPUT,
+    allow_ssh_redirect: bool = typer.Option(
+        False,
+        "--allow-ssh-redirect",
+        help="Install even though inbound redirection captures a port an SSH daemon listens on.",
+    ),
+    rules_template: Optional[str] = TEMPLATE,
+    timeout: Optional[str] = TIMEOUT,
 ) -> None:
     """Install the rules: live in firewalld (runtime and permanent, no reload) or in direct.xml.
 
@@ -528,60 +279,63 @@ def install(
     start. The settings are recorded in /var/lib/tproxy-firewalld/installed.json.
 
     Exit codes: 0 done or nothing to do; 2 bad settings; 3 direct.xml unusable; 4 rules
-    rejected by iptables; 5 firewalld unavailable/FAILED; 6 firewalld refused; 7 not
-    permitted; 8 partially applied; 9 locked; 10 refused: inbound redirection would capture
-    the port sshd listens on (exclude it, or --allow-ssh-redirect).
+    rejected by iptables or the kernel; 5 firewalld unavailable, hung or FAILED; 6 firewalld
+    refused; 7 not permitted; 8 partially applied; 9 locked; 10 refused: inbound redirection
+    would capture an SSH port (exclude it, or --allow-ssh-redirect); 11 a file error.
     """
-    from tproxy_firewalld.operations import install as do_install
+    from tproxy_firewalld import api
 
-    try:
-        settings = settings_from(dict(settings_flags or {}))
-        result = asyncio.run(
-            do_install(
-                settings,
-                paths=_paths(root),
-                offline=offline or root is not None,
-                dry_run=dry_run,
-                template=rules_template,
-                allow_ssh_redirect=allow_ssh_redirect,
-            )
+    def go() -> Any:
+        return api.install(
+            load(ctx, output),
+            target=_target(root, offline, _timeout(timeout)),
+            dry_run=dry_run,
+            rules_template=rules_template,
+            allow_ssh_redirect=allow_ssh_redirect,
         )
-    except TproxyError as exc:
-        raise fail(exc) from None
-    _print_result(result, output)
+
+    _print_result(run(output, go), output)
 
 
 @app.command()
 def uninstall(
-    dry_run: DryRunOpt = False,
-    offline: OfflineOpt = False,
-    root: RootOpt = None,
-    output: OutputOpt = Output.text,
+    dry_run: bool = DRY_RUN,
+    offline: bool = OFFLINE,
+    root: Optional[Path] = ROOT,
+    output: Output = OUTPUT,
+    timeout: Optional[str] = TIMEOUT,
 ) -> None:
     """Remove exactly our entries — runtime, permanent and direct.xml — and nothing else.
 
     Also removes what `kumactl install transparent-proxy --store-firewalld` left in
-    direct.xml (KUMA_MESH chains, rules carrying Kuma's comment, whatever ipv or priority).
-    Nothing installed is success ("nothing to do").
+    direct.xml (KUMA_MESH_ chains, rules carrying Kuma's comment, whatever ipv or priority),
+    the ::6/128 address install put on lo, and the record. Nothing installed is success
+    ("nothing to do").
     """
-    from tproxy_firewalld.operations import uninstall as do_uninstall
+    from tproxy_firewalld import api
 
-    try:
-        result = asyncio.run(
-            do_uninstall(paths=_paths(root), offline=offline or root is not None, dry_run=dry_run)
-        )
-    except TproxyError as exc:
-        raise fail(exc) from None
-    _print_result(result, output)
+    def go() -> Any:
+        return api.uninstall(target=_target(root, offline, _timeout(timeout)), dry_run=dry_run)
+
+    _print_result(run(output, go), output)
 
 
-@app.command(cls=KumaFlagsCommand)
-@with_settings
+def _print_result(result: Any, output: Output) -> None:
+    if output is Output.json:
+        _print_json(result.to_json())
+        return
+    _print_lines([f"Warning: {w.message}" for w in result.warnings if w.code != "setting-without-effect"], err=True)
+    _print_lines(result.text())
+
+
+@app.command(cls=SettingsCommand)
 def diff(
-    offline: OfflineOpt = False,
-    root: RootOpt = None,
-    output: OutputOpt = Output.text,
-    settings_flags: dict[str, Any] | None = None,
+    ctx: typer.Context,
+    offline: bool = OFFLINE,
+    root: Optional[Path] = ROOT,
+    output: Output = OUTPUT,
+    rules_template: Optional[str] = TEMPLATE,
+    timeout: Optional[str] = TIMEOUT,
 ) -> None:
     """Three-way diff of our entries: desired vs permanent (firewalld and direct.xml) vs runtime.
 
@@ -590,81 +344,41 @@ def diff(
     tokens). Also says when direct.xml and firewalld's permanent config disagree (a hand
     edit firewalld has not loaded). Exit 0 in sync, 1 differences, 2 or more trouble.
     """
-    from tproxy_firewalld.operations import diff as do_diff
+    from tproxy_firewalld import api
 
-    try:
-        flags = dict(settings_flags or {})
-        settings = settings_from(flags) if settings_given(flags) else None
-        report = asyncio.run(
-            do_diff(settings, paths=_paths(root), offline=offline or root is not None)
-        )
-    except TproxyError as exc:
-        code = max(int(exc.exit_code), 2)
-        typer.echo(f"Error: {exc.message}", err=True)
-        raise typer.Exit(code) from None
+    def go() -> Any:
+        settings = load(ctx, output) if settings_given(ctx) else None
+        return api.diff(settings, target=_target(root, offline, _timeout(timeout)), rules_template=rules_template)
+
+    report = run(output, go, min_code=2)
     if output is Output.json:
-        typer.echo(json.dumps(report.to_json(), indent=2))
+        _print_json(report.to_json())
     else:
-        _print_report(report)
+        _print_lines(report.text())
     raise typer.Exit(0 if report.in_sync else 1)
 
 
-def _print_report(report: Any) -> None:
-    typer.echo(f"desired: {report.desired_from}")
-    if report.runtime is not None:
-        _print_diff("runtime", report.runtime)
-        _print_diff("permanent (firewalld)", report.permanent)
-    else:
-        typer.echo("runtime: firewalld is not running")
-    _print_diff("permanent (direct.xml)", report.file)
-    if report.file_only or report.firewalld_only:
-        typer.echo(
-            "direct.xml and firewalld's permanent configuration disagree (edited by hand and not "
-            "loaded; `firewall-cmd --reload` loads the file):"
-        )
-        for e in report.file_only:
-            typer.echo(f"  only in direct.xml: {e.describe()}")
-        for e in report.firewalld_only:
-            typer.echo(f"  only in firewalld:  {e.describe()}")
-    typer.echo("in sync" if report.in_sync else "differences found")
-
-
 @app.command()
-def status(root: RootOpt = None, output: OutputOpt = Output.text) -> None:
-    """firewalld's state, version, backend and FlushAllOnReload; where our rules are; warnings."""
-    from tproxy_firewalld.operations import status as do_status
+def status(
+    root: Optional[Path] = ROOT,
+    output: Output = OUTPUT,
+    timeout: Optional[str] = TIMEOUT,
+) -> None:
+    """firewalld's state, version, backend and FlushAllOnReload; where our rules are; drift
+    against the record; warnings (settings of firewalld that break the redirects, other
+    tools' iptables chains a reload would flush, nameservers that moved, missing kernel
+    modules)."""
+    from tproxy_firewalld.status import status as get_status
 
-    try:
-        st = asyncio.run(do_status(paths=_paths(root)))
-    except TproxyError as exc:
-        raise fail(exc) from None
+    st = run(output, lambda: get_status(target=_target(root, False, _timeout(timeout))))
     if output is Output.json:
-        typer.echo(json.dumps(st.to_json(), indent=2))
-        return
-    fw = st.firewalld
-    if fw is None:
-        typer.echo(f"firewalld: not available ({st.unavailable_reason})")
+        _print_json(st.to_json())
     else:
-        typer.echo(
-            f"firewalld: {fw.state}, version {fw.version}, backend {fw.backend}, "
-            f"FlushAllOnReload={fw.flush_all_on_reload}"
-            + (f", StrictForwardPorts={fw.strict_forward_ports}" if fw.strict_forward_ports else "")
-        )
-    for where, n in st.installed.items():
-        typer.echo(f"{where}: {n} of our entries" if n else f"{where}: not installed")
-    if st.drift is not None:
-        typer.echo(
-            "drift: none" if st.drift.in_sync else "drift: yes (see `tproxy-firewalld diff`)"
-        )
-    for w in st.warnings:
-        typer.echo(f"warning: {w}")
+        _print_lines(st.text())
 
 
 def main() -> None:
-    try:
-        app()
-    except SettingsError as exc:  # pragma: no cover - commands catch their own
-        raise SystemExit(fail(exc).exit_code) from None
+    app()
 
 
 __all__ = ["ExitCode", "app", "main"]

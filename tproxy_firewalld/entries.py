@@ -4,24 +4,19 @@ An entry's identity is its tuple: chain ``(ipv, table, chain)``, rule ``(ipv, ta
 priority, args)``, passthrough ``(ipv, args)``, with ``args`` a tuple of tokens. firewalld
 re-quotes rule text when it rewrites direct.xml (``!`` comes back as ``'!'``), so entries are
 always compared token by token, never as text.
+
+Which entries are "ours" is decided by an :class:`Owner` (a rule-set profile's chain prefix
+and comment prefix), never by where an entry came from.
 """
 
 from __future__ import annotations
 
 import shlex
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar, Union
 
 _T = TypeVar("_T")
-
-Ipv = Literal["ipv4", "ipv6", "eb"]
-
-#: Kuma's chain prefix (``consts.IptablesChainsPrefix``); not configurable in Kuma either.
-CHAIN_PREFIX = "KUMA_MESH"
-#: Kuma's comment prefix (``consts.IptablesRuleCommentPrefix``). Keeping it means
-#: ``kumactl uninstall transparent-proxy`` recognises our rules as well.
-COMMENT_PREFIX = "kuma/mesh/transparent/proxy"
 
 #: iptables' limit on chain names (``iptables_max_len`` in firewalld's ipXtables).
 MAX_CHAIN_NAME = 28
@@ -66,7 +61,9 @@ class Passthrough:
         return f"passthrough {self.ipv} {join_args(self.args)}"
 
 
-Entry = Chain | Rule | Passthrough
+Entry = Union[Chain, Rule, Passthrough]
+
+JUMPS = ("-j", "--jump", "-g", "--goto")
 
 
 def join_args(args: Iterable[str]) -> str:
@@ -79,30 +76,49 @@ def split_args(text: str) -> tuple[str, ...]:
     return tuple(shlex.split(text.replace("\n", " ")))
 
 
-def is_ours_chain(chain: Chain) -> bool:
-    return chain.chain.startswith(CHAIN_PREFIX)
+def jump_target(args: tuple[str, ...]) -> str | None:
+    """The chain a rule jumps or goes to (``-j X`` / ``--jump X`` / ``-g X``), if any."""
+    for i, token in enumerate(args[:-1]):
+        if token in JUMPS:
+            return args[i + 1]
+    return None
 
 
-def _mentions_ours(args: tuple[str, ...]) -> bool:
-    for i, token in enumerate(args):
-        if (
-            token.startswith(CHAIN_PREFIX)
-            and i > 0
-            and args[i - 1] in ("-j", "--jump", "-g", "--goto")
-        ):
-            return True
-        if token.startswith(COMMENT_PREFIX) and i > 0 and args[i - 1] == "--comment":
-            return True
-    return False
+@dataclass(frozen=True)
+class Owner:
+    """What marks an entry as a profile's own: its chain-name prefix and comment prefix.
 
-
-def is_ours_rule(rule: Rule) -> bool:
-    """A rule is ours if it lives in one of our chains, jumps into one, or carries our comment.
-
-    The same test recognises what ``kumactl install --store-firewalld`` left behind (its
-    rules carry the same chain and comment prefixes, whatever ipv or priority it wrote).
+    The prefixes are matched whole, separator included (``KUMA_MESH_`` and
+    ``kuma/mesh/transparent/proxy/``), so ``KUMA_MESHCTL_ALLOW`` or a comment
+    ``kuma/mesh/transparent/proxy-ops: ...`` are somebody else's.
     """
-    return rule.chain.startswith(CHAIN_PREFIX) or _mentions_ours(rule.args)
+
+    chain_prefix: str
+    comment_prefix: str
+
+    def owns_chain(self, name: str) -> bool:
+        return name.startswith(self.chain_prefix)
+
+    def owns(self, entry: Entry) -> bool:
+        """A chain is ours by its name; a rule if it lives in one of our chains, jumps into
+        one, or carries our comment. Passthroughs are never ours."""
+        if isinstance(entry, Chain):
+            return self.owns_chain(entry.chain)
+        if isinstance(entry, Rule):
+            if self.owns_chain(entry.chain):
+                return True
+            args = entry.args
+            return any(
+                (flag in JUMPS and self.owns_chain(value))
+                or (flag == "--comment" and value.startswith(self.comment_prefix))
+                for flag, value in zip(args, args[1:])
+            )
+        return False
+
+    def mentions(self, passthrough: Passthrough) -> bool:
+        """A passthrough that jumps into one of our chains (it would break when they go)."""
+        target = jump_target(passthrough.args)
+        return target is not None and self.owns_chain(target)
 
 
 @dataclass(frozen=True)
@@ -111,38 +127,40 @@ class DirectConfig:
 
     chains: tuple[Chain, ...] = ()
     rules: tuple[Rule, ...] = ()
-    passthroughs: tuple[Passthrough, ...] = field(default=())
+    passthroughs: tuple[Passthrough, ...] = ()
 
-    def ours(self) -> DirectConfig:
+    def ours(self, owner: Owner) -> DirectConfig:
         return DirectConfig(
-            chains=tuple(c for c in self.chains if is_ours_chain(c)),
-            rules=tuple(r for r in self.rules if is_ours_rule(r)),
-            passthroughs=(),
+            chains=tuple(c for c in self.chains if owner.owns(c)),
+            rules=tuple(r for r in self.rules if owner.owns(r)),
         )
 
-    def foreign(self) -> DirectConfig:
+    def foreign(self, owner: Owner) -> DirectConfig:
         return DirectConfig(
-            chains=tuple(c for c in self.chains if not is_ours_chain(c)),
-            rules=tuple(r for r in self.rules if not is_ours_rule(r)),
+            chains=tuple(c for c in self.chains if not owner.owns(c)),
+            rules=tuple(r for r in self.rules if not owner.owns(r)),
             passthroughs=self.passthroughs,
         )
 
     def entries(self) -> set[Entry]:
         return {*self.chains, *self.rules, *self.passthroughs}
 
+    def __len__(self) -> int:
+        return len(self.chains) + len(self.rules) + len(self.passthroughs)
+
     def is_empty(self) -> bool:
         return not (self.chains or self.rules or self.passthroughs)
 
-    def merged_with(self, ours: DirectConfig) -> DirectConfig:
+    def merged_with(self, ours: DirectConfig, owner: Owner) -> DirectConfig:
         """Everyone else's entries unchanged and in place, ours replaced by ``ours``."""
-        foreign = self.foreign()
+        foreign = self.foreign(owner)
         return DirectConfig(
             chains=_dedup(foreign.chains + ours.chains),
             rules=_dedup(foreign.rules + ours.rules),
             passthroughs=_dedup(foreign.passthroughs + ours.passthroughs),
         )
 
-    def to_dbus(self) -> list[list[list[object]]]:
+    def to_dbus(self) -> list[list[list[Any]]]:
         """The ``(a(sss)a(sssias)a(sas))`` structure; dbus-next wants lists, not tuples."""
         return [
             [[c.ipv, c.table, c.chain] for c in self.chains],
@@ -151,18 +169,30 @@ class DirectConfig:
         ]
 
     @classmethod
-    def from_dbus(cls, chains: object, rules: object, passthroughs: object) -> DirectConfig:
+    def from_dbus(cls, chains: Any, rules: Any, passthroughs: Any) -> DirectConfig:
         return cls(
-            chains=tuple(Chain(str(c[0]), str(c[1]), str(c[2])) for c in chains),  # type: ignore[attr-defined]
+            chains=tuple(Chain(str(c[0]), str(c[1]), str(c[2])) for c in chains),
             rules=tuple(
                 Rule(str(r[0]), str(r[1]), str(r[2]), int(r[3]), tuple(str(a) for a in r[4]))
-                for r in rules  # type: ignore[attr-defined]
+                for r in rules
             ),
-            passthroughs=tuple(
-                Passthrough(str(p[0]), tuple(str(a) for a in p[1]))
-                for p in passthroughs  # type: ignore[attr-defined]
-            ),
+            passthroughs=tuple(Passthrough(str(p[0]), tuple(str(a) for a in p[1])) for p in passthroughs),
         )
+
+
+def entry_json(entry: Entry) -> dict[str, Any]:
+    if isinstance(entry, Chain):
+        return {"kind": "chain", "ipv": entry.ipv, "table": entry.table, "chain": entry.chain}
+    if isinstance(entry, Rule):
+        return {
+            "kind": "rule",
+            "ipv": entry.ipv,
+            "table": entry.table,
+            "chain": entry.chain,
+            "priority": entry.priority,
+            "args": list(entry.args),
+        }
+    return {"kind": "passthrough", "ipv": entry.ipv, "args": list(entry.args)}
 
 
 def _dedup(items: tuple[_T, ...]) -> tuple[_T, ...]:

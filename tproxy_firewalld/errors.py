@@ -7,6 +7,7 @@ Only the CLI turns these into ``Error: ...`` lines. Anything that is not a
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Optional
 
 
 class ExitCode(IntEnum):
@@ -19,20 +20,22 @@ class ExitCode(IntEnum):
     SETTINGS = 2
     #: direct.xml is unreadable or firewalld would reject it; nothing was written
     DIRECT_XML = 3
-    #: iptables-restore --test rejected the rendered rules; nothing was changed
+    #: iptables rejected the rendered rules (or the kernel lacks a module); nothing was changed
     RULES_REJECTED = 4
-    #: firewalld is not reachable or not in a usable state
+    #: firewalld is not reachable, hung, or not in a usable state
     FIREWALLD_UNAVAILABLE = 5
     #: firewalld refused a call (its error code is in the message)
     FIREWALLD_REJECTED = 6
     #: not root / not authorised by polkit
     NOT_PERMITTED = 7
-    #: a runtime step failed and could not be fully undone
+    #: a step failed and what was already changed could not be fully undone
     PARTIALLY_APPLIED = 8
-    #: another run holds the lock on direct.xml
+    #: another run holds the lock, or the system changed since the plan was made
     LOCKED = 9
     #: install refused because it would lock admins out (e.g. redirecting sshd's port)
     LOCKOUT = 10
+    #: a file or directory of ours could not be read or written (permissions, read-only, full)
+    IO_ERROR = 11
 
 
 class TproxyError(Exception):
@@ -49,7 +52,14 @@ class TproxyError(Exception):
 
 
 class SettingsError(TproxyError):
+    """A bad setting. ``setting`` names it (the library's name, e.g. ``redirect_inbound_port``)
+    when the error is about one setting, so that callers can point at their own spelling."""
+
     exit_code = ExitCode.SETTINGS
+
+    def __init__(self, message: str, setting: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 class DirectXmlError(TproxyError):
@@ -86,3 +96,19 @@ class Locked(TproxyError):
 
 class LockoutRefused(TproxyError):
     exit_code = ExitCode.LOCKOUT
+
+
+class FileError(TproxyError):
+    """An OSError on one of our files or directories, as one line naming the path."""
+
+    exit_code = ExitCode.IO_ERROR
+
+
+def os_error(path: object, exc: OSError, doing: str) -> TproxyError:
+    """An OSError as one of our errors: permission problems are "not permitted"."""
+    import errno
+
+    reason = exc.strerror or type(exc).__name__
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return NotPermitted(f"cannot {doing} {path}: {reason}; run as root")
+    return FileError(f"cannot {doing} {path}: {reason}")

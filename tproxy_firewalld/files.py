@@ -1,80 +1,102 @@
-"""Writing root-owned files safely: lock, ``.old`` backup, temp file + fsync + rename.
+"""Writing root-owned files safely: ``.old`` backup, temp file + fsync + rename.
 
 firewalld's own writer truncates direct.xml in place (not atomic, no fsync); a crash there
-leaves a broken file that firewalld then ignores at its next start. We never do that.
+leaves a broken file that firewalld then ignores at its next start. We never do that. Every
+OSError becomes one line naming the file (``errors.os_error``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import os
-import shutil
 import stat
 import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Optional
 
-from tproxy_firewalld.errors import DirectXmlError, Locked, NotPermitted
-
-#: seconds to wait for another run; TPROXY_FIREWALLD_LOCK_TIMEOUT overrides it
-LOCK_TIMEOUT = 30.0
+from tproxy_firewalld.errors import DirectXmlError, os_error
 
 
-@contextlib.contextmanager
-def locked(directory: Path, timeout: float | None = None) -> Iterator[None]:
-    """Serialise runs of this tool that change ``directory`` (one lock file beside the data).
-
-    The lock file lives in /run when that is writable, so it never lands in the config
-    directory firewalld scans; an image root (``--root``) gets its own.
-    """
-    run = Path("/run/lock") if os.access("/run/lock", os.W_OK) else directory
-    name = "tproxy-firewalld." + str(directory.resolve()).strip("/").replace("/", "_") + ".lock"
-    path = run / name
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except PermissionError:
-        raise NotPermitted(f"cannot take the lock {path}: permission denied; run as root") from None
-    if timeout is None:
-        timeout = float(os.environ.get("TPROXY_FIREWALLD_LOCK_TIMEOUT", LOCK_TIMEOUT))
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if time.monotonic() >= deadline:
-                    raise Locked(
-                        f"another tproxy-firewalld run holds {path} (waited {timeout:.0f} s); "
-                        "try again when it has finished"
-                    ) from None
-                time.sleep(0.05)
-        yield
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes, *, backup: bool = True) -> None:
+def atomic_write(path: Path, data: bytes, *, backup: bool = True, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves the old or the new file, whole.
 
-    Mode, owner and SELinux label of an existing file are kept (a new file is 0644
-    root:root, like firewalld's); a copy of the old file is kept as ``<name>.old``, as
-    firewalld does.
+    Mode, owner and SELinux label of an existing file are kept (a new file gets ``mode``,
+    owned by us, like firewalld's); a copy of the old file is kept as ``<name>.old``, as
+    firewalld does, with the same mode and owner.
     """
     directory = path.parent
-    directory.mkdir(mode=0o750, parents=True, exist_ok=True)
     try:
-        old = os.lstat(path)
+        directory.mkdir(mode=0o750, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise os_error(directory, exc, "create") from None
+    try:
+        old: Optional[os.stat_result] = os.lstat(path)
     except FileNotFoundError:
         old = None
+    except OSError as exc:
+        raise os_error(path, exc, "look at") from None
     if old is not None and not stat.S_ISREG(old.st_mode):
         raise DirectXmlError(f"{path}: is not a regular file; refusing to replace it")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    tmp = _write_temp(directory, path.name, data, old, mode)
+    if backup and old is not None:
+        backup_path = path.with_name(path.name + ".old")
+        try:
+            _backup(path, backup_path, old)
+        except OSError as exc:
+            discard(tmp)
+            raise os_error(backup_path, exc, "write the backup") from None
+        except BaseException:
+            discard(tmp)
+            raise
+    commit_write(tmp, path)
+
+
+def prepare_write(path: Path, data: bytes, mode: int = 0o644) -> Path:
+    """The first half of a write: a complete, synced temp file beside ``path`` (so a full or
+    read-only disk shows before anything else changes). :func:`commit_write` renames it."""
+    directory = path.parent
+    try:
+        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+        old: Optional[os.stat_result] = os.lstat(path)
+    except FileNotFoundError:
+        old = None
+    except OSError as exc:
+        raise os_error(directory, exc, "write to") from None
+    if old is not None and not stat.S_ISREG(old.st_mode):
+        raise os_error(path, OSError(0, "is not a regular file"), "replace")
+    return _write_temp(directory, path.name, data, old, mode)
+
+
+def commit_write(tmp: Path, path: Path) -> None:
+    try:
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        discard(tmp)
+        raise os_error(path, exc, "replace") from None
+
+
+def discard(tmp: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)
+
+
+def remove_file(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise os_error(path, exc, "remove") from None
+    with contextlib.suppress(OSError):
+        _fsync_dir(path.parent)
+
+
+def _write_temp(directory: Path, name: str, data: bytes, old: Optional[os.stat_result], mode: int) -> Path:
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise os_error(directory, exc, "write to") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -82,32 +104,26 @@ def atomic_write(path: Path, data: bytes, *, backup: bool = True) -> None:
             if old is not None:
                 os.fchmod(f.fileno(), stat.S_IMODE(old.st_mode))
                 os.fchown(f.fileno(), old.st_uid, old.st_gid)
-                _copy_label(path, f.fileno())
+                _copy_label(directory / name, f.fileno())
             else:
-                os.fchmod(f.fileno(), 0o644)
+                os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
-        if backup and old is not None:
-            _backup(path)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except OSError as exc:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
+        raise os_error(directory / name, exc, "write") from None
+    return Path(tmp)
 
 
-def _backup(path: Path) -> None:
-    # Same name and content as firewalld's backup, but written atomically too.
-    old = path.with_name(path.name + ".old")
-    fd, tmp = tempfile.mkstemp(prefix=f".{old.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+def _backup(path: Path, backup: Path, old: os.stat_result) -> None:
+    # Same name and content as firewalld's backup, written atomically, owner and mode kept.
+    with open(path, "rb") as f:
+        data = f.read()
+    tmp = _write_temp(path.parent, backup.name, data, old, 0o644)
     try:
-        shutil.copy2(path, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, old)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        os.replace(tmp, backup)
+    except OSError:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
 

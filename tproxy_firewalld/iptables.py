@@ -1,14 +1,17 @@
-"""The real iptables parser as the judge of every rule, before anything changes.
+"""The real iptables and the real kernel as the judges of every rule, before anything changes.
 
-firewalld applies direct rules with ``iptables-restore -w -n``; a rule iptables rejects makes
-a reload fail and leaves firewalld in FAILED state. So the rendered rules go through
-``iptables-restore --test`` / ``ip6tables-restore --test`` first: they parse and build the
-ruleset without committing it.
+firewalld applies direct rules with ``iptables-restore -w -n``; a rule iptables or the kernel
+rejects makes a reload fail and leaves firewalld in FAILED state. So the rendered rules are
+committed first into a throw-away network namespace (``unshare --net``): iptables parses them,
+the kernel loads every match and target module they use and accepts them (``--test`` alone
+would miss what only the kernel refuses, such as ``! -d 0.0.0.0/0``), and the namespace, with
+everything committed into it, vanishes when the check ends. Nothing on the host is touched.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -20,21 +23,20 @@ from tproxy_firewalld.ruleset import restore_input
 RESTORE = {"ipv4": "iptables-restore", "ipv6": "ip6tables-restore"}
 SEARCH_PATH = "/usr/sbin:/sbin:/usr/bin:/bin"
 
-
-def _isolation() -> list[str]:
-    """Run the check in a new, empty network namespace when we can.
-
-    ``--test`` commits nothing, but it still reads the live tables and (legacy iptables)
-    takes the xtables lock firewalld uses. In a throw-away namespace the check cannot
-    disturb or wait on anything; kernel module support is the same there.
-    """
-    unshare = shutil.which("unshare") or shutil.which("unshare", path=SEARCH_PATH)
-    return [unshare, "--net", "--"] if unshare else []
+#: the package that holds a match or target module where a distribution splits them off
+#: (RHEL 10: xt_owner, xt_comment, xt_conntrack, ... are in kernel-modules-extra)
+MODULE_HINT = (
+    "the kernel lacks the module for it; on RHEL and Fedora install it with "
+    "`dnf install kernel-modules-extra` (then `modprobe xt_{name}` or reboot)"
+)
+_MISSING = re.compile(
+    r"(?:Extension|Couldn't load (?:match|target)) [`']?(?P<name>[\w-]+)['`]?"
+    r"(?: revision \d+ not supported, missing kernel module\?|:No such file or directory)"
+)
 
 
 @dataclass(frozen=True)
 class CheckResult:
-    checked: tuple[str, ...]
     #: why a family was not checked (binary missing, not root)
     skipped: tuple[str, ...]
 
@@ -44,9 +46,18 @@ def find_restore(ipv: str) -> str | None:
     return shutil.which(name) or shutil.which(name, path=SEARCH_PATH)
 
 
+def _unshare() -> str | None:
+    return shutil.which("unshare") or shutil.which("unshare", path=SEARCH_PATH)
+
+
 def check_rules(config: DirectConfig) -> CheckResult:
-    checked: list[str] = []
+    """Commit ``config``'s rules into a throw-away network namespace, per family.
+
+    Raises RulesRejected naming the first problem, with a hint when a kernel module is
+    missing. Skipped (with the reason) without root or without the binaries.
+    """
     skipped: list[str] = []
+    unshare = _unshare()
     for ipv in ("ipv4", "ipv6"):
         if not any(r.ipv == ipv for r in config.rules):
             continue
@@ -54,13 +65,13 @@ def check_rules(config: DirectConfig) -> CheckResult:
         if binary is None:
             skipped.append(f"{RESTORE[ipv]} not found; {ipv} rules not checked")
             continue
-        if os.geteuid() != 0:
-            skipped.append(f"{RESTORE[ipv]} --test needs root; {ipv} rules not checked")
+        if os.geteuid() != 0 or unshare is None:
+            skipped.append(f"checking the {ipv} rules needs root and unshare; not checked")
             continue
         text = restore_input(config, ipv)
         try:
             proc = subprocess.run(
-                [*_isolation(), binary, "--test", "--noflush"],
+                [unshare, "--net", "--", binary, "--noflush"],
                 input=text,
                 capture_output=True,
                 text=True,
@@ -68,11 +79,19 @@ def check_rules(config: DirectConfig) -> CheckResult:
                 check=False,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
-            raise RulesRejected(f"{RESTORE[ipv]} --test could not run: {exc}") from None
+            raise RulesRejected(f"{RESTORE[ipv]} could not run: {exc}") from None
         if proc.returncode != 0:
-            reason = " ".join(proc.stderr.split()) or f"exit code {proc.returncode}"
-            raise RulesRejected(
-                f"{RESTORE[ipv]} rejects the rendered {ipv} rules: {reason}; nothing was changed"
-            )
-        checked.append(ipv)
-    return CheckResult(tuple(checked), tuple(skipped))
+            raise RulesRejected(_explain(ipv, proc.stderr, proc.returncode))
+    return CheckResult(tuple(skipped))
+
+
+def _explain(ipv: str, stderr: str, code: int) -> str:
+    reason = " ".join(stderr.split()) or f"exit code {code}"
+    missing = _MISSING.search(stderr)
+    if missing:
+        name = missing.group("name").lower()
+        return (
+            f"the kernel cannot load the {missing.group('name')} extension the {ipv} rules use "
+            f"({reason}); {MODULE_HINT.format(name=name)}; nothing was changed"
+        )
+    return f"{RESTORE[ipv]} rejects the rendered {ipv} rules: {reason}; nothing was changed"

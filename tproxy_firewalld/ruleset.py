@@ -1,4 +1,4 @@
-"""Settings -> Kuma's rule set -> firewalld direct entries.
+"""Settings -> a profile's rule set -> firewalld direct entries.
 
 The jinja2 template renders, per IP family, exactly the ``iptables-restore`` input kumactl
 writes (``-N``, ``-A CHAIN``, ``-I CHAIN n``), so it can be compared line for line with
@@ -16,29 +16,28 @@ are assigned to fix that order in firewalld, which leaves equal priorities unord
 from __future__ import annotations
 
 import ipaddress
+import os
 import shlex
+import stat
 from dataclasses import dataclass, field
 from functools import cache
-from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
 
-import jinja2
-
-from tproxy_firewalld.entries import (
-    CHAIN_PREFIX,
-    COMMENT_PREFIX,
-    MAX_CHAIN_NAME,
-    Chain,
-    DirectConfig,
-    Rule,
-)
+from tproxy_firewalld.entries import MAX_CHAIN_NAME, Chain, DirectConfig, Rule
 from tproxy_firewalld.errors import SettingsError
-from tproxy_firewalld.settings import Settings, VnetNetwork
+from tproxy_firewalld.settings import family
 
-TEMPLATE = "kuma.rules.j2"
+if TYPE_CHECKING:
+    import jinja2
+
+    from tproxy_firewalld.kuma import KumaSettings, Profile, VnetNetwork
+
 LOOPBACK_IFACE = "lo"
 #: Kuma truncates comments to this many characters (iptables allows 255 plus NUL).
 MAX_COMMENT = 254
+#: Compiled templates are kept here (root only), so a run does not compile them again.
+BYTECODE_CACHE = Path("/var/cache/tproxy-firewalld/templates")
 
 FAMILY = {
     "ipv4": {"passthrough": "127.0.0.6/32", "localhost": "127.0.0.1/32", "name": "IPv4"},
@@ -46,24 +45,35 @@ FAMILY = {
 }
 
 
-def _loader_for(template: str) -> tuple[str, str]:
-    """(directory, name): Kuma's template by name, or a custom template file by path."""
-    path = Path(template)
-    if path.is_absolute() or path.parent != Path("."):
-        return str(path.resolve().parent), path.name
-    return str(_templates_dir()), template
+def packaged_template(name: str) -> Path:
+    """A template shipped with the package (a source checkout: the repository's templates/)."""
+    here = Path(__file__).resolve().parent
+    for directory in (here / "templates", here.parent / "templates"):
+        if (directory / name).is_file():
+            return directory / name
+    raise SettingsError(f"rules template {name} is missing from the installation")
 
 
-def _templates_dir() -> Path:
-    # Installed: shipped inside the package. Source checkout: the repository's templates/.
-    packaged = Path(str(resources.files("tproxy_firewalld"))) / "templates"
-    if (packaged / TEMPLATE).is_file():
-        return packaged
-    return Path(__file__).resolve().parent.parent / "templates"
+def _bytecode_cache() -> Optional[Any]:
+    """jinja2's bytecode cache in a directory only root can write, if we are root."""
+    import jinja2
+
+    if os.geteuid() != 0:
+        return None
+    try:
+        BYTECODE_CACHE.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = os.lstat(BYTECODE_CACHE)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o022:
+        return None
+    return jinja2.FileSystemBytecodeCache(str(BYTECODE_CACHE))
 
 
 @cache
 def _environment(directory: str) -> jinja2.Environment:
+    import jinja2
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(directory),
         undefined=jinja2.StrictUndefined,
@@ -71,6 +81,7 @@ def _environment(directory: str) -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
         autoescape=False,  # the output is iptables-restore text, not markup
+        bytecode_cache=_bytecode_cache(),
     )
     env.filters["goquote"] = go_quote
     return env
@@ -82,9 +93,9 @@ def go_quote(text: str) -> str:
     return f'"{escaped}"'
 
 
-def comment(text: str) -> str:
+def comment(text: str, prefix: str) -> str:
     # Kuma cuts the joined "prefix/text" to 254 bytes before quoting it.
-    return f"{COMMENT_PREFIX}/{text}".encode()[:MAX_COMMENT].decode(errors="ignore")
+    return f"{prefix}{text}".encode()[:MAX_COMMENT].decode(errors="ignore")
 
 
 @dataclass(frozen=True)
@@ -92,7 +103,7 @@ class FamilyContext:
     """Everything the template sees for one family: validated, typed, family-filtered."""
 
     ipv: str
-    s: Settings
+    s: KumaSettings
     uid: int
     lo: str
     passthrough: str
@@ -106,23 +117,20 @@ class FamilyContext:
     loopback_nameservers: tuple[str, ...] = field(default=())
 
 
-def _family(address: str) -> str:
-    return "ipv6" if ipaddress.ip_network(address, strict=False).version == 6 else "ipv4"
-
-
-def family_context(settings: Settings, ipv: str) -> FamilyContext:
-    nameservers = tuple(n for n in settings.dns_nameservers if _family(n) == ipv)
-    dns_redirect = settings.dns_enabled and (settings.dns_capture_all or bool(nameservers))
+def family_context(settings: KumaSettings, ipv: str) -> FamilyContext:
+    servers = tuple(n for n in settings.dns_nameservers or () if family(n) == ipv)
+    capture_all = settings.redirect_all_dns_traffic
+    dns_redirect = settings.dns_enabled and (capture_all or bool(servers))
     return FamilyContext(
         ipv=ipv,
         s=settings,
-        uid=settings.kuma_dp_uid,
+        uid=settings.uid,
         lo=LOOPBACK_IFACE,
         passthrough=FAMILY[ipv]["passthrough"],
         localhost=FAMILY[ipv]["localhost"],
-        inbound_exclude_ips=tuple(a for a in settings.inbound_exclude_ips if _family(a) == ipv),
-        outbound_exclude_ips=tuple(a for a in settings.outbound_exclude_ips if _family(a) == ipv),
-        nameservers=() if settings.dns_capture_all else nameservers,
+        inbound_exclude_ips=tuple(a for a in settings.exclude_inbound_ips if family(a) == ipv),
+        outbound_exclude_ips=tuple(a for a in settings.exclude_outbound_ips if family(a) == ipv),
+        nameservers=() if capture_all else servers,
         # Kuma keeps the networks in a map (a repeated interface keeps its last CIDR) and
         # walks it in byte-wise sorted order.
         vnet=tuple(
@@ -132,22 +140,39 @@ def family_context(settings: Settings, ipv: str) -> FamilyContext:
             )
         ),
         dns_redirect=dns_redirect,
-        conntrack_zone_split=dns_redirect and not settings.dns_skip_conntrack_zone_split,
-        loopback_nameservers=tuple(n for n in nameservers if ipaddress.ip_address(n).is_loopback)
-        if not settings.dns_capture_all
-        else (),
+        conntrack_zone_split=dns_redirect and not settings.skip_dns_conntrack_zone_split,
+        loopback_nameservers=()
+        if capture_all
+        else tuple(n for n in servers if ipaddress.ip_address(n).is_loopback),
     )
 
 
-def render_restore(settings: Settings, ipv: str, template: str = TEMPLATE) -> str:
-    """Kuma's ``iptables-restore`` input for one family (as ``kumactl --dry-run`` prints it)."""
-    directory, name = _loader_for(template)
-    env = _environment(directory)
+def render_restore(
+    settings: KumaSettings,
+    ipv: str,
+    *,
+    profile: Optional[Profile] = None,
+    template: Optional[Path] = None,
+) -> str:
+    """The profile's ``iptables-restore`` input for one family (as ``kumactl --dry-run`` prints
+    it), from its own template or ``template``."""
+    import jinja2
+
+    from tproxy_firewalld.kuma import KUMA
+
+    profile = profile or KUMA
+    template = template or profile.template_path(settings)
+    comment_prefix = profile.owner.comment_prefix
+    env = _environment(str(template.parent))
     ctx = family_context(settings, ipv)
     try:
-        text = env.get_template(name).render(ctx=ctx, comment=comment, **ctx.__dict__)
-    except jinja2.TemplateError as exc:
-        raise SettingsError(f"rules template {template}: {exc}") from None
+        text = env.get_template(template.name).render(
+            ctx=ctx, comment=lambda text: comment(text, comment_prefix), **ctx.__dict__
+        )
+    except jinja2.TemplateNotFound:
+        raise SettingsError(f"rules template {template}: not found", "rules_template") from None
+    except (jinja2.TemplateError, OSError) as exc:
+        raise SettingsError(f"rules template {template}: {exc}", "rules_template") from None
     # blank lines only separate blocks in the template
     return "\n".join(line for line in text.splitlines() if line.strip()) + "\n"
 
@@ -162,15 +187,18 @@ class RestoreFormatError(ValueError):
     pass
 
 
-def parse_restore(text: str, ipv: str) -> DirectConfig:
-    """Kuma's restore text -> direct entries in firewalld's order, with fixing priorities."""
+def parse_restore(text: str, ipv: str, own_chain_prefix: str) -> DirectConfig:
+    """Restore text -> direct entries in firewalld's order, with fixing priorities."""
     chains: list[Chain] = []
     order: dict[tuple[str, str], _ChainOrder] = {}
-    table: str | None = None
+    table: Optional[str] = None
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue
-        tokens = shlex.split(line)
+        try:
+            tokens = shlex.split(line)
+        except ValueError as exc:
+            raise RestoreFormatError(f"line {number}: {exc}") from None
         head = tokens[0]
         if head.startswith("*"):
             table = head[1:].strip() or (tokens[1] if len(tokens) > 1 else "")
@@ -180,6 +208,8 @@ def parse_restore(text: str, ipv: str) -> DirectConfig:
             continue
         if table is None:
             raise RestoreFormatError(f"line {number}: rule outside a table: {line!r}")
+        if (head in ("-N", "-A") and len(tokens) < 2) or (head == "-I" and len(tokens) < 3):
+            raise RestoreFormatError(f"line {number}: {head} without a chain: {line!r}")
         if head == "-N":
             name = tokens[1]
             if len(name) > MAX_CHAIN_NAME:
@@ -187,8 +217,12 @@ def parse_restore(text: str, ipv: str) -> DirectConfig:
             chains.append(Chain(ipv, table, name))
             order.setdefault((table, name), _ChainOrder())
         elif head == "-A":
+            if len(tokens) < 3:
+                raise RestoreFormatError(f"line {number}: a rule without arguments: {line!r}")
             order.setdefault((table, tokens[1]), _ChainOrder()).appended.append(tuple(tokens[2:]))
         elif head == "-I":
+            if not tokens[2].isdigit() or len(tokens) < 4:
+                raise RestoreFormatError(f"line {number}: expected -I CHAIN N ARGS: {line!r}")
             position = int(tokens[2])
             slot = order.setdefault((table, tokens[1]), _ChainOrder())
             if not 1 <= position <= len(slot.inserted) + 1:
@@ -199,7 +233,7 @@ def parse_restore(text: str, ipv: str) -> DirectConfig:
 
     rules: list[Rule] = []
     for (tbl, chain_name), slot in order.items():
-        if chain_name.startswith(CHAIN_PREFIX):
+        if chain_name.startswith(own_chain_prefix):
             ordered = slot.inserted + slot.appended
             rules += [Rule(ipv, tbl, chain_name, i, args) for i, args in enumerate(ordered)]
         else:
@@ -209,18 +243,39 @@ def parse_restore(text: str, ipv: str) -> DirectConfig:
     return DirectConfig(chains=tuple(chains), rules=tuple(rules))
 
 
-def build_ruleset(settings: Settings, template: str = TEMPLATE) -> DirectConfig:
-    """Our entries for both families (dual-stack) or IPv4 only, in firewalld's order."""
+def build_ruleset(
+    settings: KumaSettings, profile: Optional[Profile] = None, template: Optional[str] = None
+) -> DirectConfig:
+    """Our entries for both families (dual-stack) or IPv4 only, in firewalld's order.
+
+    ``template`` is a custom template file (a path, relative to the working directory); its
+    entries must all carry the profile's marks, or uninstall could not find them again.
+    """
+    from tproxy_firewalld.kuma import KUMA
+
+    profile = profile or KUMA
+    path = Path(template).absolute() if template else profile.template_path(settings)
     chains: list[Chain] = []
     rules: list[Rule] = []
     for ipv in settings.ipvs:
+        text = render_restore(settings, ipv, profile=profile, template=path)
         try:
-            part = parse_restore(render_restore(settings, ipv, template), ipv)
-        except (RestoreFormatError, ValueError) as exc:
-            raise SettingsError(f"rules template {template}: {exc}") from None
+            part = parse_restore(text, ipv, profile.owner.chain_prefix)
+        except ValueError as exc:
+            raise SettingsError(f"rules template {template or path.name}: {exc}", "rules_template") from None
         chains += part.chains
         rules += part.rules
-    return DirectConfig(chains=tuple(chains), rules=tuple(rules))
+    config = DirectConfig(chains=tuple(chains), rules=tuple(rules))
+    unrecognised = config.foreign(profile.owner)
+    if not unrecognised.is_empty():
+        example = sorted(unrecognised.entries(), key=str)[0].describe()
+        raise SettingsError(
+            f"the rules template produced entries tproxy-firewalld would not recognise as its own "
+            f"(every chain must start with {profile.owner.chain_prefix}, every rule carry the "
+            f"comment prefix {profile.owner.comment_prefix}), e.g. {example}",
+            "rules_template",
+        )
+    return config
 
 
 def restore_input(config: DirectConfig, ipv: str) -> str:

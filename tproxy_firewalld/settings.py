@@ -1,130 +1,474 @@
-"""Settings: the same as ``kumactl install transparent-proxy`` takes, from the same places.
+"""Settings: one declaration per setting, and every way in goes through its parser.
 
-Precedence, as in Kuma: defaults < ``--config`` files (in order; lists replace) <
-``KUMA_TRANSPARENT_PROXY_*`` environment < flags. Every value is validated into a typed,
-frozen :class:`Settings`; nothing unvalidated ever reaches a rule template, so no value can
-carry extra iptables arguments. Errors are one line naming the flag, variable or config key
-path, the value, and what is allowed.
+A profile (see :mod:`tproxy_firewalld.kuma`) declares its settings as a frozen dataclass whose
+fields are made with :func:`setting`: the type, default, parser, config-file key, environment
+variable, CLI flag, metavar, help text and list semantics of a setting are written once, there.
+From that one table come the CLI's options, the Ansible module's argument spec, the README's
+settings list (checked by a test) and the loader below.
+
+Values reach a :class:`Settings` only through the parsers: :meth:`Settings.load` (defaults <
+config files < environment < flags / keyword values), the constructor itself (``__post_init__``
+parses every field again; the parsers accept their own output) and :meth:`Settings.from_json`
+(the state file). So a tampered state file or a careless caller cannot hand a template anything
+unvalidated. Errors are one line naming where the value came from, the value and what is
+allowed, and carry the setting's name.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
-import pwd
 import re
-import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
-from typing import Any, TextIO
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Optional, TextIO, TypeVar
 
 from tproxy_firewalld.errors import SettingsError
 
-ENV_PREFIX = "KUMA_TRANSPARENT_PROXY_"
-DEFAULT_UID = 5678
-DEFAULT_USER = "kuma-dp"
-MAX_UID = 2**32 - 2  # (uid_t)-1 is "no uid"
+S = TypeVar("S", bound="Settings")
+
 #: A bound on every list setting: far beyond any real configuration, small enough that the
 #: rule set stays well inside firewalld's and iptables' limits.
 MAX_LIST = 256
-#: iptables' multiport match takes at most 15 ports, a range counting as two.
-MULTIPORT_MAX = 15
+#: A bound on a config file (or stdin): Kuma's config is a few hundred bytes.
+MAX_CONFIG_BYTES = 1024 * 1024
+#: A bound on YAML aliases: a "billion laughs" document expands them exponentially.
+MAX_YAML_ALIASES = 64
 
 
 class Invalid(ValueError):
     """A value failed validation; the loader adds where the value came from."""
 
 
-# --------------------------------------------------------------------------- typed values
+# --------------------------------------------------------------------------- the table
 
 
 @dataclass(frozen=True)
-class UidExclusion:
-    """One ``--exclude-outbound-ports-for-uids`` entry: ``[proto:][ports:]uids``."""
+class Field:
+    """One setting, declared once (see :func:`setting`)."""
 
-    protocols: tuple[str, ...]
-    #: multiport tokens, ranges already in iptables' ``a:b`` form
-    ports: tuple[str, ...]
-    #: owner match token: ``1000`` or ``106:108``
-    uids: str
-
-
-@dataclass(frozen=True)
-class VnetNetwork:
-    iface: str
-    cidr: str
+    #: the setting's name: Settings attribute, library keyword, Ansible option, JSON key
+    name: str
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+    #: "bool", "scalar" or "list"
+    kind: str = "scalar"
+    #: a repeated list flag: "replace" (each occurrence replaces the list, as kumactl's port
+    #: lists) or "accumulate" (occurrences add up, as kumactl's IP lists); comma lists work
+    #: in both
+    repeat: str = "replace"
+    #: the config-file key path (YAML/JSON), None if not settable from a file
+    key: Optional[str] = None
+    #: the environment variable, None if none
+    env: Optional[str] = None
+    #: the CLI flag, None for config-only settings
+    flag: Optional[str] = None
+    metavar: Optional[str] = None
+    #: accepted for compatibility and validated, but without effect (e.g. kumactl's --wait)
+    ignored: bool = False
+    #: resolved from the host when not given (e.g. a uid looked up by user name); never a flag
+    derived: bool = False
+    #: the rule-set releases that have this setting; None: all of them
+    releases: Optional[frozenset[str]] = None
 
     @property
-    def ipv(self) -> str:
-        return "ipv6" if ":" in self.cidr else "ipv4"
+    def default_text(self) -> str:
+        if self.kind == "bool":
+            return "true" if self.default else "false"
+        if isinstance(self.default, (tuple, list)):
+            return ",".join(str(v) for v in self.default) or "none"
+        return str(self.default) if self.default not in (None, "") else "none"
+
+
+def setting(
+    default: Any,
+    parse: Callable[[Any], Any],
+    help: str,
+    *,
+    kind: str = "scalar",
+    repeat: str = "replace",
+    key: Optional[str] = None,
+    env: Optional[str] = None,
+    flag: Optional[str] = None,
+    metavar: Optional[str] = None,
+    ignored: bool = False,
+    derived: bool = False,
+    releases: Optional[Iterable[str]] = None,
+) -> Any:
+    """A dataclass field carrying its :class:`Field` (completed with its name by the class)."""
+    spec = {
+        "parse": parse,
+        "default": default,
+        "help": help,
+        "kind": kind,
+        "repeat": repeat,
+        "key": key,
+        "env": env,
+        "flag": flag,
+        "metavar": metavar,
+        "ignored": ignored,
+        "derived": derived,
+        "releases": frozenset(releases) if releases is not None else None,
+    }
+    return dataclasses.field(default=default, metadata={"setting": spec})
+
+
+@dataclass(frozen=True)
+class Warning_:
+    """Something the admin should know (a setting without effect, a missing nameserver, ...)."""
+
+    code: str
+    message: str
+    setting: Optional[str] = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "setting": self.setting}
+
+
+@dataclass(frozen=True)
+class RawValue:
+    value: Any
+    #: where it came from, as it appears in errors: "--flag", "ENV_VAR", "file.yaml: a.b", "name"
+    source: str
 
 
 @dataclass(frozen=True)
 class Settings:
-    kuma_dp_user: str = ""
-    kuma_dp_uid: int = DEFAULT_UID
-    ip_family_mode: str = "dualstack"
-    redirect_inbound: bool = True
-    inbound_port: int = 15006
-    inbound_exclude_ports: tuple[int, ...] = ()
-    inbound_include_ports: tuple[int, ...] = ()
-    inbound_exclude_ips: tuple[str, ...] = ()
-    inbound_insert_instead_of_append: bool = False
-    redirect_outbound: bool = True
-    outbound_port: int = 15001
-    outbound_exclude_ports: tuple[int, ...] = ()
-    outbound_include_ports: tuple[int, ...] = ()
-    outbound_exclude_ips: tuple[str, ...] = ()
-    outbound_exclude_ports_for_uids: tuple[UidExclusion, ...] = ()
-    outbound_insert_instead_of_append: bool = False
-    dns_enabled: bool = False
-    dns_capture_all: bool = False
-    dns_port: int = 15053
-    dns_skip_conntrack_zone_split: bool = False
-    dns_resolv_conf_path: str = "/etc/resolv.conf"
-    #: the nameservers read from resolv.conf when the settings were loaded
-    dns_nameservers: tuple[str, ...] = ()
-    vnet: tuple[VnetNetwork, ...] = ()
-    log_enabled: bool = False
-    log_level: int = 7
-    drop_invalid_packets: bool = False
-    #: things the admin should know (e.g. a setting that has no effect); not part of identity
-    warnings: tuple[str, ...] = field(default=(), compare=False)
+    """Base class of a profile's settings. Subclasses declare fields with :func:`setting`."""
 
-    @property
-    def ipvs(self) -> tuple[str, ...]:
-        return ("ipv4", "ipv6") if self.ip_family_mode == "dualstack" else ("ipv4",)
+    #: ignored keys of the profile's config files (another tool's, accepted and dropped)
+    IGNORED_KEYS: ClassVar[frozenset[str]] = frozenset()
+    #: fixed environment variables: name -> the only value accepted
+    FIXED_ENV: ClassVar[dict[str, tuple[str, str]]] = {}
+    ENV_PREFIX: ClassVar[str] = ""
 
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("warnings")
-        return data
+    def __post_init__(self) -> None:
+        for f in self.fields():
+            value = getattr(self, f.name)
+            if f.derived and value is None:
+                continue
+            try:
+                parsed = f.parse(value)
+            except Invalid as exc:
+                raise SettingsError(f"{f.name}: {exc}", f.name) from None
+            object.__setattr__(self, f.name, parsed)
+        self._finish()
+
+    def _finish(self) -> None:
+        """Cross-field rules and derived values (subclasses)."""
+
+    # ---------------------------------------------------------------- the table
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Settings:
-        known = {f.name for f in fields(cls)} - {"warnings"}
-        unknown = set(data) - known
+    def fields(cls) -> tuple[Field, ...]:
+        cached = cls.__dict__.get("_fields_cache")
+        if cached is not None:
+            return cached  # type: ignore[no-any-return]
+        table = tuple(
+            Field(name=f.name, **f.metadata["setting"])
+            for f in dataclasses.fields(cls)
+            if "setting" in f.metadata
+        )
+        type.__setattr__(cls, "_fields_cache", table)
+        return table
+
+    @classmethod
+    def field(cls, name: str) -> Field:
+        for f in cls.fields():
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+    @classmethod
+    def flag_fields(cls) -> tuple[Field, ...]:
+        return tuple(f for f in cls.fields() if f.flag)
+
+    @classmethod
+    def option_fields(cls) -> tuple[Field, ...]:
+        """The settings a caller gives by name (library keywords, Ansible options): all but
+        the ignored and the derived ones."""
+        return tuple(f for f in cls.fields() if not f.ignored and not f.derived)
+
+    @classmethod
+    def argument_spec(cls) -> dict[str, dict[str, str]]:
+        """Ansible's argument spec of the settings: Ansible checks booleans and list shapes,
+        the parsers everything else."""
+        spec: dict[str, dict[str, str]] = {}
+        for f in cls.option_fields():
+            if f.kind == "bool":
+                spec[f.name] = {"type": "bool"}
+            elif f.kind == "list":
+                spec[f.name] = {"type": "list", "elements": "raw"}
+            else:
+                spec[f.name] = {"type": "raw"}
+        return spec
+
+    # ---------------------------------------------------------------- loading
+
+    @classmethod
+    def load(
+        cls: type[S],
+        *,
+        config_files: Sequence[str] = (),
+        env: Optional[Mapping[str, str]] = None,
+        flags: Optional[Mapping[str, Any]] = None,
+        stdin: Optional[TextIO] = None,
+        **values: Any,
+    ) -> S:
+        """Defaults < config files (in order; lists replace) < environment < flags and values.
+
+        ``flags`` maps CLI flags to what was given: for a repeated flag, the list of its
+        occurrences in order (the field's ``repeat`` decides what they mean). ``values`` are
+        keyed by setting name (the library's and Ansible's way in). ``env`` defaults to none.
+        """
+        raw: dict[str, RawValue] = {}
+        for spec in config_files:
+            names = ["-"] if spec == "-" else [n for n in spec.split(",") if n]
+            for name in names:
+                raw.update(cls._read_config_file(name, stdin))
+        raw.update(cls._read_env(env or {}))
+        flag_layer = cls._read_flags(flags or {})
+        cls._check_flags(flag_layer)
+        raw.update(flag_layer)
+        for name, value in values.items():
+            try:
+                f = cls.field(name)
+            except KeyError:
+                known = ", ".join(x.name for x in cls.fields() if not x.derived)
+                raise SettingsError(f"{name}: unknown setting; known: {known}", name) from None
+            if value is not None:
+                raw[f.name] = RawValue(value, name)
+        parsed: dict[str, Any] = {}
+        for name, item in raw.items():
+            f = cls.field(name)
+            try:
+                value = f.parse(item.value)
+            except Invalid as exc:
+                raise SettingsError(f"{item.source}: {exc}", f.name) from None
+            if not f.ignored:
+                parsed[name] = value
+        return cls(**parsed)
+
+    @classmethod
+    def _check_flags(cls, flags: Mapping[str, RawValue]) -> None:
+        """Rules about flags given together on one command line (subclasses)."""
+
+    @classmethod
+    def _read_flags(cls, flags: Mapping[str, Any]) -> dict[str, RawValue]:
+        by_flag = {f.flag: f for f in cls.fields() if f.flag}
+        out: dict[str, RawValue] = {}
+        for flag, given in flags.items():
+            f = by_flag.get(flag)
+            if f is None:
+                raise SettingsError(f"{flag}: unknown flag")
+            occurrences = list(given) if isinstance(given, (list, tuple)) else [given]
+            occurrences = [v for v in occurrences if v is not None]
+            if not occurrences:
+                continue
+            if f.kind == "list" and f.repeat == "accumulate":
+                value: Any = occurrences
+            else:
+                value = occurrences[-1]  # a later occurrence replaces an earlier one
+            out[f.name] = RawValue(value, flag)
+        return out
+
+    @classmethod
+    def _read_env(cls, env: Mapping[str, str]) -> dict[str, RawValue]:
+        by_env = {f.env: f for f in cls.fields() if f.env}
+        out: dict[str, RawValue] = {}
+        for name, value in env.items():
+            if not cls.ENV_PREFIX or not name.startswith(cls.ENV_PREFIX):
+                continue
+            if name in cls.FIXED_ENV:
+                allowed, why = cls.FIXED_ENV[name]
+                if value != allowed:
+                    raise SettingsError(f"{name}: value {show(value)} is not supported: {why}")
+                continue
+            f = by_env.get(name)
+            if f is None:
+                raise SettingsError(
+                    f"{name}: unknown variable; known: {', '.join(sorted(by_env))}"
+                )
+            out[f.name] = RawValue(value, name)
+        return out
+
+    @classmethod
+    def env_given(cls, env: Mapping[str, str]) -> bool:
+        """Whether ``env`` holds a variable that sets something (an ignored one does not)."""
+        by_env = {f.env: f for f in cls.fields() if f.env}
+        return any(name in by_env and not by_env[name].ignored for name in env)
+
+    @classmethod
+    def _read_config_file(cls, name: str, stdin: Optional[TextIO]) -> dict[str, RawValue]:
+        label = "<stdin>" if name == "-" else name
+        text = _read_text(name, stdin)
+        data = _load_yaml(text, label)
+        if data is None:
+            return {}
+        if not isinstance(data, Mapping):
+            raise SettingsError(
+                f"parsing configuration from file '{label}' failed: expected a mapping of "
+                f"settings, got {type(data).__name__}"
+            )
+        return cls._flatten(data, label)
+
+    @classmethod
+    def _flatten(cls, data: Mapping[Any, Any], source: str, prefix: str = "") -> dict[str, RawValue]:
+        by_key = {f.key: f for f in cls.fields() if f.key}
+        out: dict[str, RawValue] = {}
+        for key, value in data.items():
+            if not isinstance(key, str):
+                raise SettingsError(
+                    f"{source}: key {show(key)} under {show(prefix[:-1] or '/')} is not a string"
+                )
+            path = f"{prefix}{key}"
+            known = by_key.get(path)
+            if known is not None:
+                out[known.name] = RawValue(value, f"{source}: {path}")
+            elif path in cls.IGNORED_KEYS:
+                continue
+            elif isinstance(value, Mapping) and cls._is_section(path):
+                out.update(cls._flatten(value, source, path + "."))
+            elif value is None and cls._is_section(path):
+                continue  # an empty section ("dns:") is fine
+            else:
+                raise SettingsError(f"{source}: unknown key {show(path)}; {cls._known_keys(path)}")
+        return out
+
+    @classmethod
+    def _is_section(cls, path: str) -> bool:
+        keys = [f.key for f in cls.fields() if f.key] + list(cls.IGNORED_KEYS)
+        return any(k.startswith(path + ".") for k in keys)
+
+    @classmethod
+    def _known_keys(cls, path: str) -> str:
+        parent = path.rpartition(".")[0]
+        keys = [f.key for f in cls.fields() if f.key and not f.ignored]
+        siblings = sorted(
+            k[len(parent) + 1 :].split(".")[0] if parent else k.split(".")[0]
+            for k in keys
+            if not parent or k.startswith(parent + ".")
+        )
+        where = f"under '{parent}'" if parent else "at the top level"
+        return f"known keys {where}: {', '.join(dict.fromkeys(siblings))}"
+
+    # ---------------------------------------------------------------- the state file
+
+    def to_json(self) -> dict[str, Any]:
+        """Every setting by name, as canonical JSON values the parsers read back."""
+        return {f.name: _jsonable(getattr(self, f.name)) for f in self.fields() if not f.ignored}
+
+    @classmethod
+    def from_json(cls: type[S], data: Any, source: str = "recorded settings") -> S:
+        if not isinstance(data, Mapping):
+            raise SettingsError(f"{source}: expected an object of settings")
+        known = {f.name for f in cls.fields() if not f.ignored}
+        unknown = sorted(set(data) - known)
         if unknown:
-            raise SettingsError(f"recorded settings have unknown fields: {sorted(unknown)}")
+            raise SettingsError(f"{source}: unknown settings {unknown}")
         values: dict[str, Any] = {}
         for name, value in data.items():
-            if name == "outbound_exclude_ports_for_uids":
-                value = tuple(
-                    UidExclusion(tuple(v["protocols"]), tuple(v["ports"]), v["uids"]) for v in value
-                )
-            elif name == "vnet":
-                value = tuple(VnetNetwork(v["iface"], v["cidr"]) for v in value)
-            elif isinstance(value, list):
-                value = tuple(value)
-            values[name] = value
+            try:
+                values[name] = cls.field(name).parse(value)
+            except Invalid as exc:
+                raise SettingsError(f"{source}: {name}: {exc}", name) from None
         return cls(**values)
+
+    def replace(self: S, **changes: Any) -> S:
+        return dataclasses.replace(self, **changes)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    to_text = getattr(value, "to_text", None)
+    if to_text is not None:
+        return to_text()
+    return value
+
+
+def _read_text(name: str, stdin: Optional[TextIO]) -> str:
+    import stat
+    import sys
+
+    not_readable = SettingsError(
+        f"unable to access configuration file '{name}', please check if the file exists "
+        "and has the correct permissions"
+    )
+    if name == "-":
+        text = (stdin or sys.stdin).read(MAX_CONFIG_BYTES + 1)
+    else:
+        try:
+            # O_NONBLOCK: a FIFO must not hang the run; only regular files are read.
+            import os
+
+            fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            raise not_readable from None
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise SettingsError(f"configuration file '{name}' is not a regular file")
+            data = f.read(MAX_CONFIG_BYTES + 1)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SettingsError(f"configuration file '{name}' is not UTF-8 text") from None
+    if len(text) > MAX_CONFIG_BYTES:
+        label = "<stdin>" if name == "-" else name
+        raise SettingsError(
+            f"configuration file '{label}' is larger than {MAX_CONFIG_BYTES} bytes; refused"
+        )
+    return text
+
+
+def _load_yaml(text: str, label: str) -> Any:
+    import yaml  # only when a config file is given: it is one of the slowest imports of a run
+
+    class Loader(yaml.SafeLoader):
+        """PyYAML's safe loader, with duplicate keys refused (as Kuma's strict YAML does) and
+        aliases bounded (a few aliases nested make an exponentially large document)."""
+
+        aliases = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                Loader.aliases += 1
+                if Loader.aliases > MAX_YAML_ALIASES:
+                    raise yaml.YAMLError(f"more than {MAX_YAML_ALIASES} aliases")
+            return super().compose_node(parent, index)
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    duplicate = key in seen
+                except TypeError:
+                    continue  # an unhashable key: the base class says so
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {show(key)}", key_node.start_mark
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    try:
+        return yaml.load(text, Loader=Loader)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(exc, "problem", None) or str(exc) or "not valid YAML or JSON"
+        raise SettingsError(f"parsing configuration from file '{label}' failed{at}: {problem}") from None
+    except RecursionError:
+        raise SettingsError(f"parsing configuration from file '{label}' failed: nested too deeply") from None
 
 
 # --------------------------------------------------------------------------- value parsers
 
 
-def _show(value: object) -> str:
+def show(value: object) -> str:
     """A value as it appears in an error: quoted, control characters escaped, one line."""
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
@@ -142,208 +486,91 @@ def parse_bool(raw: object) -> bool:
         return True
     if text in ("0", "f", "F", "false", "FALSE", "False"):
         return False
-    raise Invalid(f"value {_show(raw)} is not a valid boolean (true or false)")
+    raise Invalid(f"value {show(raw)} is not a valid boolean (true or false)")
 
 
-def _parse_uint(raw: object, low: int, high: int, what: str) -> int:
+def parse_uint(raw: object, low: int, high: int, what: str) -> int:
     if isinstance(raw, bool):
-        raise Invalid(f"value {_show(raw)} is not a valid {what}")
+        raise Invalid(f"value {show(raw)} is not a valid {what}")
     if isinstance(raw, int):
         value = raw
-    else:
-        text = str(raw)
+    elif isinstance(raw, str):
         # Only plain ASCII digits: int() would also take " 5", "+5", "1_000" and other
         # scripts' digits, none of which iptables understands.
-        if not re.fullmatch(r"[0-9]{1,10}", text):
-            raise Invalid(f"value {_show(raw)} is not a valid {what}")
-        value = int(text)
+        if not re.fullmatch(r"[0-9]{1,10}", raw):
+            raise Invalid(f"value {show(raw)} is not a valid {what}")
+        value = int(raw)
+    else:
+        raise Invalid(f"value {show(raw)} is not a valid {what}")
     if not low <= value <= high:
-        raise Invalid(f"value {_show(raw)} is not a valid {what}")
+        raise Invalid(f"value {show(raw)} is not a valid {what}")
     return value
 
 
 def parse_port(raw: object) -> int:
-    return _parse_uint(raw, 1, 65535, "port (uint16 in the range [1, 65535])")
+    return parse_uint(raw, 1, 65535, "port (uint16 in the range [1, 65535])")
 
 
-def _items(raw: object) -> list[object]:
+def items(raw: object) -> list[Any]:
     """A list setting from any source: a YAML list, repeated flags, or comma-separated text."""
     if raw is None:
         return []
-    values = raw if isinstance(raw, list | tuple) else [raw]
-    items: list[object] = []
+    values = raw if isinstance(raw, (list, tuple)) else [raw]
+    out: list[Any] = []
     for value in values:
         if isinstance(value, str):
-            items.extend(part.strip() for part in value.split(",") if part.strip() != "")
+            out.extend(part.strip() for part in value.split(",") if part.strip() != "")
         else:
-            items.append(value)
-    if len(items) > MAX_LIST:
-        raise Invalid(f"has {len(items)} entries; at most {MAX_LIST} are allowed")
-    return items
+            out.append(value)
+    if len(out) > MAX_LIST:
+        raise Invalid(f"has {len(out)} entries; at most {MAX_LIST} are allowed")
+    return out
 
 
 def parse_ports(raw: object) -> tuple[int, ...]:
     # Kuma keeps duplicates (and so renders a rule per entry); so do we.
-    return tuple(parse_port(item) for item in _items(raw))
+    return tuple(parse_port(item) for item in items(raw))
 
 
-def _parse_ip(raw: object, *, need_prefix: bool = False) -> str:
-    text = str(raw).strip() if isinstance(raw, str) else str(raw)
+def family(address: str) -> str:
+    """"ipv4" or "ipv6" for an address or network (already validated)."""
+    return "ipv6" if ipaddress.ip_network(address, strict=False).version == 6 else "ipv4"
+
+
+def parse_ip(raw: object, *, need_prefix: bool = False) -> str:
+    text = raw.strip() if isinstance(raw, str) else str(raw)
     try:
-        if (need_prefix and "/" not in text) or "%" in text:
+        if (need_prefix and "/" not in text) or "%" in text or not isinstance(raw, str):
             raise ValueError
         # strict=False: Kuma passes "172.32.16.8/16" through and iptables normalises it.
         ipaddress.ip_network(text, strict=False)
     except ValueError:
         raise Invalid(
-            f"invalid IP address: {_show(raw)}. Expected format: <ip> or <ip>/<cidr> "
+            f"invalid IP address: {show(raw)}. Expected format: <ip> or <ip>/<cidr> "
             "(e.g., 10.0.0.1, 172.16.0.0/16, fe80::1, fe80::/10)"
         ) from None
     return text
 
 
 def parse_ips(raw: object) -> tuple[str, ...]:
-    return tuple(_parse_ip(item) for item in _items(raw))
-
-
-def _port_range(text: str) -> str:
-    low, sep, high = text.partition("-")
-    first = parse_port(low)
-    if not sep:
-        return str(first)
-    last = parse_port(high)
-    if first > last:
-        raise Invalid(f"invalid port range {_show(text)}: {first} is greater than {last}")
-    return f"{first}:{last}"
-
-
-def _uid_range(text: str) -> str:
-    what = f"UID (an integer in the range [0, {MAX_UID}])"
-    if text == "*":
-        raise Invalid("wildcard '*' is not allowed for UIDs")
-    if "," in text:
-        raise Invalid(
-            f"invalid UID entry: {_show(text)}. It should either be a single item or a range"
-        )
-    low, sep, high = text.partition("-")
-    first = _parse_uint(low, 0, MAX_UID, what)
-    if not sep:
-        return str(first)
-    last = _parse_uint(high, 0, MAX_UID, what)
-    if first > last:
-        raise Invalid(f"invalid UID range {_show(text)}: {first} is greater than {last}")
-    return f"{first}:{last}"
-
-
-def parse_uid_exclusion(raw: object) -> UidExclusion:
-    text = str(raw).strip()
-    parts = text.split(":")
-    if len(parts) > 3 or text == "":
-        raise Invalid(
-            f"invalid format for excluding ports by UIDs: {_show(raw)}. "
-            "Expected format: <protocol:>?<ports:>?<uids>"
-        )
-    protocols_text, ports_text = "*", "*"
-    if len(parts) == 3:
-        protocols_text, ports_text, uids_text = parts
-    elif len(parts) == 2:
-        ports_text, uids_text = parts
-    else:
-        (uids_text,) = parts
-    if protocols_text in ("", "*"):
-        protocols: tuple[str, ...] = ("tcp", "udp")
-    else:
-        names = [p.strip().lower() for p in protocols_text.split(",")]
-        for name in names:
-            if name not in ("tcp", "udp"):
-                raise Invalid(f"invalid or unsupported protocol: {_show(name)} (tcp or udp)")
-        protocols = tuple(dict.fromkeys(names))
-    if ports_text in ("", "*"):
-        ports: tuple[str, ...] = ("1:65535",)
-    else:
-        ports = tuple(_port_range(p.strip()) for p in ports_text.split(","))
-        weight = sum(2 if ":" in p else 1 for p in ports)
-        if weight > MULTIPORT_MAX:
-            raise Invalid(
-                f"too many ports in {_show(ports_text)}: iptables' multiport match takes at most "
-                f"{MULTIPORT_MAX} (a range counts as two); split it into several entries"
-            )
-    return UidExclusion(protocols=protocols, ports=ports, uids=_uid_range(uids_text.strip()))
-
-
-def parse_uid_exclusions(raw: object) -> tuple[UidExclusion, ...]:
-    # Each entry is itself comma-separated ("tcp:53,80:1000"), so entries are separated by
-    # ";" (as Kuma's docs write them) or given as separate flags / list items.
-    values = raw if isinstance(raw, list | tuple) else [raw]
-    entries = [
-        part.strip()
-        for value in values
-        if value is not None
-        for part in str(value).split(";")
-        if part.strip()
-    ]
-    if len(entries) > MAX_LIST:
-        raise Invalid(f"has {len(entries)} entries; at most {MAX_LIST} are allowed")
-    return tuple(parse_uid_exclusion(v) for v in entries)
-
-
-_IFACE = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.@-]{0,14}\+?|\+")
-
-
-def parse_vnet(raw: object) -> VnetNetwork:
-    text = str(raw).strip()
-    iface, sep, cidr = text.partition(":")
-    if not sep:
-        raise Invalid(
-            f"invalid virtual network definition: {_show(raw)} (expected <interface>:<CIDR>)"
-        )
-    if not _IFACE.fullmatch(iface) or len(iface.rstrip("+")) > 15:
-        raise Invalid(
-            f"invalid interface name {_show(iface)} in {_show(raw)}: 1-15 characters from "
-            "letters, digits, '_', '.', '-', '@', optionally ending in '+' (a wildcard)"
-        )
-    try:
-        if "/" not in cidr:
-            raise ValueError
-        ipaddress.ip_network(cidr, strict=False)
-    except ValueError:
-        raise Invalid(
-            f"invalid CIDR definition for {_show(raw)}: {_show(cidr)} is not a CIDR"
-        ) from None
-    return VnetNetwork(iface=iface, cidr=cidr)
-
-
-def parse_vnets(raw: object) -> tuple[VnetNetwork, ...]:
-    return tuple(parse_vnet(item) for item in _items(raw))
-
-
-def parse_ip_family_mode(raw: object) -> str:
-    if raw in ("dualstack", "ipv4"):
-        return str(raw)
-    raise Invalid(f"value {_show(raw)} is not valid: must be one of 'dualstack' or 'ipv4'")
-
-
-def parse_user(raw: object) -> str:
-    text = str(raw).strip()
-    if text and not re.fullmatch(r"[0-9]+|[A-Za-z0-9_.][A-Za-z0-9_.-]*\$?", text):
-        raise Invalid(f"value {_show(raw)} is not a valid UID or username")
-    if text.isdigit() and int(text) > MAX_UID:
-        raise Invalid(f"value {_show(raw)} is not a valid UID (0-{MAX_UID})")
-    return text
-
-
-def parse_log_level(raw: object) -> int:
-    return _parse_uint(raw, 0, 7, "log level (an integer in the range [0, 7])")
+    return tuple(parse_ip(item) for item in items(raw))
 
 
 def parse_path(raw: object) -> str:
-    text = str(raw)
-    if not text or "\0" in text:
-        raise Invalid(f"value {_show(raw)} is not a valid path")
-    return text
+    if not isinstance(raw, str) or not raw or "\0" in raw:
+        raise Invalid(f"value {show(raw)} is not a valid path")
+    return raw
 
 
-def must_be_false(reason: str) -> Callable[[object], bool]:
+def parse_optional_uid(raw: object, high: int) -> Optional[int]:
+    if raw is None:
+        return None
+    return parse_uint(raw, 0, high, f"UID (an integer in the range [0, {high}])")
+
+
+def refuse_true(reason: str) -> Callable[[object], bool]:
+    """A boolean that may only be false (or not given)."""
+
     def parse(raw: object) -> bool:
         if parse_bool(raw):
             raise Invalid(f"is not supported: {reason}")
@@ -352,421 +579,15 @@ def must_be_false(reason: str) -> Callable[[object], bool]:
     return parse
 
 
-def must_be_empty(reason: str) -> Callable[[object], tuple[object, ...]]:
-    def parse(raw: object) -> tuple[object, ...]:
-        if _items(raw):
+def refuse_nonempty(reason: str) -> Callable[[object], tuple[Any, ...]]:
+    def parse(raw: object) -> tuple[Any, ...]:
+        if items(raw):
             raise Invalid(f"is not supported: {reason}")
         return ()
 
     return parse
 
 
-# --------------------------------------------------------------------------- the settings table
-
-
-@dataclass(frozen=True)
-class Field:
-    #: Kuma's config key path (YAML/JSON)
-    key: str
-    #: the Settings attribute, or None for keys that must keep their default
-    attr: str | None
-    parse: Callable[[object], Any]
-    #: the kumactl flag, if there is one
-    flag: str | None = None
-
-    @property
-    def env(self) -> str:
-        # Kuma's envconfig names: the key path in SCREAMING_SNAKE_CASE ("kumaDPUser" is the
-        # one key whose acronym split_words cannot guess).
-        if self.key == "kumaDPUser":
-            return ENV_PREFIX + "KUMA_DP_USER"
-        words = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", self.key.replace(".", "_"))
-        return ENV_PREFIX + words.upper().replace("I_PS", "IPS").replace("U_I_DS", "UIDS")
-
-
-_INBOUND_UIDS_BUG = (
-    "Kuma turns it into a rule that returns all inbound traffic, silently disabling inbound "
-    "redirection; use --exclude-inbound-ports or --exclude-inbound-ips"
-)
-_COMMENTS = "tproxy-firewalld identifies its rules by Kuma's comments, so they cannot be turned off"
-
-FIELDS: tuple[Field, ...] = (
-    Field("kumaDPUser", "kuma_dp_user", parse_user, "--kuma-dp-user"),
-    Field("ipFamilyMode", "ip_family_mode", parse_ip_family_mode, "--ip-family-mode"),
-    Field("redirect.inbound.enabled", "redirect_inbound", parse_bool, "--redirect-inbound"),
-    Field("redirect.inbound.port", "inbound_port", parse_port, "--redirect-inbound-port"),
-    Field(
-        "redirect.inbound.excludePorts",
-        "inbound_exclude_ports",
-        parse_ports,
-        "--exclude-inbound-ports",
-    ),
-    Field("redirect.inbound.includePorts", "inbound_include_ports", parse_ports),
-    Field(
-        "redirect.inbound.excludePortsForIPs",
-        "inbound_exclude_ips",
-        parse_ips,
-        "--exclude-inbound-ips",
-    ),
-    Field("redirect.inbound.excludePortsForUIDs", None, must_be_empty(_INBOUND_UIDS_BUG)),
-    Field(
-        "redirect.inbound.insertRedirectInsteadOfAppend",
-        "inbound_insert_instead_of_append",
-        parse_bool,
-        "--redirect-inbound-insert-instead-of-append",
-    ),
-    Field("redirect.outbound.enabled", "redirect_outbound", parse_bool),
-    Field("redirect.outbound.port", "outbound_port", parse_port, "--redirect-outbound-port"),
-    Field(
-        "redirect.outbound.excludePorts",
-        "outbound_exclude_ports",
-        parse_ports,
-        "--exclude-outbound-ports",
-    ),
-    Field("redirect.outbound.includePorts", "outbound_include_ports", parse_ports),
-    Field(
-        "redirect.outbound.excludePortsForIPs",
-        "outbound_exclude_ips",
-        parse_ips,
-        "--exclude-outbound-ips",
-    ),
-    Field(
-        "redirect.outbound.excludePortsForUIDs",
-        "outbound_exclude_ports_for_uids",
-        parse_uid_exclusions,
-        "--exclude-outbound-ports-for-uids",
-    ),
-    Field(
-        "redirect.outbound.insertRedirectInsteadOfAppend",
-        "outbound_insert_instead_of_append",
-        parse_bool,
-        "--redirect-outbound-insert-instead-of-append",
-    ),
-    Field("redirect.dns.enabled", "dns_enabled", parse_bool, "--redirect-dns"),
-    Field("redirect.dns.captureAll", "dns_capture_all", parse_bool, "--redirect-all-dns-traffic"),
-    Field("redirect.dns.port", "dns_port", parse_port, "--redirect-dns-port"),
-    Field(
-        "redirect.dns.skipConntrackZoneSplit",
-        "dns_skip_conntrack_zone_split",
-        parse_bool,
-        "--skip-dns-conntrack-zone-split",
-    ),
-    Field("redirect.dns.resolvConfigPath", "dns_resolv_conf_path", parse_path),
-    Field("redirect.vnet.networks", "vnet", parse_vnets, "--vnet"),
-    Field("log.enabled", "log_enabled", parse_bool, "--iptables-logs"),
-    Field("log.level", "log_level", parse_log_level),
-    Field("dropInvalidPackets", "drop_invalid_packets", parse_bool, "--drop-invalid-packets"),
-    Field("comments.disabled", None, must_be_false(_COMMENTS)),
-)
-
-FIELDS_BY_KEY = {f.key: f for f in FIELDS}
-FIELDS_BY_ENV = {f.env: f for f in FIELDS}
-FIELDS_BY_FLAG = {f.flag: f for f in FIELDS if f.flag}
-
-#: Kuma config keys that steer how kumactl runs iptables, not which rules exist. They are
-#: accepted (a config file written for kumactl must load) and have no effect here.
-IGNORED_KEYS = frozenset(
-    {
-        "dryRun",
-        "verbose",
-        "wait",
-        "waitInterval",
-        "storeFirewalld",
-        "cniMode",
-        "retry.maxRetries",
-        "retry.sleepBetweenRetries",
-        "iptablesExecutables",
-        "iptablesExecutables.iptables",
-        "iptablesExecutables.iptables-save",
-        "iptablesExecutables.iptables-restore",
-        "iptablesExecutables.ip6tables",
-        "iptablesExecutables.ip6tables-save",
-        "iptablesExecutables.ip6tables-restore",
-        "executables",
-        "redirect.inbound.chainName",
-        "redirect.inbound.redirectChainName",
-        "redirect.outbound.chainName",
-        "redirect.outbound.redirectChainName",
-    }
-)
-IGNORED_ENV = frozenset(
-    ENV_PREFIX + name
-    for name in (
-        "DRY_RUN",
-        "VERBOSE",
-        "WAIT",
-        "WAIT_INTERVAL",
-        "STORE_FIREWALLD",
-        "CNI_MODE",
-        "RETRY_MAX_RETRIES",
-        "RETRY_SLEEP_BETWEEN_RETRIES",
-        "IPTABLES_EXECUTABLES",
-    )
-)
-#: Kuma reads these (envconfig) but a different chain name would break Kuma's own uninstall
-#: and ours; only the defaults are accepted.
-FIXED_CHAIN_ENV = {
-    ENV_PREFIX + "REDIRECT_INBOUND_CHAIN_NAME": "INBOUND",
-    ENV_PREFIX + "REDIRECT_INBOUND_REDIRECT_CHAIN_NAME": "INBOUND_REDIRECT",
-    ENV_PREFIX + "REDIRECT_OUTBOUND_CHAIN_NAME": "OUTBOUND",
-    ENV_PREFIX + "REDIRECT_OUTBOUND_REDIRECT_CHAIN_NAME": "OUTBOUND_REDIRECT",
-}
-
-
-@dataclass(frozen=True)
-class RawValue:
-    value: object
-    #: where it came from, as it appears in errors: "--flag", "ENV_VAR", "file.yaml: a.b"
-    source: str
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def _flatten(data: Mapping[str, Any], source: str, prefix: str = "") -> dict[str, RawValue]:
-    out: dict[str, RawValue] = {}
-    for key, value in data.items():
-        path = f"{prefix}{key}"
-        if not isinstance(key, str):
-            raise SettingsError(
-                f"{source}: key {_show(key)} under {_show(prefix[:-1] or '/')} is not a string"
-            )
-        if path in FIELDS_BY_KEY:
-            out[path] = RawValue(value, f"{source}: {path}")
-        elif path in IGNORED_KEYS:
-            continue
-        elif isinstance(value, Mapping) and _is_section(path):
-            out.update(_flatten(value, source, path + "."))
-        elif value is None and any(k.startswith(path + ".") for k in FIELDS_BY_KEY):
-            continue  # an empty section ("dns:") is fine
-        else:
-            raise SettingsError(f"{source}: unknown key {_show(path)}; {_known_keys_hint(path)}")
-    return out
-
-
-def _is_section(path: str) -> bool:
-    return any(k.startswith(path + ".") for k in (*FIELDS_BY_KEY, *IGNORED_KEYS))
-
-
-def _known_keys_hint(path: str) -> str:
-    parent = path.rpartition(".")[0]
-    siblings = sorted(
-        k.removeprefix(parent + ".").split(".")[0]
-        for k in FIELDS_BY_KEY
-        if not parent or k.startswith(parent + ".")
-    )
-    where = f"under '{parent}'" if parent else "at the top level"
-    return f"known keys {where}: {', '.join(dict.fromkeys(siblings))}"
-
-
-def read_config_file(name: str, stdin: TextIO | None = None) -> dict[str, RawValue]:
-    if name == "-":
-        text = (stdin or sys.stdin).read()
-        label = "<stdin>"
-    else:
-        label = name
-        try:
-            text = Path(name).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            raise SettingsError(
-                f"unable to access configuration file '{name}', please check if the file exists "
-                "and has the correct permissions"
-            ) from None
-    import yaml  # only when a config file is given: it is the slowest import of a run
-
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-        problem = getattr(exc, "problem", None) or "not valid YAML or JSON"
-        raise SettingsError(
-            f"parsing configuration from file '{label}' failed{at}: {problem}"
-        ) from None
-    if data is None:
-        return {}
-    if not isinstance(data, Mapping):
-        raise SettingsError(
-            f"parsing configuration from file '{label}' failed: expected a mapping of settings, "
-            f"got {type(data).__name__}"
-        )
-    return _flatten(data, label)
-
-
-def read_env(env: Mapping[str, str]) -> dict[str, RawValue]:
-    out: dict[str, RawValue] = {}
-    for name, value in env.items():
-        if not name.startswith(ENV_PREFIX) or name in IGNORED_ENV:
-            continue
-        if name in FIXED_CHAIN_ENV:
-            if value != FIXED_CHAIN_ENV[name]:
-                raise SettingsError(
-                    f"{name}: value {_show(value)} is not supported: the chain names are fixed "
-                    f"(KUMA_MESH_{FIXED_CHAIN_ENV[name]}) so that uninstall can find them"
-                )
-            continue
-        known = FIELDS_BY_ENV.get(name)
-        if known is None:
-            raise SettingsError(
-                f"{name}: unknown variable; known: {', '.join(sorted(FIELDS_BY_ENV))}"
-            )
-        out[known.key] = RawValue(value, name)
-    return out
-
-
-def layer_flags(flags: Mapping[str, object]) -> dict[str, RawValue]:
-    """Flags given on the command line (name -> value; None or [] means "not given")."""
-    out: dict[str, RawValue] = {}
-    for flag, value in flags.items():
-        if value is None or value == [] or value == ():
-            continue
-        known = FIELDS_BY_FLAG[flag]
-        out[known.key] = RawValue(value, flag)
-    return out
-
-
-def load_settings(
-    *,
-    config_files: Sequence[str] = (),
-    env: Mapping[str, str] | None = None,
-    flags: Mapping[str, object] | None = None,
-    stdin: TextIO | None = None,
-    resolve: bool = True,
-) -> Settings:
-    """Build the settings from defaults, files, environment and flags, in that order.
-
-    ``resolve`` looks up the host facts the rule set depends on: the kuma-dp user in the
-    passwd database and the nameservers in resolv.conf.
-    """
-    raw: dict[str, RawValue] = {}
-    for spec in config_files:
-        for name in (n for n in spec.split(",") if n) if spec != "-" else ["-"]:
-            raw.update(read_config_file(name, stdin))
-    raw.update(read_env(env or {}))
-    flag_layer = layer_flags(flags or {})
-    if _given_true(flag_layer, "redirect.dns.enabled") and _given_true(
-        flag_layer, "redirect.dns.captureAll"
-    ):
-        raise SettingsError(
-            "only one of '--redirect-dns' or '--redirect-all-dns-traffic' should be specified"
-        )
-    raw.update(flag_layer)
-
-    values: dict[str, Any] = {}
-    for key, item in raw.items():
-        known = FIELDS_BY_KEY[key]
-        try:
-            parsed = known.parse(item.value)
-        except Invalid as exc:
-            raise SettingsError(f"{item.source}: {exc}") from None
-        if known.attr:
-            values[known.attr] = parsed
-    return _finish(values, resolve=resolve)
-
-
-def _given_true(layer: Mapping[str, RawValue], key: str) -> bool:
-    item = layer.get(key)
-    if item is None:
-        return False
-    try:
-        return parse_bool(item.value)
-    except Invalid:
-        return False
-
-
-def _finish(values: dict[str, Any], *, resolve: bool) -> Settings:
-    warnings: list[str] = []
-    if values.get("dns_capture_all"):
-        values["dns_enabled"] = True  # Kuma: captureAll implies enabled
-    user = values.get("kuma_dp_user", "")
-    values["kuma_dp_uid"] = resolve_kuma_dp_user(user) if resolve else _uid_unresolved(user)
-    for direction in ("inbound", "outbound"):
-        if values.get(f"{direction}_include_ports") and values.get(f"{direction}_exclude_ports"):
-            warnings.append(
-                f"redirect.{direction}.excludePorts has no effect because "
-                f"redirect.{direction}.includePorts is set (as in Kuma)"
-            )
-    ports = {
-        "--redirect-inbound-port": values.get("inbound_port", 15006),
-        "--redirect-outbound-port": values.get("outbound_port", 15001),
-    }
-    if values.get("dns_enabled"):
-        ports["--redirect-dns-port"] = values.get("dns_port", 15053)
-    if len(set(ports.values())) < len(ports):
-        warnings.append(f"the redirect ports are not distinct: {ports}")
-    if values.get("dns_enabled") and resolve:
-        path = values.get("dns_resolv_conf_path", "/etc/resolv.conf")
-        values["dns_nameservers"] = read_nameservers(path)
-        if not values.get("dns_capture_all"):
-            ipvs = (
-                ("ipv4", "ipv6")
-                if values.get("ip_family_mode", "dualstack") == "dualstack"
-                else ("ipv4",)
-            )
-            for ipv in ipvs:
-                if not [n for n in values["dns_nameservers"] if _ipv_of(n) == ipv]:
-                    name = "IPv4" if ipv == "ipv4" else "IPv6"
-                    warnings.append(
-                        f"no {name} DNS servers found in {path}. "
-                        f"DNS traffic capture for {name} will be disabled"
-                    )
-    values["warnings"] = tuple(warnings)
-    return Settings(**values)
-
-
-def _uid_unresolved(user: str) -> int:
-    return int(user) if user.isdigit() else DEFAULT_UID
-
-
-def resolve_kuma_dp_user(user: str) -> int:
-    """Kuma's lookup: a numeric uid as is (it need not exist yet), else a user name.
-
-    With nothing given: uid 5678 if it exists, else user ``kuma-dp``, else 5678 (the proxy's
-    package may create the user later; the numeric uid is what the rules match).
-    """
-    if user == "":
-        try:
-            return pwd.getpwuid(DEFAULT_UID).pw_uid
-        except KeyError:
-            pass
-        try:
-            return pwd.getpwnam(DEFAULT_USER).pw_uid
-        except KeyError:
-            return DEFAULT_UID
-    if user.isdigit():
-        uid = int(user)
-        if uid > MAX_UID:
-            raise SettingsError(f"--kuma-dp-user: value '{user}' is not a valid UID (0-{MAX_UID})")
-        return uid
-    try:
-        return pwd.getpwnam(user).pw_uid
-    except KeyError:
-        raise SettingsError(
-            f"the specified UID or username ('{user}') does not refer to a valid user on the host"
-        ) from None
-
-
-def _ipv_of(address: str) -> str:
-    return "ipv6" if ":" in address else "ipv4"
-
-
-def read_nameservers(path: str) -> tuple[str, ...]:
-    try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        raise SettingsError(f"unable to read file {path}") from None
-    servers: list[str] = []
-    for line in text.splitlines():
-        words = line.split()
-        if len(words) >= 2 and words[0] == "nameserver":
-            if "%" in words[1]:
-                continue  # a scoped "fe80::1%eth0": iptables cannot match the scope
-            try:
-                servers.append(str(ipaddress.ip_address(words[1])))
-            except ValueError:
-                continue
-    return tuple(dict.fromkeys(servers))
-
-
-def iter_flag_names() -> Iterable[str]:
-    return FIELDS_BY_FLAG.keys()
+def anything(raw: object) -> object:
+    """An ignored setting's value: accepted as given."""
+    return raw

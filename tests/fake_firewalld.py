@@ -1,0 +1,100 @@
+"""An in-memory firewalld behind the library's Firewalld protocol, for unit tests of plan,
+apply and rollback. Never the proof that a feature works against firewalld (the sandbox tests
+are); it lets every failure point be reached on purpose."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from tproxy_firewalld.directxml import render_direct_xml
+from tproxy_firewalld.entries import Chain, DirectConfig, Entry, Passthrough, Rule
+from tproxy_firewalld.errors import FirewalldRejected, FirewalldUnavailable
+from tproxy_firewalld.firewalld import DaemonInfo, Op, OpResult
+from tproxy_firewalld.target import Target
+
+INFO = DaemonInfo("RUNNING", "1.3.3", "nftables", "yes", None, "no", {"RFC3964_IPv4": "no"})
+
+
+@dataclass
+class FakeFirewalld:
+    runtime_entries: list[Entry] = field(default_factory=list)
+    permanent_config: DirectConfig = field(default_factory=DirectConfig)
+    #: an op for which this returns True fails with COMMAND_FAILED
+    fail: Callable[[Op], bool] = lambda op: False
+    #: from this many ops on (counting every op ever sent), firewalld stops answering
+    hang_after: Optional[int] = None
+    #: how many of the next update() calls change the in-memory config and then fail to
+    #: write it (as firewalld does on a read-only /etc)
+    failing_updates: int = 0
+    #: a failing update leaves the in-memory config in a third state (nothing puts it back)
+    stuck: bool = False
+    #: where firewalld writes its permanent config after an update (direct.xml), if anywhere
+    file: Optional[Path] = None
+    changes: list[str] = field(default_factory=list)
+    sent: list[Op] = field(default_factory=list)
+    daemon: Optional[DaemonInfo] = INFO
+
+    def info(self) -> DaemonInfo:
+        return INFO
+
+    def runtime(self) -> DirectConfig:
+        return DirectConfig(
+            chains=tuple(e for e in self.runtime_entries if isinstance(e, Chain)),
+            rules=tuple(e for e in self.runtime_entries if isinstance(e, Rule)),
+            passthroughs=tuple(e for e in self.runtime_entries if isinstance(e, Passthrough)),
+        )
+
+    def permanent(self) -> DirectConfig:
+        return self.permanent_config
+
+    def hung(self) -> bool:
+        return self.hang_after is not None and len(self.sent) >= self.hang_after
+
+    def change(self, ops: Sequence[Op]) -> list[OpResult]:
+        results = []
+        for op in ops:
+            self.changes.append(f"{op.verb} {op.entry.describe()}")
+            if self.hung():
+                self.sent.append(op)
+                results.append(OpResult(False, FirewalldUnavailable("firewalld did not answer"), unknown=True))
+                continue
+            self.sent.append(op)
+            if self.fail(op):
+                results.append(OpResult(False, FirewalldRejected(f"{op.describe()}: firewalld says COMMAND_FAILED", "COMMAND_FAILED")))
+            elif op.verb == "add":
+                if op.entry in self.runtime_entries:
+                    results.append(OpResult(False))
+                else:
+                    self.runtime_entries.append(op.entry)
+                    results.append(OpResult(True))
+            elif op.entry in self.runtime_entries:
+                self.runtime_entries.remove(op.entry)
+                results.append(OpResult(True))
+            else:
+                results.append(OpResult(False))
+        return results
+
+    def update_permanent(self, config: DirectConfig) -> None:
+        self.changes.append("config.direct.update")
+        if self.hung():
+            raise FirewalldUnavailable("firewalld did not answer (update)")
+        self.permanent_config = config  # firewalld imports first, then writes the file
+        if self.failing_updates > 0:
+            self.failing_updates -= 1
+            if self.stuck:
+                self.permanent_config = DirectConfig(chains=(Chain("ipv4", "filter", "STUCK"),))
+            raise FirewalldRejected(
+                "update the permanent direct configuration: firewalld says UNKNOWN_ERROR: "
+                "[Errno 30] Read-only file system: '/etc/firewalld/direct.xml'"
+            )
+        if self.file is not None:
+            self.file.write_bytes(render_direct_xml(config))
+
+    def close(self) -> None:
+        pass
+
+    def factory(self) -> Callable[[Target], tuple[FakeFirewalld, str]]:
+        return lambda target: (self, "")

@@ -1,0 +1,276 @@
+"""The library's synchronous API: the CLI, the Ansible module and the RPM scriptlets all call
+these, the same way.
+
+    import tproxy_firewalld as tpfw
+
+    settings = tpfw.Settings.load(exclude_inbound_ports=[22], config_files=["/etc/kuma/tp.yaml"])
+    result = tpfw.install(settings)              # or: plan = tpfw.plan(settings); tpfw.apply(plan)
+    print(result.changed, result.summary())
+    tpfw.uninstall()
+
+Every function takes a :class:`Target` (default: the live system) and raises
+:class:`TproxyError` subclasses, each with its exit code and a one-line message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Optional
+
+from tproxy_firewalld.apply import apply_plan
+from tproxy_firewalld.entries import Chain, DirectConfig
+from tproxy_firewalld.errors import DirectXmlError, Locked
+from tproxy_firewalld.kuma import KUMA, KumaSettings, Profile
+from tproxy_firewalld.observe import ClientFactory, Observed, session
+from tproxy_firewalld.plan import FileStep, PermanentStep, Plan, RuntimeStep, make_plan
+from tproxy_firewalld.record import Record, RecordError
+from tproxy_firewalld.report import DiffReport, Result
+from tproxy_firewalld.settings import Warning_
+from tproxy_firewalld.target import Target
+
+
+def _desired(
+    settings: Optional[KumaSettings], template: Optional[str], profile: Profile
+) -> tuple[DirectConfig, Optional[Record]]:
+    if settings is None:
+        return DirectConfig(), None
+    from tproxy_firewalld.ruleset import build_ruleset
+
+    desired = build_ruleset(settings, profile, template)
+    template_path = str(Path(template).absolute()) if template else None
+    record = Record(
+        settings,
+        template=template_path,
+        profile=profile.name,
+        installed_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+    return desired, record
+
+
+def _make(
+    settings: Optional[KumaSettings],
+    desired: DirectConfig,
+    record: Optional[Record],
+    observed: Observed,
+    profile: Profile,
+) -> Plan:
+    action = "uninstall" if settings is None else "install"
+    loopback: tuple[tuple[str, str], ...] = ()
+    if settings is not None:
+        loopback = tuple(("lo", a) for ipv, a in profile.loopback.items() if ipv in settings.ipvs)
+    plan = make_plan(action, desired, observed, profile.owner, record, loopback)
+    _refuse_dangling_passthroughs(plan, profile)
+    warnings: list[Warning_] = []
+    if settings is not None:
+        warnings += settings.warnings
+    if observed.record_error:
+        warnings.append(
+            Warning_("record-unreadable", f"the record was unreadable and is replaced: {observed.record_error}")
+        )
+    if settings is not None and "ipv6" in settings.ipvs and observed.live and not observed.loopback:
+        warnings.append(Warning_("no-ipv6", "IPv6 is disabled on this host: ::6/128 cannot be put on lo"))
+    return Plan(
+        plan.action, plan.observed, plan.desired, plan.steps, tuple(warnings), plan.record, plan.owner
+    )
+
+
+def _refuse_dangling_passthroughs(plan: Plan, profile: Profile) -> None:
+    """Removing our chains while somebody's passthrough jumps into one would make firewalld
+    fail at its next reload: refuse, naming it (firewalld refuses the same live)."""
+    going = set()
+    for step in plan.steps:
+        if isinstance(step, (RuntimeStep, PermanentStep, FileStep)):
+            going |= {e.chain for e in step.diff.remove if isinstance(e, Chain)}
+    if not going:
+        return
+    obs = plan.observed
+    config = obs.permanent if obs.live else obs.file
+    assert config is not None
+    for passthrough in config.passthroughs:
+        if profile.owner.mentions(passthrough) and any(c in passthrough.args for c in going):
+            raise DirectXmlError(
+                f"{passthrough.describe()} (somebody else's) jumps into one of our chains; "
+                "removing the chain would make firewalld fail at its next start. Remove that "
+                "passthrough first, then run this again"
+            )
+
+
+def _checks(plan: Plan, settings: Optional[KumaSettings], allow_ssh_redirect: bool) -> tuple[Warning_, ...]:
+    """Before anything changes: the kernel accepts every rule, and no admin is locked out."""
+    if not plan.adds_entries():
+        return ()
+    from tproxy_firewalld.iptables import check_rules
+
+    checked = check_rules(plan.desired)
+    if settings is not None and plan.observed.target.live_system and not allow_ssh_redirect:
+        from tproxy_firewalld.guard import check_lockout
+
+        check_lockout(settings)
+    return tuple(Warning_("not-checked", note) for note in checked.skipped)
+
+
+@contextlib.contextmanager
+def _maybe_locked(target: Target, lock: bool) -> Iterator[None]:
+    if lock:
+        with target.locked():
+            yield
+    else:
+        yield
+
+
+def plan(
+    settings: Optional[KumaSettings],
+    *,
+    target: Optional[Target] = None,
+    rules_template: Optional[str] = None,
+    client: Optional[ClientFactory] = None,
+    profile: Profile = KUMA,
+) -> Plan:
+    """What install (``settings``) or uninstall (``None``) would change; changes nothing."""
+    target = target or Target()
+    desired, record = _desired(settings, rules_template, profile)
+    with session(target, client, profile) as (observed, _fw):
+        return _make(settings, desired, record, observed, profile)
+
+
+def apply(
+    planned: Plan,
+    *,
+    allow_ssh_redirect: bool = False,
+    client: Optional[ClientFactory] = None,
+    profile: Profile = KUMA,
+) -> Result:
+    """Carry out a plan made by :func:`plan`, all or nothing. Under the lock the system is
+    observed again; if it changed since the plan was made, nothing is done (Locked)."""
+    target = planned.observed.target
+    settings = planned.record.settings if planned.record is not None else None
+    with target.locked(), session(target, client, profile) as (observed, fw):
+        fresh = _make(settings, planned.desired, planned.record, observed, profile)
+        if fresh.steps != planned.steps:
+            raise Locked("the system changed since the plan was made; make a new plan and apply that")
+        warnings = _checks(fresh, settings, allow_ssh_redirect)
+        if fresh.steps:
+            apply_plan(fresh, fw)
+        return Result.of(fresh, dry_run=False, warnings=warnings)
+
+
+def install(
+    settings: KumaSettings,
+    *,
+    target: Optional[Target] = None,
+    dry_run: bool = False,
+    rules_template: Optional[str] = None,
+    allow_ssh_redirect: bool = False,
+    client: Optional[ClientFactory] = None,
+    profile: Profile = KUMA,
+) -> Result:
+    """Install the rules for ``settings``: live in firewalld (runtime and permanent, no
+    reload) when it runs, else into direct.xml. Only the differences are applied."""
+    return _converge(settings, target, dry_run, rules_template, allow_ssh_redirect, client, profile)
+
+
+def uninstall(
+    *,
+    target: Optional[Target] = None,
+    dry_run: bool = False,
+    client: Optional[ClientFactory] = None,
+    profile: Profile = KUMA,
+) -> Result:
+    """Remove every entry of ours (runtime, permanent, direct.xml), lo's address if install
+    added it, and the record. Nothing else is touched."""
+    return _converge(None, target, dry_run, None, False, client, profile)
+
+
+def _converge(
+    settings: Optional[KumaSettings],
+    target: Optional[Target],
+    dry_run: bool,
+    rules_template: Optional[str],
+    allow_ssh_redirect: bool,
+    client: Optional[ClientFactory],
+    profile: Profile,
+) -> Result:
+    target = target or Target()
+    desired, record = _desired(settings, rules_template, profile)
+    # One lock around observe, apply and record: concurrent runs serialise completely, and the
+    # record always describes what is installed.
+    with _maybe_locked(target, not dry_run), session(target, client, profile) as (observed, fw):
+        planned = _make(settings, desired, record, observed, profile)
+        warnings = _checks(planned, settings, allow_ssh_redirect) if planned.steps else ()
+        if planned.steps and not dry_run:
+            apply_plan(planned, fw)
+        return Result.of(planned, dry_run, warnings)
+
+
+def diff(
+    settings: Optional[KumaSettings] = None,
+    *,
+    target: Optional[Target] = None,
+    rules_template: Optional[str] = None,
+    client: Optional[ClientFactory] = None,
+    profile: Profile = KUMA,
+) -> DiffReport:
+    """Our entries: desired (``settings``, or what the record says) against runtime, permanent
+    and direct.xml; and whether direct.xml and firewalld's permanent configuration agree."""
+    target = target or Target()
+    with session(target, client, profile) as (observed, _fw):
+        return diff_observed(observed, settings, rules_template, profile)
+
+
+def diff_observed(
+    observed: Observed,
+    settings: Optional[KumaSettings],
+    rules_template: Optional[str],
+    profile: Profile,
+) -> DiffReport:
+    from tproxy_firewalld.plan import Diff
+    from tproxy_firewalld.ruleset import build_ruleset
+
+    owner = profile.owner
+    if settings is not None:
+        desired, source = build_ruleset(settings, profile, rules_template), "settings"
+    elif observed.record is not None:
+        record = observed.record
+        desired = build_ruleset(record.settings, profile, record.template)
+        source = str(observed.target.state_file)
+    elif observed.record_error:
+        raise RecordError(f"{observed.record_error}; give the settings to compare against")
+    else:
+        desired, source = DirectConfig(), "nothing installed (no record)"
+    file = Diff.between(desired, observed.file, owner)
+    if not observed.live:
+        return DiffReport(source, observed.mode, None, None, file)
+    assert observed.runtime is not None and observed.permanent is not None
+    file_entries, perm_entries = observed.file.entries(), observed.permanent.entries()
+    return DiffReport(
+        source,
+        observed.mode,
+        Diff.between(desired, observed.runtime, owner),
+        Diff.between(desired, observed.permanent, owner),
+        file,
+        file_only=tuple(sorted(file_entries - perm_entries, key=str)),
+        firewalld_only=tuple(sorted(perm_entries - file_entries, key=str)),
+    )
+
+
+def render(
+    settings: KumaSettings,
+    direct_xml: Path,
+    *,
+    rules_template: Optional[str] = None,
+    profile: Profile = KUMA,
+) -> tuple[bytes, tuple[Warning_, ...]]:
+    """The complete direct.xml ``direct_xml`` would become: everyone else's entries kept, ours
+    rendered and checked by the kernel. Changes nothing."""
+    from tproxy_firewalld.directxml import read_direct_xml, render_direct_xml
+    from tproxy_firewalld.iptables import check_rules
+    from tproxy_firewalld.ruleset import build_ruleset
+
+    existing = read_direct_xml(direct_xml)
+    ours = build_ruleset(settings, profile, rules_template)
+    checked = check_rules(ours)
+    warnings = settings.warnings + tuple(Warning_("not-checked", n) for n in checked.skipped)
+    return render_direct_xml(existing.merged_with(ours, profile.owner)), warnings

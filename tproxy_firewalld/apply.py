@@ -1,0 +1,262 @@
+"""Carry out a plan, all or nothing: every step can be undone, and a failure undoes the steps
+already done, in reverse, then says exactly what was and was not undone.
+
+Files are prepared before anything changes (a complete temp file beside the target, so a full
+or read-only disk shows up first) and renamed into place when their turn comes. A timeout or a
+lost connection to firewalld leaves its answer unknown: the undo of such a change is still
+sent (firewalld carries out queued calls in order when it comes back), and the run reports
+exit 8 with what may remain.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from tproxy_firewalld import host
+from tproxy_firewalld.directxml import render_direct_xml
+from tproxy_firewalld.entries import DirectConfig, Entry
+from tproxy_firewalld.errors import FirewalldUnavailable, PartiallyApplied, TproxyError
+from tproxy_firewalld.files import atomic_write, commit_write, discard, prepare_write, remove_file
+from tproxy_firewalld.firewalld import Firewalld, Op
+from tproxy_firewalld.plan import (
+    FileStep,
+    LoopbackStep,
+    PermanentStep,
+    Plan,
+    RecordStep,
+    RuntimeStep,
+    Step,
+)
+
+PLACES = {
+    "runtime": "firewalld's runtime",
+    "permanent": "the permanent configuration",
+    "file": "direct.xml",
+    "loopback": "lo",
+    "record": "the record",
+}
+
+
+@dataclass(frozen=True)
+class Undo:
+    """How to undo one change: a runtime op (undone in pipelined batches) or a call."""
+
+    what: str
+    op: Optional[Op] = None
+    call: Optional[Callable[[], None]] = None
+    #: the call talks to firewalld (skipped once firewalld stopped answering)
+    firewalld: bool = False
+
+
+@dataclass
+class _Run:
+    fw: Optional[Firewalld]
+    undo: list[Undo] = field(default_factory=list)
+    #: runtime changes whose outcome is unknown (no answer from firewalld)
+    unknown: list[Op] = field(default_factory=list)
+    temps: list[Path] = field(default_factory=list)
+    #: the steps not started yet (what a failure leaves as it was)
+    pending: list[str] = field(default_factory=list)
+    #: firewalld stopped answering, and whether it was asked anything since
+    hung: bool = False
+    asked_after_hang: bool = False
+
+
+def apply_plan(plan: Plan, fw: Optional[Firewalld]) -> None:
+    """Carry out ``plan``'s steps in order; on failure undo, and raise the error (its message
+    says what was undone) or PartiallyApplied (exit 8) when something could not be undone."""
+    run = _Run(fw, pending=[s.kind for s in plan.steps])
+    prepared = {id(s): _prepare(s, run) for s in plan.steps}
+    try:
+        for step in plan.steps:
+            run.pending.remove(step.kind)
+            _execute(step, run, prepared[id(step)])
+    except TproxyError as exc:
+        for tmp in run.temps:
+            discard(tmp)
+        _rollback(run, exc)
+        raise
+    except BaseException:
+        for tmp in run.temps:
+            discard(tmp)
+        raise
+
+
+def _prepare(step: Step, run: _Run) -> Optional[Path]:
+    if isinstance(step, RecordStep) and step.after is not None:
+        tmp = prepare_write(step.path, step.after.encode(), mode=0o644)
+        run.temps.append(tmp)
+        return tmp
+    if isinstance(step, FileStep):
+        tmp = prepare_write(step.path, render_direct_xml(step.after))
+        run.temps.append(tmp)
+        discard(tmp)  # only a probe: atomic_write below keeps the .old backup and the label
+        return None
+    return None
+
+
+def _execute(step: Step, run: _Run, tmp: Optional[Path]) -> None:
+    if isinstance(step, RuntimeStep):
+        _runtime(step, run)
+    elif isinstance(step, PermanentStep):
+        _permanent(step, run)
+    elif isinstance(step, FileStep):
+        old = _read_bytes(step.path)
+        atomic_write(step.path, render_direct_xml(step.after))
+        run.undo.append(Undo(f"restore {step.path}", call=lambda: _restore_file(step.path, old)))
+    elif isinstance(step, LoopbackStep):
+        if step.add:
+            host.add_address(step.iface, step.address)
+            run.undo.append(
+                Undo(f"remove {step.address} from {step.iface}", call=lambda: host.remove_address(step.iface, step.address))
+            )
+        else:
+            host.remove_address(step.iface, step.address)
+            run.undo.append(
+                Undo(f"add {step.address} to {step.iface}", call=lambda: host.add_address(step.iface, step.address))
+            )
+    elif isinstance(step, RecordStep):
+        old = _read_bytes(step.path)
+        if tmp is not None:
+            commit_write(tmp, step.path)
+            run.temps.remove(tmp)
+        else:
+            remove_file(step.path)
+        run.undo.append(Undo(f"restore {step.path}", call=lambda: _restore_file(step.path, old)))
+
+
+def _runtime(step: RuntimeStep, run: _Run) -> None:
+    assert run.fw is not None
+    fw = run.fw
+    for phase in step.phases():
+        results = fw.change(phase)
+        failed: Optional[TproxyError] = None
+        for op, result in zip(phase, results):
+            if result.done:
+                run.undo.append(Undo(op.undo().describe(), op=op.undo()))
+            elif result.unknown:
+                run.unknown.append(op)
+            if result.error is not None and failed is None:
+                failed = result.error
+        if failed is not None:
+            raise failed
+
+
+def _permanent(step: PermanentStep, run: _Run) -> None:
+    assert run.fw is not None
+    fw = run.fw
+    try:
+        fw.update_permanent(step.after)
+    except TproxyError as exc:
+        # firewalld changes its permanent configuration in memory before it writes the file;
+        # a failed write (read-only /etc, full disk) leaves memory changed: put it back.
+        with contextlib.suppress(TproxyError):
+            fw.update_permanent(step.before)
+        try:
+            now = fw.permanent()
+        except TproxyError:
+            now = None
+        if now is None or now.entries() != step.before.entries():
+            raise PartiallyApplied(
+                f"{exc}; firewalld's permanent configuration could not be put back as it was "
+                f"({_count_diff(now, step.before)}); run `tproxy-firewalld diff` to see it"
+            ) from None
+        raise
+    run.undo.append(
+        Undo("restore the permanent configuration", call=lambda: fw.update_permanent(step.before), firewalld=True)
+    )
+
+
+def _count_diff(now: Optional[DirectConfig], before: DirectConfig) -> str:
+    if now is None:
+        return "firewalld did not answer"
+    extra = len(now.entries() - before.entries())
+    missing = len(before.entries() - now.entries())
+    return f"{extra} entries more and {missing} fewer than before"
+
+
+def _rollback(run: _Run, exc: TproxyError) -> None:
+    """Undo in reverse; the error's message says what was undone, or PartiallyApplied.
+
+    Runtime undos go out as pipelined batches. A firewalld that stopped answering still gets
+    one batch (it carries out queued calls in order when it comes back, so the undo follows
+    whatever of ours it still runs); after that nothing more is asked of it, since every
+    further call would only wait out the timeout again.
+    """
+    failed: list[str] = []
+    run.hung = isinstance(exc, FirewalldUnavailable)
+    done = len(run.undo) + len(run.unknown)
+    # newest first: what may still happen (no answer yet), then what was done
+    batch: list[Op] = [op.undo() for op in reversed(run.unknown)]
+    for undo in reversed(run.undo):
+        if undo.op is not None:
+            batch.append(undo.op)
+            continue
+        _undo_batch(run, batch, failed)
+        batch = []
+        assert undo.call is not None
+        if undo.firewalld and run.hung and run.asked_after_hang:
+            failed.append(f"{undo.what} (not tried: firewalld is not answering)")
+            continue
+        try:
+            undo.call()
+        except TproxyError as undo_exc:
+            failed.append(f"{undo.what} ({undo_exc})")
+            run.hung = run.hung or isinstance(undo_exc, FirewalldUnavailable)
+    _undo_batch(run, batch, failed)
+    if failed:
+        shown = "; ".join(failed[:3]) + (f"; ... ({len(failed)} in all)" if len(failed) > 3 else "")
+        advice = (
+            "firewalld is not answering; once it does, run `tproxy-firewalld diff` to see the "
+            "state and run the command again"
+            if run.hung
+            else "Run `tproxy-firewalld diff` to see the state and run the command again"
+        )
+        untouched = ", ".join(PLACES[k] for k in run.pending)
+        raise PartiallyApplied(
+            f"{exc}; undoing the {done} change(s) already made failed for {len(failed)}: "
+            f"{shown}. {advice}" + (f" (not changed: {untouched})" if untouched else "")
+        ) from None
+    note = f"undid the {done} change(s) already made, nothing was changed" if done else "nothing was changed"
+    exc.message = f"{exc.message}; {note}"
+    exc.args = (exc.message,)
+
+
+def _undo_batch(run: _Run, batch: list[Op], failed: list[str]) -> None:
+    if not batch:
+        return
+    assert run.fw is not None
+    if run.hung and run.asked_after_hang:
+        failed += [f"{op.describe()} (not tried: firewalld is not answering)" for op in batch]
+        return
+    run.asked_after_hang = run.hung
+    for op, result in zip(batch, run.fw.change(batch)):
+        if result.unknown:
+            run.hung = run.asked_after_hang = True
+            failed.append(f"{op.describe()} (no answer; sent, so firewalld may still do it)")
+        elif result.error is not None:
+            failed.append(f"{op.describe()} ({result.error})")
+
+
+def _read_bytes(path: Path) -> Optional[bytes]:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return None
+
+
+def _restore_file(path: Path, data: Optional[bytes]) -> None:
+    if data is None:
+        remove_file(path)
+    else:
+        atomic_write(path, data, backup=False)
+
+
+def entries_of(config: DirectConfig) -> set[Entry]:
+    return config.entries()

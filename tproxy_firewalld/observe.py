@@ -1,0 +1,94 @@
+"""Observe: what firewalld, direct.xml, lo and the record hold now. Reads only.
+
+The one place that decides live or offline: live when firewalld runs (see
+:func:`firewalld.connect`: offline only when it positively does not), offline with
+``--offline``, ``--root`` or no firewalld.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from tproxy_firewalld import host
+from tproxy_firewalld.directxml import read_direct_xml
+from tproxy_firewalld.entries import DirectConfig
+from tproxy_firewalld.firewalld import DaemonInfo, Firewalld
+from tproxy_firewalld.kuma import KUMA, Profile
+from tproxy_firewalld.record import Record, RecordError, read_record
+from tproxy_firewalld.target import Target
+
+ClientFactory = Callable[[Target], tuple[Optional[Firewalld], str]]
+
+
+@dataclass(frozen=True)
+class Observed:
+    target: Target
+    #: "live" (firewalld over D-Bus) or "offline" (direct.xml only)
+    mode: str
+    offline_reason: str
+    daemon: Optional[DaemonInfo]
+    runtime: Optional[DirectConfig]
+    permanent: Optional[DirectConfig]
+    file: DirectConfig
+    record: Optional[Record]
+    #: why the record could not be used (it exists but is corrupt, unreadable, ...)
+    record_error: Optional[str] = None
+    #: addresses the profile needs on lo -> whether they are there (live system only)
+    loopback: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def live(self) -> bool:
+        return self.mode == "live"
+
+
+def default_client(target: Target) -> tuple[Optional[Firewalld], str]:
+    if target.root is not None:
+        return None, "--root given"
+    if target.offline:
+        return None, "--offline given"
+    from tproxy_firewalld.firewalld import connect
+
+    return connect(target.bus_address, target.timeout)
+
+
+@contextlib.contextmanager
+def session(
+    target: Target, client: Optional[ClientFactory] = None, profile: Profile = KUMA
+) -> Iterator[tuple[Observed, Optional[Firewalld]]]:
+    """Connect (when firewalld runs), observe, and close the connection at the end."""
+    fw, why = (client or default_client)(target)
+    try:
+        yield observe(target, fw, why, profile), fw
+    finally:
+        if fw is not None:
+            fw.close()
+
+
+def observe(target: Target, fw: Optional[Firewalld], why: str, profile: Profile = KUMA) -> Observed:
+    record, record_error = None, None
+    try:
+        record = read_record(target.state_file)
+    except RecordError as exc:
+        record_error = exc.message
+    file = read_direct_xml(target.direct_xml)
+    loopback: dict[str, bool] = {}
+    if target.live_system and host.ipv6_available():
+        loopback = {address: host.has_address("lo", address) for address in profile.loopback.values()}
+    if fw is None:
+        return Observed(target, "offline", why, None, None, None, file, record, record_error, loopback)
+    daemon = fw.daemon or fw.info()
+    return Observed(
+        target,
+        "live",
+        "",
+        daemon,
+        fw.runtime(),
+        fw.permanent(),
+        file,
+        record,
+        record_error,
+        loopback,
+    )

@@ -1,0 +1,150 @@
+"""The state record, ``/var/lib/tproxy-firewalld/installed.json``: what the last install applied.
+
+It is read and validated before anything changes (a corrupt record is reported, never a
+traceback), its settings go through the settings' parsers like any other input, and writing it
+is a step of the plan like the others (see :mod:`apply`).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from tproxy_firewalld.errors import ExitCode, SettingsError, TproxyError, os_error
+from tproxy_firewalld.kuma import KumaSettings
+
+SCHEMA = "tproxy-firewalld/installed/2"
+MAX_RECORD = 1024 * 1024
+
+
+class RecordError(TproxyError):
+    """The record exists but cannot be used (unreadable, not ours, corrupt)."""
+
+    exit_code = ExitCode.IO_ERROR
+
+
+@dataclass(frozen=True)
+class Record:
+    settings: KumaSettings
+    #: addresses install put on lo (and uninstall takes away again), e.g. ("::6/128",)
+    loopback_added: tuple[str, ...] = ()
+    #: a custom rules template the rules were rendered from (None: the profile's own)
+    template: Optional[str] = None
+    profile: str = "kuma"
+    #: not part of the identity: when it was written
+    installed_at: str = field(default="", compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "profile": self.profile,
+            "installed_at": self.installed_at,
+            "template": self.template,
+            "loopback_added": list(self.loopback_added),
+            "settings": self.settings.to_json(),
+        }
+
+    def encode(self) -> bytes:
+        return (json.dumps(self.to_json(), indent=2) + "\n").encode()
+
+
+def read_record(path: Path) -> Optional[Record]:
+    """The record, None if there is none; RecordError if it cannot be used."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise RecordError(f"{path}: is a symbolic link; refusing to follow it") from None
+        raise RecordError(str(os_error(path, exc, "read"))) from None
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise RecordError(f"{path}: is not a regular file")
+        data = f.read(MAX_RECORD + 1)
+    if len(data) > MAX_RECORD:
+        raise RecordError(f"{path}: larger than {MAX_RECORD} bytes; not a record of ours")
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise RecordError(f"{path}: not valid JSON ({exc})") from None
+    try:
+        return _from_json(doc, str(path))
+    except SettingsError as exc:
+        raise RecordError(f"{path}: {exc.message}") from None
+
+
+def _from_json(doc: Any, source: str) -> Record:
+    if not isinstance(doc, dict):
+        raise RecordError(f"{source}: expected a JSON object, got {type(doc).__name__}")
+    if doc.get("version") == 1:
+        return _from_v1(doc, source)
+    if doc.get("schema") != SCHEMA:
+        raise RecordError(f"{source}: unknown schema {doc.get('schema')!r} (expected {SCHEMA})")
+    loopback = doc.get("loopback_added", [])
+    template = doc.get("template")
+    if not isinstance(loopback, list) or not all(a in ("::6/128",) for a in loopback):
+        raise RecordError(f"{source}: loopback_added must be a list of known addresses")
+    if template is not None and (not isinstance(template, str) or not template.startswith("/")):
+        raise RecordError(f"{source}: template must be an absolute path or null")
+    if doc.get("profile", "kuma") != "kuma":
+        raise RecordError(f"{source}: unknown profile {doc.get('profile')!r}")
+    installed_at = doc.get("installed_at", "")
+    return Record(
+        settings=KumaSettings.from_json(doc.get("settings"), f"{source}: settings"),
+        loopback_added=tuple(loopback),
+        template=template,
+        installed_at=installed_at if isinstance(installed_at, str) else "",
+    )
+
+
+#: version 1 (tproxy-firewalld 0.1.0) named some settings differently
+_V1_NAMES = {
+    "inbound_port": "redirect_inbound_port",
+    "outbound_port": "redirect_outbound_port",
+    "dns_port": "redirect_dns_port",
+    "inbound_exclude_ports": "exclude_inbound_ports",
+    "inbound_include_ports": "include_inbound_ports",
+    "inbound_exclude_ips": "exclude_inbound_ips",
+    "inbound_insert_instead_of_append": "redirect_inbound_insert_instead_of_append",
+    "outbound_exclude_ports": "exclude_outbound_ports",
+    "outbound_include_ports": "include_outbound_ports",
+    "outbound_exclude_ips": "exclude_outbound_ips",
+    "outbound_exclude_ports_for_uids": "exclude_outbound_ports_for_uids",
+    "outbound_insert_instead_of_append": "redirect_outbound_insert_instead_of_append",
+    "dns_enabled": "redirect_dns",
+    "dns_capture_all": "redirect_all_dns_traffic",
+    "dns_skip_conntrack_zone_split": "skip_dns_conntrack_zone_split",
+    "dns_resolv_conf_path": "resolv_conf_path",
+    "log_enabled": "iptables_logs",
+}
+
+
+def _from_v1(doc: dict[str, Any], source: str) -> Record:
+    old = doc.get("settings")
+    if not isinstance(old, dict):
+        raise RecordError(f"{source}: settings must be an object")
+    new: dict[str, Any] = {}
+    for name, value in old.items():
+        if name == "outbound_exclude_ports_for_uids" and isinstance(value, list):
+            value = [
+                ":".join((",".join(v["protocols"]), ",".join(v["ports"]).replace(":", "-"), v["uids"].replace(":", "-")))
+                if isinstance(v, dict) and {"protocols", "ports", "uids"} <= set(v)
+                else v
+                for v in value
+            ]
+        elif name == "vnet" and isinstance(value, list):
+            value = [f"{v.get('iface')}:{v.get('cidr')}" if isinstance(v, dict) else v for v in value]
+        new[_V1_NAMES.get(name, str(name))] = value
+    if new.get("redirect_all_dns_traffic"):
+        new["redirect_dns"] = False  # 0.1.0 recorded the "implied" enabled flag
+    added = doc.get("ipv6_loopback_added") is True
+    return Record(
+        settings=KumaSettings.from_json(new, f"{source}: settings"),
+        loopback_added=("::6/128",) if added else (),
+    )

@@ -1,0 +1,188 @@
+"""status: firewalld's state, where our entries are, drift against the record, and what the
+admin should know (firewalld settings that defeat the rules, other tools' chains a reload
+would flush, nameservers that moved, a kernel that lacks a module)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from typing import Optional
+
+from tproxy_firewalld.api import diff_observed
+from tproxy_firewalld.directxml import BUILT_IN_CHAINS
+from tproxy_firewalld.errors import RulesRejected, SettingsError, TproxyError
+from tproxy_firewalld.firewalld import DaemonInfo
+from tproxy_firewalld.kuma import KUMA, Profile, read_nameservers
+from tproxy_firewalld.observe import ClientFactory, Observed, session
+from tproxy_firewalld.report import Status
+from tproxy_firewalld.settings import Warning_
+from tproxy_firewalld.target import Target
+
+_FIREWALLD_CHAIN = re.compile(
+    r"(.*_direct|.*_ZONES(_SOURCE)?|.*_POLICIES(_pre|_post)?|(IN|FWD|FWDI|FWDO|PRE|POST|OUT|FWD_IN|FWD_OUT)_.+"
+    # iptables backend: RFC3964_IPv4 (every version), <BUILTIN>_dispatch (2.5)
+    r"|RFC3964_IPv4|.*_dispatch)$"
+)
+_BUILTINS = ("INPUT", "FORWARD", "OUTPUT", "PREROUTING", "POSTROUTING")
+
+
+def status(
+    *, target: Optional[Target] = None, client: Optional[ClientFactory] = None, profile: Profile = KUMA
+) -> Status:
+    target = target or Target()
+    try:
+        with session(target, client, profile) as (observed, _fw):
+            return _status(observed, "", profile)
+    except TproxyError as exc:
+        if isinstance(exc, SettingsError):
+            raise
+        # FAILED state, no answer, a broken direct.xml: still report what can be seen
+        return Status(None, str(exc), {}, None, ())
+
+
+def _status(observed: Observed, reason: str, profile: Profile) -> Status:
+    owner = profile.owner
+    installed = {}
+    if observed.live:
+        assert observed.runtime is not None and observed.permanent is not None
+        installed["runtime"] = len(observed.runtime.ours(owner))
+        installed["permanent"] = len(observed.permanent.ours(owner))
+    installed["file"] = len(observed.file.ours(owner))
+    warnings: list[Warning_] = []
+    drift = None
+    record = observed.record
+    if observed.record_error:
+        warnings.append(Warning_("record-unreadable", f"the record is unreadable: {observed.record_error}"))
+    if record is not None:
+        drift = diff_observed(observed, None, None, profile)
+        warnings += _nameserver_warnings(observed)
+        warnings += _module_warnings(observed, profile)
+    daemon = observed.daemon
+    if daemon is not None:
+        warnings += _daemon_warnings(daemon, observed, installed)
+    return Status(
+        daemon,
+        reason or observed.offline_reason,
+        installed,
+        drift,
+        tuple(warnings),
+        record.to_json() if record is not None else None,
+    )
+
+
+def _nameserver_warnings(observed: Observed) -> list[Warning_]:
+    assert observed.record is not None
+    s = observed.record.settings
+    if not (s.redirect_dns and not s.redirect_all_dns_traffic):
+        return []
+    try:
+        now = read_nameservers(str(observed.target.path(s.resolv_conf_path.lstrip("/"))))
+    except SettingsError:
+        now = ()
+    if set(now) == set(s.dns_nameservers or ()):
+        return []
+    return [
+        Warning_(
+            "nameservers-moved",
+            f"the nameservers in {s.resolv_conf_path} ({', '.join(now) or 'none'}) differ from those "
+            f"in the installed DNS rules ({', '.join(s.dns_nameservers or ()) or 'none'}); "
+            "run install again to follow them",
+            "redirect_dns",
+        )
+    ]
+
+
+def _module_warnings(observed: Observed, profile: Profile) -> list[Warning_]:
+    """The kernel must still be able to load what the installed rules use (a new kernel
+    without kernel-modules-extra puts firewalld into FAILED at its next start)."""
+    if not observed.target.live_system or observed.record is None:
+        return []
+    from tproxy_firewalld.iptables import check_rules
+    from tproxy_firewalld.ruleset import build_ruleset
+
+    try:
+        check_rules(build_ruleset(observed.record.settings, profile, observed.record.template))
+    except RulesRejected as exc:
+        return [Warning_("rules-rejected", exc.message)]
+    except TproxyError:
+        return []
+    return []
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", text)[:3]) or (0,)
+
+
+def _daemon_warnings(daemon: DaemonInfo, observed: Observed, installed: dict[str, int]) -> list[Warning_]:
+    warnings = []
+    record = observed.record
+    if (daemon.strict_forward_ports or "").lower() == "yes":
+        warnings.append(
+            Warning_(
+                "strict-forward-ports",
+                "StrictForwardPorts=yes: firewalld rejects traffic DNAT'd by others, which breaks the "
+                "REDIRECTs of the transparent proxy; set StrictForwardPorts=no in firewalld.conf",
+            )
+        )
+    if (daemon.rfc3964_ipv4 or "").lower() == "yes" and record and "ipv6" in record.settings.ipvs:
+        # Seen in the sandbox, both backends: firewalld's RFC 3964 filter rejects ::/96,
+        # which includes ::1 — where the IPv6 REDIRECT sends outbound traffic.
+        warnings.append(
+            Warning_(
+                "rfc3964-ipv4",
+                "RFC3964_IPv4=yes: firewalld rejects IPv6 packets to ::/96, which includes ::1, so "
+                "IPv6 outbound traffic REDIRECTed to the proxy is rejected; set RFC3964_IPv4=no in "
+                "firewalld.conf if the proxy serves IPv6",
+            )
+        )
+    before_2 = _version_tuple(daemon.version) < (2, 0)
+    iptables_backend = daemon.backend == "iptables"  # it flushes its own tables in any version
+    direct_chains = {c.key for c in observed.runtime.chains} if observed.runtime else set()
+    # the kernel's tables are the live system's only
+    foreign = foreign_iptables_chains(direct_chains, KUMA.owner.chain_prefix) if observed.target.live_system else []
+    if foreign and (before_2 or iptables_backend or installed.get("runtime") or installed.get("permanent")):
+        when = (
+            "on every start, reload and stop (firewalld < 2.0)"
+            if before_2
+            else "on every start, reload and stop (FirewallBackend=iptables)"
+            if iptables_backend
+            else "on start, reload and stop once direct rules exist (firewalld >= 2.0)"
+        )
+        warnings.append(
+            Warning_(
+                "iptables-flush",
+                f"firewalld flushes all iptables tables {when}; these chains of other tools would be "
+                f"wiped: {', '.join(foreign[:20])}{' ...' if len(foreign) > 20 else ''}",
+            )
+        )
+    return warnings
+
+
+def foreign_iptables_chains(direct_chains: set[tuple[str, str, str]], own_prefix: str) -> list[str]:
+    """Chains in the kernel's iptables tables that neither we nor firewalld own."""
+    found: list[str] = []
+    for ipv, save in (("ipv4", "iptables-save"), ("ipv6", "ip6tables-save")):
+        binary = shutil.which(save) or shutil.which(save, path="/usr/sbin:/sbin")
+        if binary is None:
+            continue
+        try:
+            proc = subprocess.run([binary], capture_output=True, text=True, check=False, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        table = ""
+        for line in proc.stdout.splitlines():
+            if line.startswith("*"):
+                table = line[1:]
+            elif line.startswith(":"):
+                name = line[1:].split()[0]
+                if name in BUILT_IN_CHAINS.get(table, ()) or name in _BUILTINS:
+                    continue
+                if (
+                    name.startswith(own_prefix)
+                    or _FIREWALLD_CHAIN.fullmatch(name)
+                    or (ipv, table, name) in direct_chains
+                ):
+                    continue
+                found.append(f"{ipv} {table} {name}")
+    return found
