@@ -48,9 +48,15 @@ FILES = [
 
 RPM_MACROS = [
     (
+        "%global tproxy_firewalld_args SETTINGS",
+        "The settings for %tproxy_firewalld_install, in a form every rpm accepts (RHEL 8 and 9 "
+        "too); e.g. --config /etc/kuma/tproxy.yaml for a config file that the package ships.",
+    ),
+    (
         "%tproxy_firewalld_install [SETTINGS]",
-        "For %post: runs tproxy-firewalld install SETTINGS (live when firewalld runs, else into "
-        "direct.xml), then enables the unit above. On install and on upgrade.",
+        "For %post: runs tproxy-firewalld install with %tproxy_firewalld_args and then SETTINGS "
+        "(live when firewalld runs, else into direct.xml), then enables the unit above. On "
+        "install and on upgrade. SETTINGS as arguments need rpm 4.17 or later.",
     ),
     (
         "%tproxy_firewalld_uninstall",
