@@ -150,3 +150,30 @@ def test_a_false_flag_overrides_a_config_file(tmp_path: Path) -> None:
     assert "-j LOG" in runner.invoke(app, base).stdout
     result = runner.invoke(app, [*base, "--iptables-logs=false"])
     assert result.exit_code == 0 and "-j LOG" not in result.stdout
+
+
+def test_a_relative_rules_template_is_read_from_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("my.j2").write_text(
+        "* nat\n-N KUMA_MESH_OUTBOUND\n"
+        '-A KUMA_MESH_OUTBOUND -m comment --comment "{{ comment("mine") }}" -j RETURN\nCOMMIT\n'
+    )
+    result = runner.invoke(
+        app, ["render", "--direct-xml", "none.xml", "--rules-template", "./my.j2", "--ip-family-mode", "ipv4"]
+    )
+    assert result.exit_code == 0, result.stderr
+    rules = parse_direct_xml(result.stdout.encode()).rules
+    assert [r.args[-3:] for r in rules] == [("kuma/mesh/transparent/proxy/mine", "-j", "RETURN")]
+
+
+def test_an_ignored_environment_variable_is_not_a_setting_given(tmp_path: Path) -> None:
+    """diff compares against the record unless settings are given; kumactl's KUMA_..._WAIT
+    (accepted and ignored) gives none."""
+    root = tmp_path / "img"
+    assert runner.invoke(app, ["install", "--root", str(root), "--kuma-dp-user", "0", "--redirect-outbound-port", "15002"]).exit_code == 0
+    result = runner.invoke(app, ["diff", "--root", str(root)], env={"KUMA_TRANSPARENT_PROXY_WAIT": "5"})
+    assert result.exit_code == 0 and result.stdout.startswith(f"desired: {root}/var/lib/tproxy-firewalld/installed.json")
+    given = runner.invoke(app, ["diff", "--root", str(root)], env={"KUMA_TRANSPARENT_PROXY_REDIRECT_OUTBOUND_PORT": "15002", "KUMA_TRANSPARENT_PROXY_KUMA_DP_USER": "0"})
+    assert given.stdout.startswith("desired: settings") and given.exit_code == 0

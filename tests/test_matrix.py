@@ -388,22 +388,24 @@ def test_offline_install_and_uninstall_apply_at_next_start(
     add_foreign(sb)
     permanent0 = direct_lines(sb, permanent=True)
     wanted = expected_ours()
-    root = str(sb.image_root)
+    # The chroot's root for another version; for the host's firewalld its root is "/", which
+    # `--root` takes for the live system: there the offline way is --offline.
+    where = ["--root", str(sb.root)] if sb.root is not None else ["--offline"]
     sb.stop_firewalld()
 
-    result = json.loads(tpfw(sb, "install", "--root", root, "--output", "json").stdout)
-    assert result["mode"] == "offline" and len(result["file"]["add"]) == len(wanted.entries())
+    result = json.loads(tpfw(sb, "install", *where, "--output", "json").stdout)
+    assert result["mode"] == "offline" and len(result["file"]["after"]) == len(wanted.entries())
     outcome["facts"]["offline `--root` install and uninstall"] = "applied at next start"
-    assert status_json(sb, "--root", root)["installed"] == {"file": len(wanted.entries())}
+    assert status_json(sb, *where[:2] if sb.root else ())["installed"] == {"file": len(wanted.entries())}
     assert sb.start_firewalld() == "running"
     assert len(ours(direct_lines(sb))) == len(wanted.entries())
     assert foreign(direct_lines(sb, permanent=True)) == permanent0
     # The record went under --root; the live diff is told the settings instead.
     assert in_sync(sb, "--kuma-dp-user", str(KUMA_DP_UID))
-    assert tpfw(sb, "install", "--root", root).stdout.strip().endswith("nothing to do")
+    assert tpfw(sb, "install", *where).stdout.strip().endswith("nothing to do")
 
     sb.stop_firewalld()
-    assert "direct.xml: -" in tpfw(sb, "uninstall", "--root", root).stdout
+    assert "direct.xml: -" in tpfw(sb, "uninstall", *where).stdout
     assert sb.start_firewalld() == "running"
     assert ours(direct_lines(sb)) == [] and direct_lines(sb, permanent=True) == permanent0
     assert "KUMA" not in sb.iptables_save("ipv4", "nat")
@@ -554,7 +556,7 @@ def test_status_warns_exactly_when_a_reload_flushes_other_tools_chains(
 
     def flush_warning() -> list[str]:
         sb.run("iptables", "-t", "filter", "-N", "DOCKER-USER")
-        warnings = [w for w in status_json(sb)["warnings"] if "flushes all iptables tables" in w]
+        warnings = [w["message"] for w in status_json(sb)["warnings"] if w["code"] == "iptables-flush"]
         sb.run("iptables", "-t", "filter", "-X", "DOCKER-USER")
         for warning in warnings:  # only the other tool's chain: none of firewalld's own
             assert warning.endswith(
@@ -585,7 +587,7 @@ def test_status_warns_exactly_when_a_reload_flushes_other_tools_chains(
     status = status_json(sb)
     strict = status["firewalld"]["strict_forward_ports"]
     assert strict == ("no" if version.has_strict_forward_ports else None), strict
-    assert not [w for w in status["warnings"] if "StrictForwardPorts" in w]
+    assert not [w for w in status["warnings"] if w["code"] == "strict-forward-ports"]
     outcome["passed"] = True
 
 
@@ -605,7 +607,7 @@ def test_strict_forward_ports_yes_is_warned_about_where_it_breaks_the_redirects(
     with proxy_and_remote(sb) as peer:
         tpfw(sb, "install")
         status = status_json(sb)
-        warned = [w for w in status["warnings"] if w.startswith("StrictForwardPorts=yes")]
+        warned = [w["message"] for w in status["warnings"] if w["code"] == "strict-forward-ports"]
         outcome["facts"]["StrictForwardPorts=yes"] = (
             "breaks inbound and outbound redirects, status warns"
             if version.has_strict_forward_ports

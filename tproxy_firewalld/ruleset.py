@@ -15,6 +15,7 @@ are assigned to fix that order in firewalld, which leaves equal priorities unord
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import shlex
@@ -37,7 +38,11 @@ LOOPBACK_IFACE = "lo"
 #: Kuma truncates comments to this many characters (iptables allows 255 plus NUL).
 MAX_COMMENT = 254
 #: Compiled templates are kept here (root only), so a run does not compile them again.
-BYTECODE_CACHE = Path("/var/cache/tproxy-firewalld/templates")
+CACHE_DIR = Path("/var/cache/tproxy-firewalld")
+BYTECODE_CACHE = CACHE_DIR / "templates"
+#: The last rendering of the profile's own template: settings that were rendered before (an
+#: install run again, diff, status) skip jinja2 altogether (its import is a third of a run).
+RENDER_CACHE = CACHE_DIR / "rendered.json"
 
 FAMILY = {
     "ipv4": {"passthrough": "127.0.0.6/32", "localhost": "127.0.0.1/32", "name": "IPv4"},
@@ -54,20 +59,72 @@ def packaged_template(name: str) -> Path:
     raise SettingsError(f"rules template {name} is missing from the installation")
 
 
+def _private_dir(path: Path) -> bool:
+    """Whether ``path`` is (now) a directory only root can write, and we are root: caches
+    live only there, since what they hold is trusted like the templates themselves."""
+    if os.geteuid() != 0:
+        return False
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == 0 and not info.st_mode & 0o022
+
+
 def _bytecode_cache() -> Optional[Any]:
     """jinja2's bytecode cache in a directory only root can write, if we are root."""
     import jinja2
 
-    if os.geteuid() != 0:
-        return None
-    try:
-        BYTECODE_CACHE.mkdir(mode=0o700, parents=True, exist_ok=True)
-        info = os.lstat(BYTECODE_CACHE)
-    except OSError:
-        return None
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o022:
+    if not _private_dir(BYTECODE_CACHE):
         return None
     return jinja2.FileSystemBytecodeCache(str(BYTECODE_CACHE))
+
+
+def _cache_key(settings: KumaSettings, profile: Profile, template: Path) -> Optional[str]:
+    import hashlib
+    import json
+
+    from tproxy_firewalld import __version__
+
+    try:
+        source = template.read_bytes()
+    except OSError:
+        return None
+    blob = json.dumps([__version__, profile.name, str(template), settings.to_json()], sort_keys=True)
+    return hashlib.sha256(blob.encode() + b"\0" + source).hexdigest()
+
+
+def _cached_render(key: str) -> Optional[dict[str, str]]:
+    import json
+
+    try:
+        fd = os.open(RENDER_CACHE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with open(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o022:
+            return None
+        try:
+            doc = json.loads(f.read(1024 * 1024))
+        except ValueError:
+            return None
+    if not isinstance(doc, dict) or doc.get("key") != key or not isinstance(doc.get("text"), dict):
+        return None
+    return {str(k): str(v) for k, v in doc["text"].items()}
+
+
+def _remember_render(key: str, text: dict[str, str]) -> None:
+    import json
+
+    from tproxy_firewalld.errors import TproxyError
+    from tproxy_firewalld.files import atomic_write
+
+    if not _private_dir(CACHE_DIR):
+        return
+    with contextlib.suppress(TproxyError):  # a cache: never a reason to fail
+        atomic_write(RENDER_CACHE, json.dumps({"key": key, "text": text}).encode(), backup=False, mode=0o600)
 
 
 @cache
@@ -255,10 +312,15 @@ def build_ruleset(
 
     profile = profile or KUMA
     path = Path(template).absolute() if template else profile.template_path(settings)
+    key = _cache_key(settings, profile, path) if template is None else None
+    texts = (_cached_render(key) if key else None) or {}
+    fresh = not texts
     chains: list[Chain] = []
     rules: list[Rule] = []
     for ipv in settings.ipvs:
-        text = render_restore(settings, ipv, profile=profile, template=path)
+        if ipv not in texts:
+            texts[ipv] = render_restore(settings, ipv, profile=profile, template=path)
+        text = texts[ipv]
         try:
             part = parse_restore(text, ipv, profile.owner.chain_prefix)
         except ValueError as exc:
@@ -266,6 +328,8 @@ def build_ruleset(
         chains += part.chains
         rules += part.rules
     config = DirectConfig(chains=tuple(chains), rules=tuple(rules))
+    if key and fresh:
+        _remember_render(key, texts)
     unrecognised = config.foreign(profile.owner)
     if not unrecognised.is_empty():
         example = sorted(unrecognised.entries(), key=str)[0].describe()
