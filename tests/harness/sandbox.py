@@ -32,15 +32,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Literal, Protocol, cast
+from typing import IO, Literal, Optional, Protocol, Union, cast
 
 from .traffic_agent import CONNECT_FAILED
 
 Backend = Literal["nftables", "iptables"]
 YesNo = Literal["yes", "no"]
 Family = Literal["ipv4", "ipv6"]
-Arg = str | int | os.PathLike[str]
-Reply = dict[str, str | None]
+# Evaluated at import: typing.Union, not `X | Y`, so the harness loads on Python 3.9.
+Arg = Union[str, int, "os.PathLike[str]"]
+Reply = dict[str, Optional[str]]
 
 BACKENDS: tuple[Backend, ...] = ("nftables", "iptables")
 YES_NO: tuple[YesNo, ...] = ("yes", "no")
