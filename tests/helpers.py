@@ -168,3 +168,14 @@ with session(Target()) as (observed, fw):
     else:
         print("applied")
 """
+
+
+def cli_runner() -> Any:
+    """typer's CliRunner with stderr kept apart from stdout: click < 8.2 mixes them unless
+    told not to (and click 8.2 removed the parameter, keeping them apart always)."""
+    from typer.testing import CliRunner
+
+    try:
+        return CliRunner(mix_stderr=False)  # type: ignore[call-arg]
+    except TypeError:
+        return CliRunner()

@@ -7,14 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
+from helpers import cli_runner
 
 from tproxy_firewalld.cli import app
 from tproxy_firewalld.directxml import parse_direct_xml
 from tproxy_firewalld.kuma import OWNER, KumaSettings
 
 COMMANDS = ["render", "install", "uninstall", "diff", "status"]
-runner = CliRunner()
+runner = cli_runner()
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -7,8 +7,7 @@ import re
 import subprocess
 import sys
 
-from helpers import REPO
-from typer.testing import CliRunner
+from helpers import REPO, cli_runner
 
 from tproxy_firewalld.cli import app
 from tproxy_firewalld.errors import ExitCode
@@ -29,7 +28,7 @@ def test_the_generated_docs_are_up_to_date() -> None:
 
 def test_the_cli_options_are_the_table_flags() -> None:
     for command in ("render", "install", "diff"):
-        help_text = CliRunner().invoke(app, [command, "--help"], terminal_width=200).stdout
+        help_text = cli_runner().invoke(app, [command, "--help"], terminal_width=200).stdout
         shown = set(re.findall(r"^\s+(--[a-z0-9-]+)", help_text, re.M))
         flags = {f.flag for f in KumaSettings.flag_fields()}
         assert flags <= shown, (command, flags - shown)

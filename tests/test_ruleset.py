@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import kuma_goldens, load
-from typer.testing import CliRunner
+from helpers import cli_runner, kuma_goldens, load
 
 from tproxy_firewalld.cli import app
 from tproxy_firewalld.directxml import parse_direct_xml
@@ -131,7 +130,7 @@ def render_case(name: str, tmp_path: Path) -> tuple[int, str, str]:
     resolv = tmp_path / "resolv.conf"
     resolv.write_text(case.get("resolv_conf", "nameserver 192.0.2.53\n"))
     env["KUMA_TRANSPARENT_PROXY_REDIRECT_DNS_RESOLV_CONFIG_PATH"] = str(resolv)
-    result = CliRunner().invoke(app, args, env=env)
+    result = cli_runner().invoke(app, args, env=env)
     return result.exit_code, result.stdout, result.stderr
 
 

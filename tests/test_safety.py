@@ -98,13 +98,25 @@ def _holds(config: DirectConfig, candidates: list[DirectConfig]) -> bool:
 CRASH = """
 import os, sys, tempfile
 at = int(os.environ["TPFW_CRASH_AT"])
+root = os.environ["TPFW_CRASH_ROOT"]
 count = [0]
+def touches_root(args, kwargs):
+    for arg in (*args, *kwargs.values()):
+        if isinstance(arg, int) and not isinstance(arg, bool):
+            try:
+                arg = os.readlink(f"/proc/self/fd/{arg}")
+            except OSError:
+                continue
+        if isinstance(arg, (str, os.PathLike)) and os.fspath(arg).startswith(root):
+            return True
+    return False
 def hooked(module, name):
     real = getattr(module, name)
     def step(*args, **kwargs):
-        count[0] += 1
-        if count[0] == at:
-            os._exit(137)
+        if touches_root(args, kwargs):  # only the image root's files: caches elsewhere vary
+            count[0] += 1
+            if count[0] == at:
+                os._exit(137)
         return real(*args, **kwargs)
     setattr(module, name, step)
 for name in ("replace", "fsync", "fchmod", "fchown", "unlink", "rename"):
@@ -139,7 +151,7 @@ def _crash_run(root: Path, command: list[str], at: int) -> subprocess.CompletedP
     return subprocess.run(
         [sys.executable, "-c", CRASH, *command, "--root", str(root)],
         capture_output=True, text=True, check=False, timeout=60,
-        env={**os.environ, "TPFW_CRASH_AT": str(at)},
+        env={**os.environ, "TPFW_CRASH_AT": str(at), "TPFW_CRASH_ROOT": str(root)},
     )  # fmt: skip
 
 

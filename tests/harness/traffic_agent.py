@@ -101,7 +101,7 @@ def listen(port: int, family: str, name: str, until_stdin_eof: bool, seconds: fl
         while time.monotonic() < deadline:
             try:
                 conn, peer = server.accept()
-            except TimeoutError:
+            except (socket.timeout, TimeoutError):  # socket.timeout is TimeoutError only from 3.10
                 continue
             with conn:
                 conn.settimeout(5)
