@@ -1,4 +1,4 @@
-"""Installing with pipx from a checkout (rpm/README-install.md's pip/pipx block): pipx makes its
+"""Installing with pipx from a checkout (the README's "Install per distribution", pip/pipx block): pipx makes its
 own virtual environment, pip builds the wheel (hatchling) and installs it with its dependencies
 from PyPI, and the command runs from pipx's bin directory. Nothing here touches a firewall."""
 
