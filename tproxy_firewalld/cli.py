@@ -252,6 +252,12 @@ TIMEOUT = typer.Option(
     metavar="SECONDS",
     help="How long one D-Bus call to firewalld may take (default 20, or TPROXY_FIREWALLD_TIMEOUT).",
 )
+REMOVE_SUSPECTED = typer.Option(
+    False,
+    "--remove-suspected",
+    help="Also remove the entries that only might be Kuma's (status lists them with the reason: "
+    "e.g. a DNS REDIRECT to 15053 for another UID than the recorded, given or default one).",
+)
 TEMPLATE = typer.Option(
     None,
     "--rules-template",
@@ -304,6 +310,7 @@ def install(
     ),
     rules_template: Optional[str] = TEMPLATE,
     timeout: Optional[str] = TIMEOUT,
+    remove_suspected: bool = REMOVE_SUSPECTED,
 ) -> None:
     """Install the rules: live in firewalld (runtime and permanent, no reload) or in direct.xml.
 
@@ -327,6 +334,7 @@ def install(
             dry_run=_dry_run(ctx),
             rules_template=rules_template,
             allow_ssh_redirect=allow_ssh_redirect,
+            remove_suspected=remove_suspected,
         )
 
     _print_result(run(output, go), output)
@@ -339,18 +347,25 @@ def uninstall(
     root: Optional[Path] = ROOT,
     output: Output = OUTPUT,
     timeout: Optional[str] = TIMEOUT,
+    remove_suspected: bool = REMOVE_SUSPECTED,
 ) -> None:
     """Remove exactly our entries — runtime, permanent and direct.xml — and nothing else.
 
-    Also removes what `kumactl install transparent-proxy --store-firewalld` left in
-    direct.xml (KUMA_MESH_ chains, rules carrying Kuma's comment, whatever ipv or priority),
-    the ::6/128 address install put on lo, and the record. Nothing installed is success
-    ("nothing to do").
+    Also removes what `kumactl install transparent-proxy --store-firewalld` of any release
+    left (its KUMA_MESH_ chains and marked rules, and its unmarked entries where each is
+    exactly what a kumactl release wrote for the recorded or default settings: old chain
+    names, uncommented DNS rules), the ::6/128 address install put on lo, and the record.
+    Entries that only might be Kuma's are listed, and removed with --remove-suspected.
+    Nothing installed is success ("nothing to do").
     """
     from tproxy_firewalld import api
 
     def go() -> Any:
-        return api.uninstall(target=_target(root, offline, _timeout(timeout)), dry_run=dry_run)
+        return api.uninstall(
+            target=_target(root, offline, _timeout(timeout)),
+            dry_run=dry_run,
+            remove_suspected=remove_suspected,
+        )
 
     _print_result(run(output, go), output)
 
@@ -361,6 +376,10 @@ def _print_result(result: Any, output: Output) -> None:
         return
     _print_lines([f"Warning: {w.message}" for w in result.warnings if w.code != "setting-without-effect"], err=True)
     _print_lines(result.text())
+    if result.dry_run:
+        from tproxy_firewalld.report import suspect_lines
+
+        _print_lines(suspect_lines(result.suspected, result.suspected_removed))
 
 
 @app.command(cls=SettingsCommand)

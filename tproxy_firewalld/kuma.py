@@ -10,12 +10,12 @@ from __future__ import annotations
 import ipaddress
 import pwd
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
-from tproxy_firewalld.entries import Owner
+from tproxy_firewalld.entries import DirectConfig, Owner, Recognition
 from tproxy_firewalld.errors import SettingsError
 from tproxy_firewalld.settings import (
     Invalid,
@@ -955,6 +955,13 @@ class Profile:
     template: str
     #: addresses the rules expect on lo, by family (added by install, removed by uninstall)
     loopback: Mapping[str, str]
+
+    def recognise(self, configs: Sequence[DirectConfig], given: Sequence[KumaSettings]) -> Recognition:
+        """Its entries that carry no mark, recognised exactly (and the suspected ones):
+        kumactl's --store-firewalld leftovers of every release, Kuma 2.7's rules."""
+        from tproxy_firewalld.kuma_leftovers import recognise
+
+        return recognise(configs, given, self)
 
     def renders_unmarked(self, settings: KumaSettings) -> bool:
         """Whether its template for these settings writes rules without the profile's marks
