@@ -265,3 +265,77 @@ def test_2_7_has_no_comments_and_its_own_template() -> None:
     assert KUMA.template_path(load("2.13", "")).name == "kuma.rules.j2"
     text = "".join(render_restore(settings, ipv) for ipv in settings.ipvs)
     assert "comment" not in text
+
+
+# -- the kernel's view, every release: real firewalld, both backends ---------------------------
+
+MANY_FLAGS_2_11 = (
+    "--kuma-dp-user 4321 --redirect-inbound-port 16006 --redirect-outbound-port 16001 "
+    "--exclude-inbound-ports 22 --exclude-outbound-ports 25 --exclude-inbound-ips 192.0.2.0/24 "
+    "--exclude-outbound-ips 2001:db8::/48 --exclude-outbound-ips ::ffff:10.1.2.3 "
+    "--exclude-outbound-ports-for-uids tcp:53,3000-5000:106-108 --redirect-dns --redirect-dns-port 16053 "
+    "--vnet docker0:172.17.0.0/16 --iptables-logs --drop-invalid-packets "
+    "--redirect-outbound-insert-instead-of-append"
+)
+MANY_FLAGS_2_7 = (
+    "--kuma-dp-uid 4321 --redirect-inbound-port 16006 --redirect-inbound-port-v6 16010 "
+    "--redirect-outbound-port 16001 --exclude-inbound-ports 22 "  # kumactl 2.7 refuses
+    # --exclude-outbound-ports together with the tcp/udp variants below
+    "--exclude-outbound-ports-for-uids tcp:53,3000-5000:106-108 "
+    "--exclude-outbound-tcp-ports-for-uids 80:200 --exclude-outbound-udp-ports-for-uids 123:201 "
+    "--redirect-dns --redirect-dns-port 16053 --vnet docker0:172.17.0.0/16 --vnet br+:fd00::/64"
+)
+
+
+def kumactl_text(settings: KumaSettings, ipv: str) -> str:
+    """What kumactl of the release restores for the family: its dry-run rules, with an
+    IPv4-mapped exclusion written verbatim as kumactl writes it (tproxy-firewalld writes the
+    IPv4 address; the kernel must hold the same rule)."""
+    text = render_restore(settings, ipv)
+    if ipv == "ipv4":
+        text = text.replace(" -d 10.1.2.3 ", " -d ::ffff:10.1.2.3 ")
+    return text
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_every_release_in_the_kernel(make_sandbox: Any, backend: str, tmp_path: Path) -> None:
+    """For each release, its defaults and a many-flags case: firewalld, loading our
+    direct.xml, puts exactly the rules into the kernel that kumactl of that release restores
+    (both families; one sandbox, the releases loaded in turn)."""
+    from test_kernel_rules import (
+        BARE_NETNS,
+        FAMILIES,
+        KUMA_TABLES,
+        RESOLV_CONF,
+        RESTORE,
+        SAVE,
+        assert_same_rules,
+        firewalld_kernel_rules,
+        kuma_rules,
+        load_into_firewalld,
+    )
+
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(RESOLV_CONF)
+    sb = make_sandbox(backend)
+    checked = 0
+    for release in KUMA_RELEASES:
+        many = MANY_FLAGS_2_7 if release == "2.7" else MANY_FLAGS_2_11
+        for case in ("--kuma-dp-user 5678", many):
+            settings = KumaSettings.load(
+                flags={"--kuma-version": [release], **argv_flags(case)}, resolv_conf_path=str(resolv)
+            )
+            load_into_firewalld(sb, settings)
+            for ipv in FAMILIES:
+                if BARE_NETNS in sb.run("ip", "netns", "list").stdout.split():
+                    sb.run("ip", "netns", "delete", BARE_NETNS)
+                sb.run("ip", "netns", "add", BARE_NETNS)
+                bare = ("ip", "netns", "exec", BARE_NETNS)
+                sb.run(*bare, RESTORE[ipv], "--noflush", input=kumactl_text(settings, ipv))
+                expected = kuma_rules("".join(sb.run(*bare, SAVE[ipv], "-t", t).stdout for t in KUMA_TABLES))
+                assert_same_rules(firewalld_kernel_rules(sb, ipv), expected, f"{release} {case[:30]} {ipv} {backend}")
+                checked += 1
+            if case == many and release != "2.7":
+                nat = sb.iptables_save("ipv4", "nat")
+                assert re.search(r"-A OUTPUT(_direct)? -d 10\.1\.2\.3/32 .*-j RETURN", nat), "IPv4-mapped, as iptables reads kumactl's"
+    assert checked == len(KUMA_RELEASES) * 2 * 2
