@@ -373,6 +373,7 @@ def test_2_7_ownership_by_exact_match_with_the_record(tmp_path: Path) -> None:
     assert cli("diff", "--root", str(root))[0] == 0
     code, out, _ = cli("status", "--root", str(root))
     assert "kumactl leftovers" not in out and f"file: {len(installed) - len(foreign_config())} of our entries" in out
+    assert "recorded: Kuma 2.7 rule set, installed " in out, out
     # the record goes: the rules for UID 4321 are no longer known, so only suspected
     (root / "var/lib/tproxy-firewalld/installed.json").unlink()
     code, out, _ = cli("uninstall", "--root", str(root), "--dry-run")

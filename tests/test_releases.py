@@ -339,3 +339,32 @@ def test_every_release_in_the_kernel(make_sandbox: Any, backend: str, tmp_path: 
                 nat = sb.iptables_save("ipv4", "nat")
                 assert re.search(r"-A OUTPUT(_direct)? -d 10\.1\.2\.3/32 .*-j RETURN", nat), "IPv4-mapped, as iptables reads kumactl's"
     assert checked == len(KUMA_RELEASES) * 2 * 2
+
+
+def test_the_release_is_recorded_shown_and_diffed_against(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from tproxy_firewalld.cli import app
+
+    runner = CliRunner()
+    root = tmp_path / "img"
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 192.0.2.53\n")
+    env = {"KUMA_TRANSPARENT_PROXY_REDIRECT_DNS_RESOLV_CONFIG_PATH": str(resolv)}
+    base = ["--root", str(root)]
+    line = ["--kuma-dp-user", "5678", "--redirect-dns"]
+    assert runner.invoke(app, ["install", *base, "--kuma-version", "2.12", *line], env=env).exit_code == 0
+    record = json.loads((root / "var/lib/tproxy-firewalld/installed.json").read_text())
+    assert record["settings"]["kuma_version"] == "2.12"
+    assert "recorded: Kuma 2.12 rule set" in runner.invoke(app, ["status", *base]).stdout
+    assert runner.invoke(app, ["diff", *base]).exit_code == 0, "against the recorded 2.12"
+    newer = runner.invoke(app, ["diff", *base, "--kuma-version", "2.14", *line], env=env)
+    assert newer.exit_code == 1
+    changed = [x for x in newer.stdout.splitlines() if x.startswith(("  + ", "  - "))]
+    # the two loopback rules, IPv4 and IPv6 (IPv6 has no nameserver: only the comment differs)
+    assert len(changed) == 8 and all("KUMA_MESH_OUTBOUND" in x and "loopback" in x for x in changed)
+    upgrade = runner.invoke(app, ["install", *base, "--kuma-version", "2.14", *line], env=env)
+    assert "direct.xml: +4 rules -4 rules; record: written" in upgrade.stdout, upgrade.stdout
+    assert "recorded: Kuma 2.14 rule set" in runner.invoke(app, ["status", *base]).stdout

@@ -256,6 +256,11 @@ class Status:
             )
         for where, n in self.installed.items():
             lines.append(f"{where}: {n} of our entries" if n else f"{where}: not installed")
+        if self.record is not None:
+            settings = self.record.get("settings") or {}
+            release = settings.get("kuma_version")
+            at = self.record.get("installed_at") or "unknown time"
+            lines.append(f"recorded: Kuma {release} rule set, installed {at}" if release else f"recorded: installed {at}")
         if self.drift is not None:
             lines.append("drift: none" if self.drift.in_sync else "drift: yes (see `tproxy-firewalld diff`)")
         if self.leftovers:
