@@ -385,6 +385,29 @@ def test_2_7_ownership_by_exact_match_with_the_record(tmp_path: Path) -> None:
     assert code == 0 and file_config_at(path).entries() == foreign_config().entries(), out
 
 
+def test_a_bare_drop_invalid_rule_is_kumactls_only_for_settings_that_drop(tmp_path: Path) -> None:
+    """kumactl 2.9+ with comments off stored `-m conntrack --ctstate INVALID -j DROP`, which any
+    admin might write: exact only for recorded or given settings with --drop-invalid-packets;
+    otherwise suspected (at kumactl's ipv4 and priority 3), never removed unasked."""
+    s = settings_of("2.14", drop_invalid_packets=True)
+    xml = kumactl_store(dry_run(s, comments=False))
+    assert xml is not None and "INVALID -j DROP</rule>" in xml
+    root = tmp_path / "img"
+    path = root / "etc/firewalld/direct.xml"
+    path.parent.mkdir(parents=True)
+    path.write_text(with_foreign(xml))
+    drop = "rule ipv4 mangle PREROUTING 3 -m conntrack --ctstate INVALID -j DROP"
+    code, out, _ = cli("status", "--root", str(root))
+    assert f"  ? {drop}" in out and "kumactl's --drop-invalid-packets rule without its comment" in out, out
+    assert cli("uninstall", "--root", str(root))[0] == 0
+    assert drop in {e.describe() for e in file_config_at(path).rules}, "left: only suspected"
+    path.write_text(with_foreign(xml))
+    code, out, err = cli("install", "--root", str(root), "--kuma-dp-user", str(UID), "--drop-invalid-packets")
+    assert code == 0, err
+    assert drop not in {e.describe() for e in file_config_at(path).rules}, "replaced: exact for the given settings"
+    assert _only_ours(file_config_at(path), ["--drop-invalid-packets", "true"])
+
+
 # -- property: nothing foreign is ever removed ------------------------------------------------------
 
 LEFTOVERS = {name: parse_direct_xml(xml.encode()) for name, xml in generations().items() if name not in NEEDS_SETTINGS}

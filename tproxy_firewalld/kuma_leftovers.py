@@ -206,18 +206,20 @@ def kuma_net_appended_dns(s: KumaSettings, capture_all: bool, conntrack: bool) -
     the dry-run passed no nameservers. One family per run (IPv6 on a host with IPv6)."""
     from tproxy_firewalld.ruleset import render_restore
 
-    try:
-        r = s.replace(
-            kuma_version="2.7",
-            redirect_dns=not capture_all,
-            redirect_all_dns_traffic=capture_all,
-            skip_dns_conntrack_zone_split=not conntrack,
-            dns_nameservers=(),
-            exclude_outbound_ports_for_uids=(),  # 2.0.x appended these in another form
-            vnet=(),
-            redirect_inbound_port_v6=15010,  # kumactl 1.8 - 2.0's default: the IPv4 port
-        )
-    except SettingsError:
+    r = _as_release(
+        s,
+        "2.7",
+        redirect_dns=not capture_all,
+        redirect_all_dns_traffic=capture_all,
+        skip_dns_conntrack_zone_split=not conntrack,
+        dns_nameservers=(),
+        exclude_outbound_ports_for_uids=(),  # 2.0.x appended these in another form
+        exclude_outbound_tcp_ports_for_uids=(),
+        exclude_outbound_udp_ports_for_uids=(),
+        vnet=(),
+        redirect_inbound_port_v6=15010,  # kumactl 1.8 - 2.0's default: the IPv4 port
+    )
+    if r is None:
         return frozenset()
     out: set[Entry] = set()
     for ipv in r.ipvs:
@@ -253,11 +255,16 @@ def _storable(s: KumaSettings) -> Optional[KumaSettings]:
         return None
 
 
-def _as_release(s: KumaSettings, release: str) -> Optional[KumaSettings]:
+def _as_release(s: KumaSettings, release: str, **changes: object) -> Optional[KumaSettings]:
+    """The settings as that release takes them: what it has no setting for could not have
+    been given to it, so it is left at the default."""
+    for f in s.fields():
+        if not f.ignored and not f.derived and not s.has_setting(f, release):
+            changes.setdefault(f.name, f.default)
     try:
-        return s.replace(kuma_version=release)
+        return s.replace(kuma_version=release, **changes)
     except SettingsError:
-        return None  # a setting that release lacks
+        return None
 
 
 @lru_cache(maxsize=64)
