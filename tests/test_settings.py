@@ -65,7 +65,34 @@ def test_every_flag_maps_to_a_config_key_and_env_var() -> None:
         "--drop-invalid-packets",
         "--redirect-inbound-insert-instead-of-append",
         "--redirect-outbound-insert-instead-of-append",
+        # issue 11: the release, and every other flag of kumactl 2.7 and 2.11-2.14
+        "--kuma-version",
+        "--kuma-dp-uid",
+        "--redirect-inbound-port-v6",
+        "--exclude-outbound-tcp-ports-for-uids",
+        "--exclude-outbound-udp-ports-for-uids",
+        "--redirect-dns-upstream-target-chain",
+        "--disable-comments",
+        "--dry-run",
+        "--verbose",
+        "--store-firewalld",
+        "--wait",
+        "--wait-interval",
+        "--max-retries",
+        "--sleep-between-retries",
+        "--iptables-executables",
+        "--ebpf-enabled",
+        "--ebpf-programs-source-path",
+        "--ebpf-instance-ip",
+        "--ebpf-bpffs-path",
+        "--ebpf-cgroup-path",
+        "--ebpf-tc-attach-iface",
     }
+    # kumactl 2.7 has no config file: its own flags have no key
+    assert {f.flag for f in FIELDS if f.flag and not f.key} == {
+        "--kuma-dp-uid", "--redirect-inbound-port-v6", "--exclude-outbound-tcp-ports-for-uids",
+        "--exclude-outbound-udp-ports-for-uids", "--redirect-dns-upstream-target-chain",
+    }  # fmt: skip
     envs = {f.key: f.env for f in FIELDS}
     assert envs["kumaDPUser"] == "KUMA_TRANSPARENT_PROXY_KUMA_DP_USER"
     assert (
@@ -303,9 +330,17 @@ def test_kuma_dp_user_resolution() -> None:
             "a.yaml: redirect.inbound.port: value '0' is not a valid port",
         ),
         (
+            # a string: kumactl's Go JSON decoding hands it to the port parser with its quotes
             "redirect: {inbound: {port: '1 -j X'}}\n",
-            "a.yaml: redirect.inbound.port: value '1 -j X' is not a valid port",
+            "a.yaml: redirect.inbound.port: value '\"1 -j X\"' is not a valid port",
         ),
+        (
+            "redirect: {inbound: {port: '15006'}}\n",
+            "a.yaml: redirect.inbound.port: value '\"15006\"' is not a valid port (uint16 in the range "
+            "[1, 65535]); a config file takes a number here, as kumactl's does",
+        ),
+        ("redirect: {dns: {enabled: 'true'}}\n", "a.yaml: redirect.dns.enabled: value '\"true\"' is not a valid boolean"),
+        ("log: {level: '7'}\n", "a.yaml: log.level: value '\"7\"' is not a valid log level"),
         (
             "redirect: {inbound: {port: true}}\n",
             "a.yaml: redirect.inbound.port: value 'true' is not a valid port",
@@ -313,7 +348,7 @@ def test_kuma_dp_user_resolution() -> None:
         ("ipFamilyMode: [ipv4]\n", "a.yaml: ipFamilyMode: value '[\"ipv4\"]' is not valid"),
         (
             "redirect: {inbound: {enabled: maybe}}\n",
-            "a.yaml: redirect.inbound.enabled: value 'maybe' is not a valid boolean",
+            "a.yaml: redirect.inbound.enabled: value '\"maybe\"' is not a valid boolean",
         ),
         ("redirect: [1\n", "parsing configuration from file 'a.yaml' failed at line 2"),
         (
@@ -443,7 +478,7 @@ def test_library_values_are_keyed_by_setting_name_and_errors_name_it(tmp_path: P
         Settings.load(redirect_inbound_port="abc")
     assert info.value.setting == "redirect_inbound_port"
     assert str(info.value).startswith("redirect_inbound_port: value 'abc' is not a valid port")
-    with pytest.raises(SettingsError, match="^no_such: unknown setting; known: kuma_dp_user, "):
+    with pytest.raises(SettingsError, match=r"^no_such: unknown setting; known: kuma_version, kuma_dp_user, "):
         Settings.load(no_such=1)
 
 

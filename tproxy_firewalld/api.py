@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from tproxy_firewalld.apply import apply_plan
-from tproxy_firewalld.entries import Chain, DirectConfig
+from tproxy_firewalld.entries import Chain, DirectConfig, Owner, Recognition
 from tproxy_firewalld.errors import DirectXmlError, Locked
 from tproxy_firewalld.kuma import KUMA, KumaSettings, Profile
 from tproxy_firewalld.observe import ClientFactory, Observed, session
@@ -50,19 +50,33 @@ def _desired(
     return desired, record
 
 
+def ownership(
+    observed: Observed, settings: Optional[KumaSettings], profile: Profile, remove_suspected: bool = False
+) -> tuple[Owner, Recognition]:
+    """Whose entries are ours: the profile's marks, plus what it recognises exactly for the
+    recorded and given settings (its unmarked rules, kumactl's leftovers); the suspected
+    entries too when asked to."""
+    given = [s for s in (settings, observed.record.settings if observed.record else None) if s is not None]
+    configs = [c for c in (observed.runtime, observed.permanent, observed.file) if c is not None]
+    recognition = profile.recognise(configs, given)
+    return profile.owner.claiming(recognition.claimed(remove_suspected)), recognition
+
+
 def _make(
     settings: Optional[KumaSettings],
     desired: DirectConfig,
     record: Optional[Record],
     observed: Observed,
     profile: Profile,
+    remove_suspected: bool = False,
 ) -> Plan:
     action = "uninstall" if settings is None else "install"
     loopback: tuple[tuple[str, str], ...] = ()
     if settings is not None:
         loopback = tuple(("lo", a) for ipv, a in profile.loopback.items() if ipv in settings.ipvs)
-    plan = make_plan(action, desired, observed, profile.owner, record, loopback)
-    _refuse_dangling_passthroughs(plan, profile)
+    owner, recognition = ownership(observed, settings, profile, remove_suspected)
+    plan = make_plan(action, desired, observed, owner, record, loopback)
+    _refuse_dangling_passthroughs(plan)
     warnings: list[Warning_] = []
     if settings is not None:
         warnings += settings.warnings
@@ -72,12 +86,28 @@ def _make(
         )
     if settings is not None and "ipv6" in settings.ipvs and observed.live and not observed.loopback:
         warnings.append(Warning_("no-ipv6", "IPv6 is disabled on this host: ::6/128 cannot be put on lo"))
+    if recognition.suspected and not remove_suspected:
+        warnings.append(
+            Warning_(
+                "suspected",
+                f"{len(recognition.suspected)} entries might be Kuma's but match nothing exactly; left "
+                "in place (`tproxy-firewalld status` lists them with the reason; --remove-suspected removes them)",
+            )
+        )
     return Plan(
-        plan.action, plan.observed, plan.desired, plan.steps, tuple(warnings), plan.record, plan.owner
+        plan.action,
+        plan.observed,
+        plan.desired,
+        plan.steps,
+        tuple(warnings),
+        plan.record,
+        plan.owner,
+        recognition,
+        remove_suspected,
     )
 
 
-def _refuse_dangling_passthroughs(plan: Plan, profile: Profile) -> None:
+def _refuse_dangling_passthroughs(plan: Plan) -> None:
     """Removing our chains while somebody's passthrough jumps into one would make firewalld
     fail at its next reload: refuse, naming it (firewalld refuses the same live)."""
     going = set()
@@ -88,9 +118,9 @@ def _refuse_dangling_passthroughs(plan: Plan, profile: Profile) -> None:
         return
     obs = plan.observed
     config = obs.permanent if obs.live else obs.file
-    assert config is not None
+    assert config is not None and plan.owner is not None
     for passthrough in config.passthroughs:
-        if profile.owner.mentions(passthrough) and any(c in passthrough.args for c in going):
+        if plan.owner.mentions(passthrough) and any(c in passthrough.args for c in going):
             raise DirectXmlError(
                 f"{passthrough.describe()} (somebody else's) jumps into one of our chains; "
                 "removing the chain would make firewalld fail at its next start. Remove that "
@@ -128,12 +158,14 @@ def plan(
     rules_template: Optional[str] = None,
     client: Optional[ClientFactory] = None,
     profile: Profile = KUMA,
+    remove_suspected: bool = False,
 ) -> Plan:
-    """What install (``settings``) or uninstall (``None``) would change; changes nothing."""
+    """What install (``settings``) or uninstall (``None``) would change; changes nothing.
+    ``remove_suspected``: also remove the entries that only might be the profile's."""
     target = target or Target()
     desired, record = _desired(settings, rules_template, profile)
     with session(target, client, profile) as (observed, _fw):
-        return _make(settings, desired, record, observed, profile)
+        return _make(settings, desired, record, observed, profile, remove_suspected)
 
 
 def apply(
@@ -148,7 +180,7 @@ def apply(
     target = planned.observed.target
     settings = planned.record.settings if planned.record is not None else None
     with target.locked(), session(target, client, profile) as (observed, fw):
-        fresh = _make(settings, planned.desired, planned.record, observed, profile)
+        fresh = _make(settings, planned.desired, planned.record, observed, profile, planned.remove_suspected)
         if fresh.steps != planned.steps:
             raise Locked("the system changed since the plan was made; make a new plan and apply that")
         warnings = _checks(fresh, settings, allow_ssh_redirect)
@@ -166,10 +198,14 @@ def install(
     allow_ssh_redirect: bool = False,
     client: Optional[ClientFactory] = None,
     profile: Profile = KUMA,
+    remove_suspected: bool = False,
 ) -> Result:
     """Install the rules for ``settings``: live in firewalld (runtime and permanent, no
-    reload) when it runs, else into direct.xml. Only the differences are applied."""
-    return _converge(settings, target, dry_run, rules_template, allow_ssh_redirect, client, profile)
+    reload) when it runs, else into direct.xml. Only the differences are applied; kumactl's
+    leftovers are replaced (and the suspected entries with ``remove_suspected``)."""
+    return _converge(
+        settings, target, dry_run, rules_template, allow_ssh_redirect, client, profile, remove_suspected
+    )
 
 
 def uninstall(
@@ -178,10 +214,12 @@ def uninstall(
     dry_run: bool = False,
     client: Optional[ClientFactory] = None,
     profile: Profile = KUMA,
+    remove_suspected: bool = False,
 ) -> Result:
-    """Remove every entry of ours (runtime, permanent, direct.xml), lo's address if install
-    added it, and the record. Nothing else is touched."""
-    return _converge(None, target, dry_run, None, False, client, profile)
+    """Remove every entry of ours (runtime, permanent, direct.xml) and every leftover of
+    kumactl's --store-firewalld, lo's address if install added it, and the record. Nothing
+    else is touched; entries that only might be Kuma's go only with ``remove_suspected``."""
+    return _converge(None, target, dry_run, None, False, client, profile, remove_suspected)
 
 
 def _converge(
@@ -192,13 +230,14 @@ def _converge(
     allow_ssh_redirect: bool,
     client: Optional[ClientFactory],
     profile: Profile,
+    remove_suspected: bool = False,
 ) -> Result:
     target = target or Target()
     desired, record = _desired(settings, rules_template, profile)
     # One lock around observe, apply and record: concurrent runs serialise completely, and the
     # record always describes what is installed.
     with _maybe_locked(target, not dry_run), session(target, client, profile) as (observed, fw):
-        planned = _make(settings, desired, record, observed, profile)
+        planned = _make(settings, desired, record, observed, profile, remove_suspected)
         warnings = _checks(planned, settings, allow_ssh_redirect) if planned.steps else ()
         if planned.steps and not dry_run:
             apply_plan(planned, fw)
@@ -229,7 +268,7 @@ def diff_observed(
     from tproxy_firewalld.plan import Diff
     from tproxy_firewalld.ruleset import build_ruleset
 
-    owner = profile.owner
+    owner, recognition = ownership(observed, settings, profile)
     if settings is not None:
         desired, source = build_ruleset(settings, profile, rules_template), "settings"
     elif observed.record is not None:
@@ -241,8 +280,12 @@ def diff_observed(
     else:
         desired, source = DirectConfig(), "nothing installed (no record)"
     file = Diff.between(desired, observed.file, owner)
+    wanted = desired.entries()
+    leftovers = tuple(sorted((e for e in recognition.leftovers if e not in wanted), key=str))
     if not observed.live:
-        return DiffReport(source, observed.mode, None, None, file)
+        return DiffReport(
+            source, observed.mode, None, None, file, leftovers=leftovers, suspected=recognition.suspected
+        )
     assert observed.runtime is not None and observed.permanent is not None
     file_entries, perm_entries = observed.file.entries(), observed.permanent.entries()
     return DiffReport(
@@ -253,6 +296,8 @@ def diff_observed(
         file,
         file_only=tuple(sorted(file_entries - perm_entries, key=str)),
         firewalld_only=tuple(sorted(perm_entries - file_entries, key=str)),
+        leftovers=leftovers,
+        suspected=recognition.suspected,
     )
 
 
@@ -271,6 +316,8 @@ def render(
 
     existing = read_direct_xml(direct_xml)
     ours = build_ruleset(settings, profile, rules_template)
+    recognition = profile.recognise([existing], [settings])
+    owner = profile.owner.claiming(recognition.claimed())
     checked = check_rules(ours)
     warnings = settings.warnings + tuple(Warning_("not-checked", n) for n in checked.skipped)
-    return render_direct_xml(existing.merged_with(ours, profile.owner)), warnings
+    return render_direct_xml(existing.merged_with(ours, owner)), warnings

@@ -75,6 +75,15 @@ def _settings_options() -> list[Any]:
             rich_help_panel=SETTINGS_PANEL,
         )
     )
+    _OPTIONS.append(
+        option(
+            param_decls=["--config-file"],
+            multiple=True,
+            metavar="FILE",
+            help="kumactl 2.11-2.14's deprecated spelling of --config (read after the --config files).",
+            rich_help_panel=SETTINGS_PANEL,
+        )
+    )
     for f in KumaSettings.flag_fields():
         assert f.flag is not None
         metavar = "[=true|false]" if f.kind == "bool" else f.metavar or "VALUE"
@@ -91,6 +100,8 @@ def _settings_options() -> list[Any]:
 
 
 _BOOL_FLAGS = frozenset(f.flag for f in KumaSettings.flag_fields() if f.kind == "bool")
+#: what Go's strconv.ParseBool takes
+_BOOL_WORDS = frozenset({"1", "t", "T", "true", "TRUE", "True", "0", "f", "F", "false", "FALSE", "False"})
 
 
 class SettingsCommand(typer.core.TyperCommand):
@@ -107,6 +118,16 @@ class SettingsCommand(typer.core.TyperCommand):
             if arg == "--":
                 rewritten += args[i:]
                 break
+            if arg in _BOOL_FLAGS and i + 1 < len(args) and args[i + 1] in _BOOL_WORDS:
+                # pflag takes `--flag false` as --flag (true) and kumactl ignores the stray
+                # word: refused rather than reproduced
+                word = args[i + 1]
+                typer.echo(
+                    f"Error: {arg} {word}: kumactl reads this as {arg} (true) and ignores "
+                    f"'{word}'; write {arg}={word}",
+                    err=True,
+                )
+                raise typer.Exit(int(ExitCode.SETTINGS))
             rewritten.append(f"{arg}=true" if arg in _BOOL_FLAGS else arg)
         return super().parse_args(ctx, rewritten)
 
@@ -123,11 +144,26 @@ def _flags(ctx: typer.Context) -> dict[str, Any]:
 
 
 def _config_files(ctx: typer.Context) -> list[str]:
-    return list(ctx.meta.get(SETTINGS_KEY, {}).get("config", ()))
+    given = ctx.meta.get(SETTINGS_KEY, {})
+    return list(given.get("config", ())) + list(given.get("config_file", ()))
+
+
+def _dry_run(ctx: typer.Context) -> bool:
+    """kumactl's --dry-run (a settings flag, so `--dry-run=false` works as in kumactl)."""
+    from tproxy_firewalld.settings import parse_bool
+
+    given = _flags(ctx).get("--dry-run") or []
+    try:
+        return bool(given) and parse_bool(given[-1])
+    except ValueError:
+        return False  # KumaSettings.load refuses it with the reason
 
 
 def settings_given(ctx: typer.Context) -> bool:
-    return bool(_flags(ctx) or _config_files(ctx) or KumaSettings.env_given(os.environ))
+    """Whether a setting was given (kumactl's operational flags, which set nothing, do not count)."""
+    ignored = {f.flag for f in KumaSettings.flag_fields() if f.ignored}
+    flags = [flag for flag in _flags(ctx) if flag not in ignored]
+    return bool(flags or _config_files(ctx) or KumaSettings.env_given(os.environ))
 
 
 def load(ctx: typer.Context, output: Optional[Output] = None) -> KumaSettings:
@@ -216,6 +252,12 @@ TIMEOUT = typer.Option(
     metavar="SECONDS",
     help="How long one D-Bus call to firewalld may take (default 20, or TPROXY_FIREWALLD_TIMEOUT).",
 )
+REMOVE_SUSPECTED = typer.Option(
+    False,
+    "--remove-suspected",
+    help="Also remove the entries that only might be Kuma's (status lists them with the reason: "
+    "e.g. a DNS REDIRECT to 15053 for another UID than the recorded, given or default one).",
+)
 TEMPLATE = typer.Option(
     None,
     "--rules-template",
@@ -258,7 +300,6 @@ def render(
 @app.command(cls=SettingsCommand)
 def install(
     ctx: typer.Context,
-    dry_run: bool = DRY_RUN,
     offline: bool = OFFLINE,
     root: Optional[Path] = ROOT,
     output: Output = OUTPUT,
@@ -269,6 +310,7 @@ def install(
     ),
     rules_template: Optional[str] = TEMPLATE,
     timeout: Optional[str] = TIMEOUT,
+    remove_suspected: bool = REMOVE_SUSPECTED,
 ) -> None:
     """Install the rules: live in firewalld (runtime and permanent, no reload) or in direct.xml.
 
@@ -289,9 +331,10 @@ def install(
         return api.install(
             load(ctx, output),
             target=_target(root, offline, _timeout(timeout)),
-            dry_run=dry_run,
+            dry_run=_dry_run(ctx),
             rules_template=rules_template,
             allow_ssh_redirect=allow_ssh_redirect,
+            remove_suspected=remove_suspected,
         )
 
     _print_result(run(output, go), output)
@@ -304,18 +347,25 @@ def uninstall(
     root: Optional[Path] = ROOT,
     output: Output = OUTPUT,
     timeout: Optional[str] = TIMEOUT,
+    remove_suspected: bool = REMOVE_SUSPECTED,
 ) -> None:
     """Remove exactly our entries — runtime, permanent and direct.xml — and nothing else.
 
-    Also removes what `kumactl install transparent-proxy --store-firewalld` left in
-    direct.xml (KUMA_MESH_ chains, rules carrying Kuma's comment, whatever ipv or priority),
-    the ::6/128 address install put on lo, and the record. Nothing installed is success
-    ("nothing to do").
+    Also removes what `kumactl install transparent-proxy --store-firewalld` of any release
+    left (its KUMA_MESH_ chains and marked rules, and its unmarked entries where each is
+    exactly what a kumactl release wrote for the recorded or default settings: old chain
+    names, uncommented DNS rules), the ::6/128 address install put on lo, and the record.
+    Entries that only might be Kuma's are listed, and removed with --remove-suspected.
+    Nothing installed is success ("nothing to do").
     """
     from tproxy_firewalld import api
 
     def go() -> Any:
-        return api.uninstall(target=_target(root, offline, _timeout(timeout)), dry_run=dry_run)
+        return api.uninstall(
+            target=_target(root, offline, _timeout(timeout)),
+            dry_run=dry_run,
+            remove_suspected=remove_suspected,
+        )
 
     _print_result(run(output, go), output)
 
@@ -326,6 +376,10 @@ def _print_result(result: Any, output: Output) -> None:
         return
     _print_lines([f"Warning: {w.message}" for w in result.warnings if w.code != "setting-without-effect"], err=True)
     _print_lines(result.text())
+    if result.dry_run:
+        from tproxy_firewalld.report import suspect_lines
+
+        _print_lines(suspect_lines(result.suspected, result.suspected_removed))
 
 
 @app.command(cls=SettingsCommand)

@@ -86,7 +86,8 @@ def jump_target(args: tuple[str, ...]) -> str | None:
 
 @dataclass(frozen=True)
 class Owner:
-    """What marks an entry as a profile's own: its chain-name prefix and comment prefix.
+    """What marks an entry as a profile's own: its chain-name prefix and comment prefix, and
+    the entries its profile recognised exactly (``claimed``, see :class:`Recognition`).
 
     The prefixes are matched whole, separator included (``KUMA_MESH_`` and
     ``kuma/mesh/transparent/proxy/``), so ``KUMA_MESHCTL_ALLOW`` or a comment
@@ -95,13 +96,21 @@ class Owner:
 
     chain_prefix: str
     comment_prefix: str
+    #: entries recognised exactly (by the profile, for these settings): ours too
+    claimed: frozenset[Entry] = frozenset()
+
+    def claiming(self, entries: Iterable[Entry]) -> Owner:
+        return Owner(self.chain_prefix, self.comment_prefix, self.claimed | frozenset(entries))
 
     def owns_chain(self, name: str) -> bool:
         return name.startswith(self.chain_prefix)
 
-    def owns(self, entry: Entry) -> bool:
-        """A chain is ours by its name; a rule if it lives in one of our chains, jumps into
-        one, or carries our comment. Passthroughs are never ours."""
+    def _claimed_chain(self, ipv: str, table: str, name: str) -> bool:
+        return Chain(ipv, table, name) in self.claimed
+
+    def marks(self, entry: Entry) -> bool:
+        """Ours by its marks alone: a chain by its name; a rule if it lives in one of our
+        chains, jumps into one, or carries our comment. Passthroughs never."""
         if isinstance(entry, Chain):
             return self.owns_chain(entry.chain)
         if isinstance(entry, Rule):
@@ -115,10 +124,57 @@ class Owner:
             )
         return False
 
+    def owns(self, entry: Entry) -> bool:
+        """Marked, or claimed; a rule also if it lives in or jumps into a claimed chain (a
+        chain goes with its rules and the jumps into it, or firewalld breaks)."""
+        if entry in self.claimed or self.marks(entry):
+            return True
+        if isinstance(entry, Rule) and self.claimed:
+            if self._claimed_chain(entry.ipv, entry.table, entry.chain):
+                return True
+            target = jump_target(entry.args)
+            return target is not None and self._claimed_chain(entry.ipv, entry.table, target)
+        return False
+
     def mentions(self, passthrough: Passthrough) -> bool:
         """A passthrough that jumps into one of our chains (it would break when they go)."""
         target = jump_target(passthrough.args)
-        return target is not None and self.owns_chain(target)
+        if target is None:
+            return False
+        return self.owns_chain(target) or any(
+            isinstance(c, Chain) and c.chain == target for c in self.claimed
+        )
+
+
+@dataclass(frozen=True)
+class Suspect:
+    """An entry that only might be the profile's: listed with why, removed only on request."""
+
+    entry: Entry
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"entry": entry_json(self.entry), "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Recognition:
+    """What a profile recognises among the observed entries beyond its marks: each exactly
+    (token for token, after normalising option spellings) an entry that it renders, or that
+    an older tool of its kind wrote, for the recorded, given or default settings.
+
+    ours: entries of its own rule sets that carry no mark (e.g. Kuma 2.7's, without comments);
+    leftovers: what another tool of the profile left behind (kumactl --store-firewalld);
+    suspected: look like the profile's but match nothing exactly.
+    """
+
+    ours: frozenset[Entry] = frozenset()
+    leftovers: frozenset[Entry] = frozenset()
+    suspected: tuple[Suspect, ...] = ()
+
+    def claimed(self, remove_suspected: bool = False) -> frozenset[Entry]:
+        extra = frozenset(s.entry for s in self.suspected) if remove_suspected else frozenset()
+        return self.ours | self.leftovers | extra
 
 
 @dataclass(frozen=True)

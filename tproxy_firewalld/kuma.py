@@ -10,23 +10,22 @@ from __future__ import annotations
 import ipaddress
 import pwd
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
-from tproxy_firewalld.entries import Owner
+from tproxy_firewalld.entries import DirectConfig, Owner, Recognition
 from tproxy_firewalld.errors import SettingsError
 from tproxy_firewalld.settings import (
     Invalid,
     RawValue,
     Settings,
     Warning_,
-    anything,
     family,
     items,
     parse_bool,
-    parse_ips,
+    parse_ip,
     parse_path,
     parse_port,
     parse_ports,
@@ -38,6 +37,14 @@ from tproxy_firewalld.settings import (
 )
 
 ENV_PREFIX = "KUMA_TRANSPARENT_PROXY_"
+#: The maintained Kuma release lines whose rule sets and flags are reproduced, oldest first,
+#: and the patch release each is read from (Kuma's tags; the rules changed within lines).
+KUMA_RELEASES = ("2.7", "2.11", "2.12", "2.13", "2.14")
+KUMA_TAGS = {"2.7": "2.7.29", "2.11": "2.11.18", "2.12": "2.12.14", "2.13": "2.13.10", "2.14": "2.14.3"}
+NEWEST = KUMA_RELEASES[-1]
+#: The releases with kumactl's newer engine (2.9+): comments, config files, more flags.
+SINCE_2_9 = ("2.11", "2.12", "2.13", "2.14")
+ONLY_2_7 = ("2.7",)
 DEFAULT_UID = 5678
 DEFAULT_USER = "kuma-dp"
 MAX_UID = 2**32 - 2  # (uid_t)-1 is "no uid"
@@ -108,10 +115,18 @@ def _port_range(text: str) -> str:
     return f"{first}:{last}"
 
 
+_EMPTY_UIDS = (
+    "an empty UID is refused: kumactl 2.9+ turns it into a RETURN without an owner match, "
+    "which takes all outbound TCP and UDP traffic out of the mesh (kumactl 2.7 refuses it)"
+)
+
+
 def _uid_range(text: str) -> str:
     what = f"UID (an integer in the range [0, {MAX_UID}])"
     if text == "*":
         raise Invalid("wildcard '*' is not allowed for UIDs")
+    if text == "":
+        raise Invalid(_EMPTY_UIDS)
     if "," in text:
         raise Invalid(f"invalid UID entry: {show(text)}. It should either be a single item or a range")
     low, sep, high = text.partition("-")
@@ -130,8 +145,10 @@ def parse_uid_exclusion(raw: object) -> UidExclusion:
     if not isinstance(raw, (str, int)) or isinstance(raw, bool):
         raise Invalid(f"invalid format for excluding ports by UIDs: {show(raw)}")
     text = str(raw).strip()
+    if text == "":
+        raise Invalid(_EMPTY_UIDS)
     parts = text.split(":")
-    if len(parts) > 3 or text == "":
+    if len(parts) > 3:
         raise Invalid(
             f"invalid format for excluding ports by UIDs: {show(raw)}. "
             "Expected format: <protocol:>?<ports:>?<uids>"
@@ -164,7 +181,7 @@ def parse_uid_exclusion(raw: object) -> UidExclusion:
     return UidExclusion(protocols=protocols, ports=ports, uids=_uid_range(uids_text.strip()))
 
 
-def parse_uid_exclusions(raw: object) -> tuple[UidExclusion, ...]:
+def parse_uid_exclusions(raw: object, protocol: str = "") -> tuple[UidExclusion, ...]:
     # Each entry is itself comma-separated ("tcp:53,80:1000"), so entries are separated by
     # ";" (as Kuma's docs write them) or given as separate flags / list items.
     values = raw if isinstance(raw, (list, tuple)) else [raw]
@@ -174,11 +191,38 @@ def parse_uid_exclusions(raw: object) -> tuple[UidExclusion, ...]:
             continue
         if isinstance(value, UidExclusion):
             entries.append(value)
+        elif isinstance(value, str) and value.strip() == "":
+            raise Invalid(_EMPTY_UIDS)
         else:
             entries += [part.strip() for part in str(value).split(";") if part.strip()]
     if len(entries) > 256:
         raise Invalid(f"has {len(entries)} entries; at most 256 are allowed")
+    if protocol:
+        # kumactl 2.7's --exclude-outbound-{tcp,udp}-ports-for-uids PORTS:UIDS, which it
+        # turns into "tcp:PORTS:UIDS" itself
+        out = []
+        for entry in entries:
+            if isinstance(entry, UidExclusion):
+                if entry.protocols != (protocol,):
+                    raise Invalid(f"{entry.to_text()} is not a {protocol} entry")
+                out.append(entry)
+            else:
+                # PORTS:UIDS; a full "tcp:PORTS:UIDS" is this parser's own output (the record)
+                text = entry if entry.count(":") == 2 else f"{protocol}:{entry}"
+                parsed = parse_uid_exclusion(text)
+                if parsed.protocols != (protocol,):
+                    raise Invalid(f"{show(entry)} is not a {protocol} entry (expected PORTS:UIDS)")
+                out.append(parsed)
+        return tuple(out)
     return tuple(parse_uid_exclusion(v) for v in entries)
+
+
+def parse_tcp_uid_exclusions(raw: object) -> tuple[UidExclusion, ...]:
+    return parse_uid_exclusions(raw, "tcp")
+
+
+def parse_udp_uid_exclusions(raw: object) -> tuple[UidExclusion, ...]:
+    return parse_uid_exclusions(raw, "udp")
 
 
 _IFACE = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.@-]{0,14}\+?|\+")
@@ -201,9 +245,14 @@ def parse_vnet(raw: object) -> VnetNetwork:
     try:
         if "/" not in cidr:
             raise ValueError
-        ipaddress.ip_network(cidr, strict=False)
+        network = ipaddress.ip_network(cidr, strict=False)
     except ValueError:
         raise Invalid(f"invalid CIDR definition for {show(raw)}: {show(cidr)} is not a CIDR") from None
+    if getattr(network.network_address, "ipv4_mapped", None) is not None:
+        raise Invalid(
+            f"{show(raw)} is refused: kumactl counts an IPv4-mapped network as IPv4 and writes it "
+            "verbatim into its IPv4 rules, where iptables refuses the prefix; write it as IPv4"
+        )
     return VnetNetwork(iface=iface, cidr=cidr)
 
 
@@ -211,9 +260,31 @@ def parse_vnets(raw: object) -> tuple[VnetNetwork, ...]:
     return tuple(parse_vnet(item) for item in items(raw))
 
 
+def parse_kuma_version(raw: object) -> str:
+    if isinstance(raw, str) and raw.strip() in KUMA_RELEASES:
+        return raw.strip()
+    hint = ""
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        hint = " (give it as a string: YAML reads 2.10 as the number 2.1)"
+    tags = ", ".join(KUMA_TAGS[r] for r in KUMA_RELEASES)
+    raise Invalid(
+        f"value {show(raw)} is not a supported Kuma release{hint}: one of "
+        f"{', '.join(KUMA_RELEASES)} (the rule sets of {tags})"
+    )
+
+
 def parse_ip_family_mode(raw: object) -> str:
-    if raw in ("dualstack", "ipv4"):
-        return str(raw)
+    # kumactl (2.9+) accepts both values in any case, and "" for dualstack; but it then
+    # compares exactly, so "IPv4" is accepted and means dual-stack. Such a value is refused
+    # here: installing IPv6 rules for "IPv4" is a trap, and IPv4 only is not what kumactl does.
+    if isinstance(raw, str):
+        if raw == "ipv4" or raw.lower() == "dualstack" or raw == "":
+            return raw.lower() or "dualstack"
+        if raw.lower() == "ipv4":
+            raise Invalid(
+                f"value {show(raw)} is refused: kumactl accepts it but compares case-sensitively, "
+                "so it means dualstack there; write ipv4 (IPv4 only) or dualstack"
+            )
     raise Invalid(f"value {show(raw)} is not valid: must be one of 'dualstack' or 'ipv4'")
 
 
@@ -231,13 +302,36 @@ def parse_user(raw: object) -> str:
 
 
 def parse_uid(raw: object) -> Optional[int]:
+    """kumactl's --kuma-dp-uid: a numeric UID, used as given (it need not exist, as in
+    kumactl 2.7); a user name is looked up (2.11-2.14 take the flag as --kuma-dp-user)."""
     if raw is None:
         return None
+    if isinstance(raw, str) and raw.strip() and not raw.strip().isdigit():
+        name = parse_user(raw)
+        try:
+            return pwd.getpwnam(name).pw_uid
+        except KeyError:
+            raise Invalid(f"the specified UID or username ({show(name)}) does not refer to a valid user on the host") from None
     return parse_uint(raw, 0, MAX_UID, f"UID (an integer in the range [0, {MAX_UID}])")
+
+
+def parse_port_v6(raw: object) -> int:
+    # kumactl 2.7's parseUint16: 0 (IPv6 off) is a value here
+    return parse_uint(raw, 0, 65535, "port (uint16 in the range [0, 65535])")
 
 
 def parse_log_level(raw: object) -> int:
     return parse_uint(raw, 0, 7, "log level (an integer in the range [0, 7])")
+
+
+def nameserver_address(text: str) -> str:
+    """A nameserver as Kuma writes it in the rules: an IPv4-mapped IPv6 address is IPv4 (Kuma
+    2.11+ prints its net.IP as a.b.c.d; 2.7 writes it verbatim, which iptables reads as
+    a.b.c.d/32: the same rule)."""
+    address = ipaddress.ip_address(text)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
 
 
 def parse_nameservers(raw: object) -> Optional[tuple[str, ...]]:
@@ -246,17 +340,132 @@ def parse_nameservers(raw: object) -> Optional[tuple[str, ...]]:
     out = []
     for item in items(raw):
         try:
-            out.append(str(ipaddress.ip_address(str(item))))
+            out.append(nameserver_address(str(item)))
         except ValueError:
             raise Invalid(f"value {show(item)} is not a nameserver address") from None
     return tuple(out)
+
+
+def parse_exclusion_ips(raw: object) -> tuple[str, ...]:
+    """--exclude-{inbound,outbound}-ips: kumactl refuses an empty value (but not "," or " ")."""
+    values = raw if isinstance(raw, (list, tuple)) else [raw]
+    if any(isinstance(v, str) and v == "" for v in values):
+        raise Invalid("invalid exclusion rule: the rule cannot be empty")
+    return tuple(_exclusion_ip(item) for item in items(raw))
+
+
+def _exclusion_ip(item: object) -> str:
+    text = parse_ip(item)
+    network = ipaddress.ip_network(text, strict=False)
+    mapped = getattr(network.network_address, "ipv4_mapped", None)
+    if mapped is None:
+        return text
+    if "/" in text:
+        raise Invalid(
+            f"{show(item)} is refused: kumactl counts an IPv4-mapped address as IPv4 and writes it "
+            "verbatim into its IPv4 rules, where iptables refuses the prefix (invalid mask), so "
+            f"kumactl's install fails; write it as IPv4 ({mapped}/{max(network.prefixlen - 96, 0)})"
+        )
+    # kumactl writes it verbatim; iptables reads -d ::ffff:a.b.c.d in an IPv4 rule as
+    # -d a.b.c.d/32 (checked with iptables 1.8.9, nft and legacy). Written as IPv4 here.
+    return str(mapped)
+
+
+# -- kumactl's operational settings: how it runs iptables. No effect here, but a value kumactl
+# -- would refuse is refused too (a pasted kumactl command line works or fails with a reason).
+
+_GO_UINT = re.compile(r"0[xX][0-9a-fA-F_]+|0[bB][01_]+|0[oO][0-7_]+|0[0-7_]*|[1-9][0-9_]*")
+_GO_DURATION = re.compile(r"[-+]?(0|(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h))+)")
+
+
+def _go_int(raw: object, signed: bool, what: str) -> int:
+    """Go's strconv.Parse(U)Int(s, 0, 64), as pflag's uint and int flags use it."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        value = raw
+    elif isinstance(raw, str):
+        text = raw[1:] if signed and raw[:1] in "+-" else raw
+        if not _GO_UINT.fullmatch(text) or text.startswith("_") or text.endswith("_"):
+            raise Invalid(f"value {show(raw)} is not a valid {what}")
+        digits = text.replace("_", "")
+        if len(digits) > 1 and digits[0] == "0" and digits[1].isdigit():
+            digits = "0o" + digits[1:]  # Go's legacy octal 017
+        value = int(digits, 0) * (-1 if raw.startswith("-") else 1)
+    else:
+        raise Invalid(f"value {show(raw)} is not a valid {what}")
+    low, high = (-(2**63), 2**63 - 1) if signed else (0, 2**64 - 1)
+    if not low <= value <= high:
+        raise Invalid(f"value {show(raw)} is not a valid {what}")
+    return value
+
+
+def parse_go_uint(raw: object) -> int:
+    return _go_int(raw, False, "unsigned integer")
+
+
+def parse_go_int(raw: object) -> int:
+    """kumactl 2.7's --max-retries is an int (a negative value: no try at all); 2.9+ take a uint
+    (checked per release)."""
+    return _go_int(raw, True, "integer")
+
+
+def parse_duration(raw: object) -> object:
+    """kumactl's retry pause: a Go duration ("2s"), a number of nanoseconds, or (2.9+ flag, read
+    as JSON) a quoted duration ('"2s"'). Which spelling a flag takes is checked per release."""
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str):
+        text = raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] == '"' else raw
+        if _GO_DURATION.fullmatch(text) or re.fullmatch(r"-?[0-9]+", text):
+            return raw
+    raise Invalid(f"value {show(raw)} is not a valid duration (e.g. 2s, 500ms, 1m30s)")
+
+
+EXECUTABLES = ("iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore")
+
+
+def parse_executables(raw: object) -> object:
+    """kumactl's --iptables-executables (name:path[,name:path]) or iptablesExecutables (a
+    mapping): validated as kumactl does; the paths are not used (firewalld runs its own)."""
+    if isinstance(raw, Mapping):
+        pairs = list(raw.items())
+    elif isinstance(raw, str):
+        pairs = []
+        for item in (i.strip() for i in raw.strip().split(",")):
+            if not item:
+                continue
+            name, sep, path = item.partition(":")
+            if not sep:
+                raise Invalid(
+                    f"invalid format in {show(item)}: expected '<name>:<path>' (e.g., "
+                    "'iptables:/usr/sbin/iptables' or 'ip6tables-save:/usr/sbin/ip6tables-save')"
+                )
+            pairs.append((name, path))
+    else:
+        raise Invalid(f"value {show(raw)} is not a list of executables (name:path[,name:path])")
+    for name, path in pairs:
+        if name not in EXECUTABLES:
+            raise Invalid(f"unsupported executable name {show(name)}: valid names are {', '.join(EXECUTABLES)}")
+        if not isinstance(path, str):
+            raise Invalid(f"the path of {name} ({show(path)}) is not a string")
+    return raw
+
+
+def parse_text(raw: object) -> object:
+    if not isinstance(raw, str):
+        raise Invalid(f"value {show(raw)} is not a string")
+    return raw
 
 
 _INBOUND_UIDS_BUG = (
     "Kuma turns it into a rule that returns all inbound traffic, silently disabling inbound "
     "redirection; use --exclude-inbound-ports or --exclude-inbound-ips"
 )
-_COMMENTS = "tproxy-firewalld identifies its rules by Kuma's comments, so they cannot be turned off"
+_COMMENTS = (
+    "the comments are how tproxy-firewalld and `kumactl uninstall transparent-proxy` recognise "
+    "Kuma's rules, so they cannot be turned off (Kuma 2.7's rules, which never had comments: "
+    "--kuma-version 2.7)"
+)
+_EBPF = "eBPF mode installs no iptables rules; tproxy-firewalld keeps the iptables rules only"
 _FIXED_CHAIN = "the chain names are fixed (KUMA_MESH_{}) so that uninstall can find them"
 
 
@@ -268,6 +477,9 @@ class KumaSettings(Settings):
     """The settings of ``kumactl install transparent-proxy``, validated and typed."""
 
     ENV_PREFIX: ClassVar[str] = ENV_PREFIX
+    RELEASE_SETTING: ClassVar[Optional[str]] = "kuma_version"
+    RELEASES: ClassVar[tuple[str, ...]] = KUMA_RELEASES
+    RELEASE_OF: ClassVar[str] = "Kuma"
     #: Kuma config keys that steer how kumactl runs iptables, not which rules exist: a config
     #: file written for kumactl must load. (Their flags are ignored settings, below.)
     IGNORED_KEYS: ClassVar[frozenset[str]] = frozenset(
@@ -286,6 +498,12 @@ class KumaSettings(Settings):
         for name in ("INBOUND", "INBOUND_REDIRECT", "OUTBOUND", "OUTBOUND_REDIRECT")
     }
 
+    kuma_version: str = kuma(
+        NEWEST, parse_kuma_version,
+        "The Kuma release whose rule set and kumactl flags to reproduce: 2.7 (LTS), 2.11, 2.12, "
+        "2.13 or 2.14 (each as of its newest patch release). Recorded with the installed rules.",
+        key="kumaVersion", flag="--kuma-version", metavar="X.Y",
+    )  # fmt: skip
     kuma_dp_user: str = kuma(
         "", parse_user,
         "User name or numeric UID the proxy runs as; its own traffic is not redirected. "
@@ -304,7 +522,14 @@ class KumaSettings(Settings):
     )  # fmt: skip
     redirect_inbound_port: int = kuma(
         15006, parse_port, "Port inbound traffic is redirected to.",
-        key="redirect.inbound.port", flag="--redirect-inbound-port", metavar="PORT",
+        key="redirect.inbound.port", flag="--redirect-inbound-port", metavar="PORT", file_type="integer",
+    )  # fmt: skip
+    redirect_inbound_port_v6: int = setting(
+        15006, parse_port_v6,
+        "Kuma 2.7 only: port IPv6 inbound traffic is redirected to (kumactl 2.7's own default "
+        "15006, whatever --redirect-inbound-port says; 15010 means --redirect-inbound-port; 0 "
+        "turns IPv6 off).",
+        flag="--redirect-inbound-port-v6", metavar="PORT", releases=ONLY_2_7,
     )  # fmt: skip
     exclude_inbound_ports: tuple[int, ...] = kuma(
         (), parse_ports,
@@ -315,14 +540,14 @@ class KumaSettings(Settings):
     include_inbound_ports: tuple[int, ...] = kuma(
         (), parse_ports,
         "Only these inbound TCP ports are redirected (config file only; excludePorts then has no effect).",
-        key="redirect.inbound.includePorts", kind="list",
+        key="redirect.inbound.includePorts", kind="list", releases=SINCE_2_9,
     )  # fmt: skip
     exclude_inbound_ips: tuple[str, ...] = kuma(
-        (), parse_ips,
+        (), parse_exclusion_ips,
         "Source IPs/CIDRs whose inbound traffic is not redirected, each in its own family "
         "(comma list; repeated flags add up).",
         key="redirect.inbound.excludePortsForIPs", flag="--exclude-inbound-ips", metavar="IPS",
-        kind="list", repeat="accumulate",
+        kind="list", repeat="accumulate", releases=SINCE_2_9,
     )  # fmt: skip
     exclude_inbound_ports_for_uids: tuple[Any, ...] = kuma(
         (), refuse_nonempty(_INBOUND_UIDS_BUG), "Refused (Kuma's rule for it disables inbound redirection).",
@@ -331,15 +556,15 @@ class KumaSettings(Settings):
     redirect_inbound_insert_instead_of_append: bool = kuma(
         False, parse_bool, "Insert the PREROUTING jump above other rules instead of appending it.",
         key="redirect.inbound.insertRedirectInsteadOfAppend",
-        flag="--redirect-inbound-insert-instead-of-append", kind="bool",
+        flag="--redirect-inbound-insert-instead-of-append", kind="bool", releases=SINCE_2_9,
     )  # fmt: skip
     redirect_outbound: bool = kuma(
         True, parse_bool, "Redirect outbound TCP traffic to the proxy (config file only).",
-        key="redirect.outbound.enabled", kind="bool",
+        key="redirect.outbound.enabled", kind="bool", releases=SINCE_2_9,
     )  # fmt: skip
     redirect_outbound_port: int = kuma(
         15001, parse_port, "Port outbound traffic is redirected to.",
-        key="redirect.outbound.port", flag="--redirect-outbound-port", metavar="PORT",
+        key="redirect.outbound.port", flag="--redirect-outbound-port", metavar="PORT", file_type="integer",
     )  # fmt: skip
     exclude_outbound_ports: tuple[int, ...] = kuma(
         (), parse_ports,
@@ -349,14 +574,14 @@ class KumaSettings(Settings):
     include_outbound_ports: tuple[int, ...] = kuma(
         (), parse_ports,
         "Only these outbound TCP ports are redirected (config file only; excludePorts then has no effect).",
-        key="redirect.outbound.includePorts", kind="list",
+        key="redirect.outbound.includePorts", kind="list", releases=SINCE_2_9,
     )  # fmt: skip
     exclude_outbound_ips: tuple[str, ...] = kuma(
-        (), parse_ips,
+        (), parse_exclusion_ips,
         "Destination IPs/CIDRs whose outbound traffic is not redirected, each in its own family "
         "(comma list; repeated flags add up).",
         key="redirect.outbound.excludePortsForIPs", flag="--exclude-outbound-ips", metavar="IPS",
-        kind="list", repeat="accumulate",
+        kind="list", repeat="accumulate", releases=SINCE_2_9,
     )  # fmt: skip
     exclude_outbound_ports_for_uids: tuple[UidExclusion, ...] = kuma(
         (), parse_uid_exclusions,
@@ -365,10 +590,24 @@ class KumaSettings(Settings):
         key="redirect.outbound.excludePortsForUIDs", flag="--exclude-outbound-ports-for-uids",
         metavar="[PROTO:][PORTS:]UIDS", kind="list", repeat="accumulate",
     )  # fmt: skip
+    exclude_outbound_tcp_ports_for_uids: tuple[UidExclusion, ...] = setting(
+        (), parse_tcp_uid_exclusions,
+        "Kuma 2.7 only (deprecated there): ports:uids, as --exclude-outbound-ports-for-uids tcp:ports:uids "
+        "(repeated flags add up; they come after the --exclude-outbound-ports-for-uids entries).",
+        flag="--exclude-outbound-tcp-ports-for-uids", metavar="PORTS:UIDS", kind="list",
+        repeat="accumulate", releases=ONLY_2_7,
+    )  # fmt: skip
+    exclude_outbound_udp_ports_for_uids: tuple[UidExclusion, ...] = setting(
+        (), parse_udp_uid_exclusions,
+        "Kuma 2.7 only (deprecated there): ports:uids, as --exclude-outbound-ports-for-uids udp:ports:uids "
+        "(repeated flags add up; they come after the tcp entries).",
+        flag="--exclude-outbound-udp-ports-for-uids", metavar="PORTS:UIDS", kind="list",
+        repeat="accumulate", releases=ONLY_2_7,
+    )  # fmt: skip
     redirect_outbound_insert_instead_of_append: bool = kuma(
         False, parse_bool, "Insert the OUTPUT jump above other rules instead of appending it.",
         key="redirect.outbound.insertRedirectInsteadOfAppend",
-        flag="--redirect-outbound-insert-instead-of-append", kind="bool",
+        flag="--redirect-outbound-insert-instead-of-append", kind="bool", releases=SINCE_2_9,
     )  # fmt: skip
     redirect_dns: bool = kuma(
         False, parse_bool, "Redirect DNS to the nameservers in resolv.conf to the kuma-dp DNS proxy.",
@@ -380,7 +619,7 @@ class KumaSettings(Settings):
     )  # fmt: skip
     redirect_dns_port: int = kuma(
         15053, parse_port, "Port of the kuma-dp DNS proxy.",
-        key="redirect.dns.port", flag="--redirect-dns-port", metavar="PORT",
+        key="redirect.dns.port", flag="--redirect-dns-port", metavar="PORT", file_type="integer",
     )  # fmt: skip
     skip_dns_conntrack_zone_split: bool = kuma(
         False, parse_bool, "Do not add the raw-table conntrack zone rules for DNS.",
@@ -398,51 +637,96 @@ class KumaSettings(Settings):
     )  # fmt: skip
     iptables_logs: bool = kuma(
         False, parse_bool, "Log matching packets with the kernel's LOG target.",
-        key="log.enabled", flag="--iptables-logs", kind="bool",
+        key="log.enabled", flag="--iptables-logs", kind="bool", releases=SINCE_2_9,
     )  # fmt: skip
     log_level: int = kuma(
         7, parse_log_level, "Level of those log messages (config file only).", key="log.level",
+        file_type="integer", releases=SINCE_2_9,
     )  # fmt: skip
     drop_invalid_packets: bool = kuma(
         False, parse_bool, "Drop packets in conntrack state INVALID (mangle PREROUTING).",
-        key="dropInvalidPackets", flag="--drop-invalid-packets", kind="bool",
+        key="dropInvalidPackets", flag="--drop-invalid-packets", kind="bool", releases=SINCE_2_9,
     )  # fmt: skip
     disable_comments: bool = kuma(
         False, refuse_true(_COMMENTS), "Refused: the comments are how the rules are recognised.",
-        key="comments.disabled", kind="bool",
+        key="comments.disabled", flag="--disable-comments", kind="bool", releases=SINCE_2_9,
     )  # fmt: skip
-    # -- kumactl's operational settings: how it runs iptables. Accepted, without effect here.
-    wait: Any = kuma(
-        None, anything, "kumactl's xtables lock wait; no effect here.", key="wait", ignored=True,
-    )  # fmt: skip
-    wait_interval: Any = kuma(
-        None, anything, "kumactl's xtables lock wait interval; no effect here.", key="waitInterval", ignored=True,
-    )  # fmt: skip
-    max_retries: Any = kuma(
-        None, anything, "kumactl's restore retries; no effect here.", key="retry.maxRetries", ignored=True,
-    )  # fmt: skip
-    sleep_between_retries: Any = kuma(
-        None, anything, "kumactl's pause between retries; no effect here.",
-        key="retry.sleepBetweenRetries", ignored=True,
-    )  # fmt: skip
-    verbose: Any = kuma(None, anything, "kumactl's verbose output; no effect here.", key="verbose", ignored=True)
+    # -- kumactl's operational settings: how it runs iptables. Accepted (with kumactl's checks
+    # -- of their values), without effect here.
     dry_run: Any = kuma(
-        None, anything, "kumactl's dry run (in a config file: no effect here; use --dry-run).",
-        key="dryRun", ignored=True,
+        None, parse_bool,
+        "kumactl's dry run. On install: print the plan, change nothing (as tproxy-firewalld's own "
+        "--dry-run). Elsewhere, and in a config file, no effect.",
+        key="dryRun", flag="--dry-run", kind="bool", ignored=True,
     )  # fmt: skip
-    cni_mode: Any = kuma(None, anything, "kumactl's CNI mode; no effect here.", key="cniMode", ignored=True)
-    iptables_executables: Any = kuma(
-        None, anything, "kumactl's iptables binaries; firewalld runs its own. No effect here.",
-        key="iptablesExecutables", ignored=True,
+    verbose: Any = kuma(
+        None, parse_bool, "kumactl's verbose output; no effect here.", key="verbose", flag="--verbose",
+        kind="bool", ignored=True,
     )  # fmt: skip
     store_firewalld: Any = kuma(
-        None, anything, "kumactl's firewalld storage: this tool is that; no effect here.",
-        key="storeFirewalld", ignored=True,
+        None, parse_bool, "kumactl's firewalld storage: this tool is that; no effect here.",
+        key="storeFirewalld", flag="--store-firewalld", kind="bool", ignored=True,
+    )  # fmt: skip
+    wait: Any = kuma(
+        None, parse_go_uint, "kumactl's xtables lock wait (seconds); no effect here.", key="wait",
+        flag="--wait", metavar="SECONDS", file_type="integer", ignored=True,
+    )  # fmt: skip
+    wait_interval: Any = kuma(
+        None, parse_go_uint, "kumactl's xtables lock wait interval (microseconds); no effect here.",
+        key="waitInterval", flag="--wait-interval", metavar="MICROSECONDS", file_type="integer", ignored=True,
+    )  # fmt: skip
+    max_retries: Any = kuma(
+        None, parse_go_int, "kumactl's restore retries; no effect here.", key="retry.maxRetries",
+        flag="--max-retries", metavar="N", file_type="integer", ignored=True,
+    )  # fmt: skip
+    sleep_between_retries: Any = kuma(
+        None, parse_duration, "kumactl's pause between retries; no effect here.",
+        key="retry.sleepBetweenRetries", flag="--sleep-between-retries", metavar="DURATION", ignored=True,
+    )  # fmt: skip
+    iptables_executables: Any = kuma(
+        None, parse_executables, "kumactl's iptables binaries; firewalld runs its own. No effect here.",
+        key="iptablesExecutables", flag="--iptables-executables", metavar="NAME:PATH[,NAME:PATH]",
+        ignored=True, releases=SINCE_2_9,
+    )  # fmt: skip
+    cni_mode: Any = kuma(
+        None, parse_bool, "kumactl's CNI mode; no effect here.", key="cniMode", kind="bool", ignored=True,
+        releases=SINCE_2_9,
+    )  # fmt: skip
+    redirect_dns_upstream_target_chain: Any = setting(
+        None, parse_text, "kumactl 2.7's deprecated DNS upstream chain; no effect there either.",
+        flag="--redirect-dns-upstream-target-chain", metavar="CHAIN", ignored=True, releases=ONLY_2_7,
+    )  # fmt: skip
+    ebpf_enabled: Any = kuma(
+        None, refuse_true(_EBPF), "Refused when true: kumactl's eBPF mode installs no iptables rules.",
+        key="ebpf.enabled", flag="--ebpf-enabled", kind="bool", ignored=True,
+    )  # fmt: skip
+    ebpf_programs_source_path: Any = kuma(
+        None, parse_text, "kumactl's eBPF programs; no effect here.", key="ebpf.programsSourcePath",
+        flag="--ebpf-programs-source-path", metavar="PATH", ignored=True,
+    )  # fmt: skip
+    ebpf_instance_ip: Any = kuma(
+        None, parse_text, "kumactl's eBPF instance IP; no effect here.", key="ebpf.instanceIP",
+        flag="--ebpf-instance-ip", metavar="IP", ignored=True,
+    )  # fmt: skip
+    ebpf_bpffs_path: Any = kuma(
+        None, parse_text, "kumactl's BPF file system; no effect here.", key="ebpf.bpffsPath",
+        flag="--ebpf-bpffs-path", metavar="PATH", ignored=True,
+    )  # fmt: skip
+    ebpf_cgroup_path: Any = kuma(
+        None, parse_text, "kumactl's cgroup2 path for eBPF; no effect here.", key="ebpf.cgroupPath",
+        flag="--ebpf-cgroup-path", metavar="PATH", ignored=True,
+    )  # fmt: skip
+    ebpf_tc_attach_iface: Any = kuma(
+        None, parse_text, "kumactl's eBPF TC interface; no effect here.", key="ebpf.tcAttachIface",
+        flag="--ebpf-tc-attach-iface", metavar="IFACE", ignored=True,
     )  # fmt: skip
     # -- resolved from the host when not given, recorded with the settings
     kuma_dp_uid: Optional[int] = setting(
-        None, parse_uid, "The kuma-dp user's UID, resolved from kuma_dp_user.", derived=True
-    )
+        None, parse_uid,
+        "kumactl's --kuma-dp-uid: the UID as given, used even if no such user exists (as kumactl "
+        "2.7 does; 2.11-2.14 take it as --kuma-dp-user). Else resolved from kuma_dp_user.",
+        derived=True, flag="--kuma-dp-uid", metavar="UID",
+    )  # fmt: skip
     dns_nameservers: Optional[tuple[str, ...]] = setting(
         None, parse_nameservers, "The nameservers read from resolv_conf_path.", derived=True
     )
@@ -469,7 +753,19 @@ class KumaSettings(Settings):
             ports["redirect_dns_port"] = self.redirect_dns_port
         if len(set(ports.values())) < len(ports):
             warnings.append(Warning_("ports-not-distinct", f"the redirect ports are not distinct: {ports}"))
-        if self.dns_enabled and not self.redirect_all_dns_traffic:
+        if self.kuma_version == "2.7" and "ipv6" in self.ipvs:
+            v6 = self.inbound_port("ipv6")
+            if v6 != self.redirect_inbound_port:
+                warnings.append(
+                    Warning_(
+                        "ipv6-inbound-port",
+                        f"Kuma 2.7 redirects IPv6 inbound traffic to {v6} (--redirect-inbound-port-v6), "
+                        f"IPv4 inbound traffic to {self.redirect_inbound_port}, as kumactl 2.7 does; "
+                        "--redirect-inbound-port-v6 15010 makes them the same",
+                        "redirect_inbound_port_v6",
+                    )
+                )
+        if self.dns_enabled and not self.redirect_all_dns_traffic and self.kuma_version != "2.7":
             for ipv in self.ipvs:
                 if not [n for n in self.dns_nameservers or () if family(n) == ipv]:
                     name = "IPv4" if ipv == "ipv4" else "IPv6"
@@ -493,7 +789,27 @@ class KumaSettings(Settings):
 
     @property
     def ipvs(self) -> tuple[str, ...]:
-        return ("ipv4", "ipv6") if self.ip_family_mode == "dualstack" else ("ipv4",)
+        if self.ip_family_mode == "ipv4" or (self.kuma_version == "2.7" and self.redirect_inbound_port_v6 == 0):
+            return ("ipv4",)
+        return ("ipv4", "ipv6")
+
+    def inbound_port(self, ipv: str) -> int:
+        """Where inbound traffic of a family is redirected: kumactl 2.7 sends IPv6 to its own
+        port (--redirect-inbound-port-v6, default 15006; its old default 15010 means the IPv4
+        port); later releases use one port."""
+        if ipv == "ipv6" and self.kuma_version == "2.7":
+            v6 = self.redirect_inbound_port_v6
+            return self.redirect_inbound_port if v6 == 15010 else v6
+        return self.redirect_inbound_port
+
+    @property
+    def uid_exclusions(self) -> tuple[UidExclusion, ...]:
+        """kumactl 2.7 appends its deprecated tcp and udp entries after the others."""
+        return (
+            self.exclude_outbound_ports_for_uids
+            + self.exclude_outbound_tcp_ports_for_uids
+            + self.exclude_outbound_udp_ports_for_uids
+        )
 
     @property
     def uid(self) -> int:
@@ -501,7 +817,9 @@ class KumaSettings(Settings):
         return self.kuma_dp_uid
 
     @classmethod
-    def _check_flags(cls, flags: Mapping[str, RawValue]) -> None:
+    def _check_flags(cls, flags: Mapping[str, RawValue], release: Optional[str]) -> None:
+        """kumactl's checks of the command line, as the release does them."""
+
         def given_true(name: str) -> bool:
             item = flags.get(name)
             try:
@@ -514,6 +832,40 @@ class KumaSettings(Settings):
                 "only one of '--redirect-dns' or '--redirect-all-dns-traffic' should be specified",
                 "redirect_dns",
             )
+        # kumactl 2.7's own guard (it tests --exclude-outbound-ports, not the for-uids list)
+        if (
+            release == "2.7"
+            and flags.get("exclude_outbound_ports")
+            and (flags.get("exclude_outbound_tcp_ports_for_uids") or flags.get("exclude_outbound_udp_ports_for_uids"))
+        ):
+            raise SettingsError(
+                "--exclude-outbound-ports-for-uids set you can't use --exclude-outbound-tcp-ports-for-uids "
+                "and --exclude-outbound-udp-ports-for-uids anymore (kumactl 2.7's check, which tests "
+                "--exclude-outbound-ports)",
+                "exclude_outbound_ports",
+            )
+        retries, pause = flags.get("max_retries"), flags.get("sleep_between_retries")
+        if release != "2.7" and retries is not None and str(retries.value).startswith("-"):
+            raise SettingsError(
+                f"{retries.source}: value {show(retries.value)} is not a valid unsigned integer "
+                f"(kumactl {release} takes a uint)",
+                "max_retries",
+            )
+        if pause is not None and isinstance(pause.value, str):
+            text = pause.value
+            if release == "2.7":
+                if not _GO_DURATION.fullmatch(text):
+                    raise SettingsError(
+                        f"{pause.source}: value {show(text)} is not a Go duration (kumactl 2.7 takes "
+                        "e.g. 2s, 500ms)",
+                        "sleep_between_retries",
+                    )
+            elif not (re.fullmatch(r"-?[0-9]+", text) or (text[:1] == text[-1:] == '"' and len(text) >= 2)):
+                raise SettingsError(
+                    f"{pause.source}: value {show(text)} is refused, as kumactl {release} refuses it: it "
+                    "reads this flag as JSON, a number of nanoseconds (5) or a quoted duration ('\"2s\"')",
+                    "sleep_between_retries",
+                )
 
 
 def resolve_kuma_dp_user(user: str) -> int:
@@ -543,7 +895,9 @@ def resolve_kuma_dp_user(user: str) -> int:
 
 
 def read_nameservers(path: str) -> tuple[str, ...]:
-    """The nameservers of a resolv.conf, in order, each once (a repeated line adds nothing)."""
+    """The nameservers of a resolv.conf, in order, each once (a repeated line adds nothing:
+    kumactl writes its rules once per line, and a repeated rule never matches anything its
+    first copy did not)."""
     import os
     import stat
 
@@ -564,9 +918,9 @@ def read_nameservers(path: str) -> tuple[str, ...]:
             if "%" in words[1]:
                 continue  # a scoped "fe80::1%eth0": iptables cannot match the scope
             try:
-                servers.append(str(ipaddress.ip_address(words[1])))
+                servers.append(nameserver_address(words[1]))
             except ValueError:
-                continue
+                continue  # kumactl 2.9+ turns it into an unrestricted IPv6 DNS redirect: skipped
     unique = tuple(dict.fromkeys(servers))
     if len(unique) > MAX_NAMESERVERS:
         raise SettingsError(
@@ -586,6 +940,9 @@ MAX_NAMESERVERS = 32
 
 
 TEMPLATE = "kuma.rules.j2"
+#: Kuma 2.7's older engine: no comments, other DNS rules; its own template (see the README).
+TEMPLATES = {"2.7": "kuma-2.7.rules.j2"}
+UNMARKED_RELEASES = frozenset({"2.7"})
 
 
 @dataclass(frozen=True)
@@ -599,10 +956,22 @@ class Profile:
     #: addresses the rules expect on lo, by family (added by install, removed by uninstall)
     loopback: Mapping[str, str]
 
+    def recognise(self, configs: Sequence[DirectConfig], given: Sequence[KumaSettings]) -> Recognition:
+        """Its entries that carry no mark, recognised exactly (and the suspected ones):
+        kumactl's --store-firewalld leftovers of every release, Kuma 2.7's rules."""
+        from tproxy_firewalld.kuma_leftovers import recognise
+
+        return recognise(configs, given, self)
+
+    def renders_unmarked(self, settings: KumaSettings) -> bool:
+        """Whether its template for these settings writes rules without the profile's marks
+        (Kuma 2.7: no comments), which are then recognised by exact match."""
+        return settings.kuma_version in UNMARKED_RELEASES
+
     def template_path(self, settings: KumaSettings) -> Path:
         from tproxy_firewalld.ruleset import packaged_template
 
-        return packaged_template(self.template)
+        return packaged_template(TEMPLATES.get(settings.kuma_version, self.template))
 
 
 KUMA = Profile(

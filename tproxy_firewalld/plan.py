@@ -19,6 +19,7 @@ from tproxy_firewalld.entries import (
     Entry,
     Owner,
     Passthrough,
+    Recognition,
     Rule,
     entry_json,
 )
@@ -201,7 +202,17 @@ class Plan:
     warnings: tuple[Warning_, ...] = ()
     #: the record install writes (None for uninstall)
     record: Optional[Record] = None
+    #: the profile's marks plus the entries it recognised exactly (and, on request, suspected)
     owner: Optional[Owner] = None
+    #: what the profile recognised beyond its marks (kumactl's leftovers, suspected entries)
+    recognition: Recognition = field(default_factory=Recognition)
+    #: whether suspected entries are removed too
+    remove_suspected: bool = False
+
+    def leftovers_removed(self) -> tuple[Entry, ...]:
+        """kumactl's leftovers this plan removes (somewhere), in removal order."""
+        desired = self.desired.entries()
+        return tuple(sorted((e for e in self.recognition.leftovers if e not in desired), key=str))
 
     def observed_ours(self, place: str) -> DirectConfig:
         """Our entries as observed in "runtime", "permanent" or "file"."""

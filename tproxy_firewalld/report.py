@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from tproxy_firewalld.entries import DirectConfig, Entry, entry_json
+from tproxy_firewalld.entries import DirectConfig, Entry, Suspect, entry_json
 from tproxy_firewalld.errors import TproxyError
 from tproxy_firewalld.firewalld import DaemonInfo
 from tproxy_firewalld.plan import Diff, Plan, Step, order_adds, step_json
@@ -54,6 +54,11 @@ class Result:
     file: Change
     warnings: tuple[Warning_, ...] = ()
     settings: Optional[dict[str, Any]] = None
+    #: kumactl's leftovers the run removes (they are among the steps' removals)
+    leftovers: tuple[Entry, ...] = ()
+    #: entries that only might be Kuma's (removed only with remove_suspected)
+    suspected: tuple[Suspect, ...] = ()
+    suspected_removed: bool = False
 
     @property
     def changed(self) -> bool:
@@ -73,6 +78,9 @@ class Result:
             file=Change.of(plan.observed_ours("file"), ours),
             warnings=plan.warnings + warnings,
             settings=plan.record.settings.to_json() if plan.record is not None else None,
+            leftovers=plan.leftovers_removed(),
+            suspected=plan.recognition.suspected,
+            suspected_removed=plan.remove_suspected,
         )
 
     def summary(self) -> str:
@@ -95,21 +103,41 @@ class Result:
             "file": self.file.to_json(),
             "warnings": [w.to_json() for w in self.warnings],
             "settings": self.settings,
+            "leftovers": [entry_json(e) for e in self.leftovers],
+            "suspected": [s.to_json() for s in self.suspected],
+            "suspected_removed": self.suspected_removed,
         }
 
     def text(self) -> list[str]:
         """The lines a person reads: with --dry-run every entry, then the summary."""
         lines: list[str] = []
+        left = set(self.leftovers)
         if self.dry_run:
             for step in self.steps:
                 lines.append(f"{step.summary()}")
                 diff: Optional[Diff] = getattr(step, "diff", None)
                 if diff is not None and not getattr(step, "file_repair", False):
                     lines += [f"  + {e.describe()}" for e in diff.add]
-                    lines += [f"  - {e.describe()}" for e in diff.remove]
+                    lines += [f"  - {e.describe()}{LEFTOVER if e in left else ''}" for e in diff.remove]
         prefix = "would change: " if self.dry_run and self.changed else ""
         lines.append(f"{self.action}: {prefix}{self.summary()}")
+        if self.leftovers:
+            verb = "would remove" if self.dry_run else "removed"
+            lines.append(f"{self.action}: {verb} {len(self.leftovers)} kumactl leftovers")
         return lines
+
+
+LEFTOVER = "  (kumactl leftover)"
+
+
+def suspect_lines(suspected: tuple[Suspect, ...], removed: bool = False) -> list[str]:
+    if not suspected:
+        return []
+    how = "removed on request" if removed else "left in place; --remove-suspected removes them"
+    lines = [f"suspected (might be Kuma's, match nothing exactly; {how}):"]
+    for s in suspected:
+        lines += [f"  ? {s.entry.describe()}", f"      {s.reason}"]
+    return lines
 
 
 def warning_lines(warnings: tuple[Warning_, ...]) -> list[str]:
@@ -128,6 +156,10 @@ class DiffReport:
     file_only: tuple[Entry, ...] = ()
     firewalld_only: tuple[Entry, ...] = ()
     warnings: tuple[Warning_, ...] = ()
+    #: kumactl's leftovers (among the removals)
+    leftovers: tuple[Entry, ...] = ()
+    #: entries that only might be Kuma's (not among the removals)
+    suspected: tuple[Suspect, ...] = ()
 
     @property
     def in_sync(self) -> bool:
@@ -148,15 +180,18 @@ class DiffReport:
                 "only_in_firewalld": [entry_json(e) for e in self.firewalld_only],
             },
             "warnings": [w.to_json() for w in self.warnings],
+            "leftovers": [entry_json(e) for e in self.leftovers],
+            "suspected": [s.to_json() for s in self.suspected],
         }
 
     def text(self) -> list[str]:
         lines = [f"desired: {self.desired_from}"]
+        left = set(self.leftovers)
 
         def show(title: str, d: Diff) -> None:
             lines.append(f"{title}: {d.summary()}")
             lines.extend(f"  + {e.describe()}" for e in d.add)
-            lines.extend(f"  - {e.describe()}" for e in d.remove)
+            lines.extend(f"  - {e.describe()}{LEFTOVER if e in left else ''}" for e in d.remove)
 
         if self.runtime is not None and self.permanent is not None:
             show("runtime", self.runtime)
@@ -171,6 +206,12 @@ class DiffReport:
             )
             lines += [f"  only in direct.xml: {e.describe()}" for e in self.file_only]
             lines += [f"  only in firewalld:  {e.describe()}" for e in self.firewalld_only]
+        if self.leftovers:
+            lines.append(
+                f"kumactl leftovers: {len(self.leftovers)} (what kumactl --store-firewalld wrote; "
+                "install and uninstall remove them)"
+            )
+        lines += suspect_lines(self.suspected)
         lines.append("in sync" if self.in_sync else "differences found")
         return lines
 
@@ -184,6 +225,9 @@ class Status:
     drift: Optional[DiffReport]
     warnings: tuple[Warning_, ...]
     record: Optional[dict[str, Any]] = None
+    #: kumactl's leftovers (what its --store-firewalld wrote), wherever they are
+    leftovers: tuple[Entry, ...] = ()
+    suspected: tuple[Suspect, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -195,6 +239,8 @@ class Status:
             "drift": None if self.drift is None else self.drift.to_json(),
             "record": self.record,
             "warnings": [w.to_json() for w in self.warnings],
+            "leftovers": [entry_json(e) for e in self.leftovers],
+            "suspected": [s.to_json() for s in self.suspected],
         }
 
     def text(self) -> list[str]:
@@ -210,8 +256,20 @@ class Status:
             )
         for where, n in self.installed.items():
             lines.append(f"{where}: {n} of our entries" if n else f"{where}: not installed")
+        if self.record is not None:
+            settings = self.record.get("settings") or {}
+            release = settings.get("kuma_version")
+            at = self.record.get("installed_at") or "unknown time"
+            lines.append(f"recorded: Kuma {release} rule set, installed {at}" if release else f"recorded: installed {at}")
         if self.drift is not None:
             lines.append("drift: none" if self.drift.in_sync else "drift: yes (see `tproxy-firewalld diff`)")
+        if self.leftovers:
+            lines.append(
+                f"kumactl leftovers: {len(self.leftovers)} entries kumactl --store-firewalld wrote "
+                "(`tproxy-firewalld uninstall` removes them, install replaces them):"
+            )
+            lines += [f"  {e.describe()}" for e in self.leftovers]
+        lines += suspect_lines(self.suspected)
         lines += warning_lines(self.warnings)
         return lines
 

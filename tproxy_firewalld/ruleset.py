@@ -160,11 +160,16 @@ class FamilyContext:
     """Everything the template sees for one family: validated, typed, family-filtered."""
 
     ipv: str
+    #: the Kuma release (its rule set differs, see the templates)
+    release: str
     s: KumaSettings
     uid: int
     lo: str
     passthrough: str
     localhost: str
+    #: where this family's inbound traffic goes (Kuma 2.7: IPv6 has its own port)
+    inbound_port: int
+    uid_exclusions: tuple[Any, ...]
     inbound_exclude_ips: tuple[str, ...]
     outbound_exclude_ips: tuple[str, ...]
     nameservers: tuple[str, ...]
@@ -172,19 +177,28 @@ class FamilyContext:
     dns_redirect: bool
     conntrack_zone_split: bool
     loopback_nameservers: tuple[str, ...] = field(default=())
+    #: whether --vnet was given at all (Kuma 2.7 inserts into PREROUTING then, any family)
+    vnet_given: bool = False
 
 
 def family_context(settings: KumaSettings, ipv: str) -> FamilyContext:
     servers = tuple(n for n in settings.dns_nameservers or () if family(n) == ipv)
     capture_all = settings.redirect_all_dns_traffic
-    dns_redirect = settings.dns_enabled and (capture_all or bool(servers))
+    if settings.kuma_version == "2.7":
+        # 2.7 decides DNS once for both families (2.9+: per family, off without its nameservers)
+        dns_redirect = settings.dns_enabled
+    else:
+        dns_redirect = settings.dns_enabled and (capture_all or bool(servers))
     return FamilyContext(
         ipv=ipv,
+        release=settings.kuma_version,
         s=settings,
         uid=settings.uid,
         lo=LOOPBACK_IFACE,
         passthrough=FAMILY[ipv]["passthrough"],
         localhost=FAMILY[ipv]["localhost"],
+        inbound_port=settings.inbound_port(ipv),
+        uid_exclusions=settings.uid_exclusions,
         inbound_exclude_ips=tuple(a for a in settings.exclude_inbound_ips if family(a) == ipv),
         outbound_exclude_ips=tuple(a for a in settings.exclude_outbound_ips if family(a) == ipv),
         nameservers=() if capture_all else servers,
@@ -201,6 +215,7 @@ def family_context(settings: KumaSettings, ipv: str) -> FamilyContext:
         loopback_nameservers=()
         if capture_all
         else tuple(n for n in servers if ipaddress.ip_address(n).is_loopback),
+        vnet_given=bool(settings.vnet),
     )
 
 
@@ -330,7 +345,13 @@ def build_ruleset(
     config = DirectConfig(chains=tuple(chains), rules=tuple(rules))
     if key and fresh:
         _remember_render(key, texts)
-    unrecognised = config.foreign(profile.owner)
+    # A release without comments (Kuma 2.7) has rules outside our chains that carry no mark:
+    # they are recognised by exact match with what its template renders for the recorded
+    # settings (kuma.recognise). A custom template has no such guarantee: it must mark them.
+    if template or not profile.renders_unmarked(settings):
+        unrecognised = config.foreign(profile.owner)
+    else:
+        unrecognised = DirectConfig()
     if not unrecognised.is_empty():
         example = sorted(unrecognised.entries(), key=str)[0].describe()
         raise SettingsError(

@@ -68,10 +68,15 @@ class Field:
     metavar: Optional[str] = None
     #: accepted for compatibility and validated, but without effect (e.g. kumactl's --wait)
     ignored: bool = False
-    #: resolved from the host when not given (e.g. a uid looked up by user name); never a flag
+    #: resolved from the host when not given (e.g. a uid looked up by user name); not a
+    #: library/Ansible option, though a profile may give it a flag (kumactl's --kuma-dp-uid)
     derived: bool = False
-    #: the rule-set releases that have this setting; None: all of them
+    #: the rule-set releases that have this setting; None: all of them. Given for another
+    #: release (by any source), it is refused with the releases that have it.
     releases: Optional[frozenset[str]] = None
+    #: the YAML/JSON type a config file must give ("integer", "boolean"; None: any the parser
+    #: takes). kumactl's config is typed: `port: "15006"` is refused there, so here too.
+    file_type: Optional[str] = None
 
     @property
     def default_text(self) -> str:
@@ -96,6 +101,7 @@ def setting(
     ignored: bool = False,
     derived: bool = False,
     releases: Optional[Iterable[str]] = None,
+    file_type: Optional[str] = None,
 ) -> Any:
     """A dataclass field carrying its :class:`Field` (completed with its name by the class)."""
     spec = {
@@ -111,6 +117,7 @@ def setting(
         "ignored": ignored,
         "derived": derived,
         "releases": frozenset(releases) if releases is not None else None,
+        "file_type": file_type or ("boolean" if kind == "bool" else None),
     }
     return dataclasses.field(default=default, metadata={"setting": spec})
 
@@ -143,18 +150,47 @@ class Settings:
     #: fixed environment variables: name -> the only value accepted
     FIXED_ENV: ClassVar[dict[str, tuple[str, str]]] = {}
     ENV_PREFIX: ClassVar[str] = ""
+    #: the setting that selects the rule-set release (None: the profile has one rule set);
+    #: settings declared with ``releases=`` exist only in those releases
+    RELEASE_SETTING: ClassVar[Optional[str]] = None
+    #: the releases, oldest first, and what they are releases of (for messages)
+    RELEASES: ClassVar[tuple[str, ...]] = ()
+    RELEASE_OF: ClassVar[str] = "release"
 
     def __post_init__(self) -> None:
         for f in self.fields():
             value = getattr(self, f.name)
-            if f.derived and value is None:
-                continue
+            if (f.derived and value is None) or f.ignored:
+                continue  # an ignored setting is validated where it is given, and not kept
             try:
                 parsed = f.parse(value)
             except Invalid as exc:
                 raise SettingsError(f"{f.name}: {exc}", f.name) from None
             object.__setattr__(self, f.name, parsed)
+        release = self.release
+        for f in self.fields():
+            if not self.has_setting(f, release) and not f.ignored and getattr(self, f.name) != f.default:
+                raise SettingsError(self._not_in_release(f, f.name, release), f.name)
         self._finish()
+
+    @property
+    def release(self) -> Optional[str]:
+        """The rule-set release these settings are for (None: the profile has one)."""
+        return getattr(self, self.RELEASE_SETTING) if self.RELEASE_SETTING else None
+
+    @classmethod
+    def has_setting(cls, f: Field, release: Optional[str]) -> bool:
+        return f.releases is None or release is None or release in f.releases
+
+    @classmethod
+    def _not_in_release(cls, f: Field, source: str, release: Optional[str]) -> str:
+        assert f.releases is not None
+        have = ", ".join(r for r in cls.RELEASES if r in f.releases)
+        chooser = cls.field(cls.RELEASE_SETTING).flag if cls.RELEASE_SETTING else None
+        return (
+            f"{source}: {cls.RELEASE_OF} {release} has no such setting (it exists in "
+            f"{cls.RELEASE_OF} {have}); the release is chosen with {chooser or cls.RELEASE_SETTING}"
+        )
 
     def _finish(self) -> None:
         """Cross-field rules and derived values (subclasses)."""
@@ -230,7 +266,6 @@ class Settings:
                 raw.update(cls._read_config_file(name, stdin))
         raw.update(cls._read_env(env or {}))
         flag_layer = cls._read_flags(flags or {})
-        cls._check_flags(flag_layer)
         raw.update(flag_layer)
         for name, value in values.items():
             try:
@@ -240,6 +275,12 @@ class Settings:
                 raise SettingsError(f"{name}: unknown setting; known: {known}", name) from None
             if value is not None:
                 raw[f.name] = RawValue(value, name)
+        release = cls._release_of(raw)
+        for name, item in raw.items():
+            f = cls.field(name)
+            if not cls.has_setting(f, release):
+                raise SettingsError(cls._not_in_release(f, item.source, release), f.name)
+        cls._check_flags(flag_layer, release)
         parsed: dict[str, Any] = {}
         for name, item in raw.items():
             f = cls.field(name)
@@ -252,8 +293,21 @@ class Settings:
         return cls(**parsed)
 
     @classmethod
-    def _check_flags(cls, flags: Mapping[str, RawValue]) -> None:
-        """Rules about flags given together on one command line (subclasses)."""
+    def _release_of(cls, raw: Mapping[str, RawValue]) -> Optional[str]:
+        if not cls.RELEASE_SETTING:
+            return None
+        f = cls.field(cls.RELEASE_SETTING)
+        item = raw.get(f.name)
+        if item is None:
+            return str(f.default)
+        try:
+            return str(f.parse(item.value))
+        except Invalid as exc:
+            raise SettingsError(f"{item.source}: {exc}", f.name) from None
+
+    @classmethod
+    def _check_flags(cls, flags: Mapping[str, RawValue], release: Optional[str]) -> None:
+        """Rules about flags given together on one command line, for the release (subclasses)."""
 
     @classmethod
     def _read_flags(cls, flags: Mapping[str, Any]) -> dict[str, RawValue]:
@@ -326,6 +380,7 @@ class Settings:
             path = f"{prefix}{key}"
             known = by_key.get(path)
             if known is not None:
+                _check_file_type(known, value, f"{source}: {path}")
                 out[known.name] = RawValue(value, f"{source}: {path}")
             elif path in cls.IGNORED_KEYS:
                 continue
@@ -357,8 +412,13 @@ class Settings:
     # ---------------------------------------------------------------- the state file
 
     def to_json(self) -> dict[str, Any]:
-        """Every setting by name, as canonical JSON values the parsers read back."""
-        return {f.name: _jsonable(getattr(self, f.name)) for f in self.fields() if not f.ignored}
+        """Every setting of the release by name, as canonical JSON values the parsers read back."""
+        release = self.release
+        return {
+            f.name: _jsonable(getattr(self, f.name))
+            for f in self.fields()
+            if not f.ignored and self.has_setting(f, release)
+        }
 
     @classmethod
     def from_json(cls: type[S], data: Any, source: str = "recorded settings") -> S:
@@ -378,6 +438,29 @@ class Settings:
 
     def replace(self: S, **changes: Any) -> S:
         return dataclasses.replace(self, **changes)
+
+
+def _check_file_type(f: Field, value: Any, source: str) -> None:
+    """kumactl's config is typed (Go's JSON decoding): a port is a number, a switch a boolean.
+    A quoted ``port: "15006"`` reaches kumactl's parser with its quotes and is refused; so is
+    it here, with kumactl's message."""
+    if f.file_type == "integer":
+        wrong = not isinstance(value, int) or isinstance(value, bool)
+        what = "a number"
+    elif f.file_type == "boolean":
+        wrong = not isinstance(value, bool)
+        what = "an unquoted true or false"
+    else:
+        return
+    if not wrong:
+        return
+    try:
+        f.parse(json.dumps(value) if isinstance(value, str) else value)
+    except Invalid as exc:
+        problem = str(exc)
+    else:  # e.g. 1 for a boolean: Go's JSON decoding refuses a number there
+        problem = f"value {show(value)} is not {what}"
+    raise SettingsError(f"{source}: {problem}; a config file takes {what} here, as kumactl's does", f.name)
 
 
 def _jsonable(value: Any) -> Any:

@@ -4,6 +4,7 @@ would flush, nameservers that moved, a kernel that lacks a module)."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
@@ -42,7 +43,9 @@ def status(
 
 
 def _status(observed: Observed, reason: str, profile: Profile) -> Status:
-    owner = profile.owner
+    from tproxy_firewalld.api import ownership
+
+    owner, recognition = ownership(observed, None, profile)
     installed = {}
     if observed.live:
         assert observed.runtime is not None and observed.permanent is not None
@@ -61,6 +64,12 @@ def _status(observed: Observed, reason: str, profile: Profile) -> Status:
     daemon = observed.daemon
     if daemon is not None:
         warnings += _daemon_warnings(daemon, observed, installed)
+    wanted: set[object] = set()
+    if record is not None:
+        from tproxy_firewalld.ruleset import build_ruleset
+
+        with contextlib.suppress(TproxyError):  # reported by the drift already
+            wanted = set(build_ruleset(record.settings, profile, record.template).entries())
     return Status(
         daemon,
         reason or observed.offline_reason,
@@ -68,6 +77,8 @@ def _status(observed: Observed, reason: str, profile: Profile) -> Status:
         drift,
         tuple(warnings),
         record.to_json() if record is not None else None,
+        leftovers=tuple(sorted((e for e in recognition.leftovers if e not in wanted), key=str)),
+        suspected=recognition.suspected,
     )
 
 

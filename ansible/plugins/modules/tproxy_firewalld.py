@@ -88,6 +88,11 @@ options:
     type: list
     elements: path
   # settings:begin
+  kuma_version:
+    description:
+      - "The Kuma release whose rule set and kumactl flags to reproduce: 2.7 (LTS), 2.11, 2.12, 2.13 or 2.14 (each as of its newest patch release). Recorded with the installed rules."
+      - "As C(--kuma-version) and config key C(kumaVersion). Default C(2.14)."
+    type: raw
   kuma_dp_user:
     description:
       - "User name or numeric UID the proxy runs as; its own traffic is not redirected. Default: UID 5678 if it exists, else user kuma-dp, else 5678. A numeric UID need not exist yet."
@@ -108,6 +113,12 @@ options:
       - "Port inbound traffic is redirected to."
       - "As C(--redirect-inbound-port) and config key C(redirect.inbound.port). Default C(15006)."
     type: raw
+  redirect_inbound_port_v6:
+    description:
+      - "Kuma 2.7 only: port IPv6 inbound traffic is redirected to (kumactl 2.7's own default 15006, whatever --redirect-inbound-port says; 15010 means --redirect-inbound-port; 0 turns IPv6 off)."
+      - "As C(--redirect-inbound-port-v6). Default C(15006)."
+      - "Kuma 2.7 only (O(kuma_version))."
+    type: raw
   exclude_inbound_ports:
     description:
       - "Inbound TCP ports not to redirect (comma list; a repeated flag replaces the list, as in kumactl). Note: 22 is NOT excluded by default."
@@ -118,12 +129,14 @@ options:
     description:
       - "Only these inbound TCP ports are redirected (config file only; excludePorts then has no effect)."
       - "As config key C(redirect.inbound.includePorts). Default C(none)."
+      - "Kuma 2.11, 2.12, 2.13, 2.14 only (O(kuma_version))."
     type: list
     elements: raw
   exclude_inbound_ips:
     description:
       - "Source IPs/CIDRs whose inbound traffic is not redirected, each in its own family (comma list; repeated flags add up)."
       - "As C(--exclude-inbound-ips) and config key C(redirect.inbound.excludePortsForIPs). Default C(none)."
+      - "Kuma 2.11, 2.12, 2.13, 2.14 only (O(kuma_version))."
     type: list
     elements: raw
   exclude_inbound_ports_for_uids:
@@ -136,11 +149,13 @@ options:
     description:
       - "Insert the PREROUTING jump above other rules instead of appending it."
       - "As C(--redirect-inbound-insert-instead-of-append) and config key C(redirect.inbound.insertRedirectInsteadOfAppend). Default C(false)."
+      - "Kuma 2.11, 2.12, 2.13, 2.14 only (O(kuma_version))."
     type: bool
   redirect_outbound:
     description:
       - "Redirect outbound TCP traffic to the proxy (config file only)."
       - "As config key C(redirect.outbound.enabled). Default C(true)."
+      - "Kuma 2.11, 2.12, 2.13, 2.14 only (O(kuma_version))."
     type: bool
   redirect_outbound_port:
     description:
@@ -157,12 +172,14 @@ options:
     description:
       - "Only these outbound TCP ports are redirected (config file only; excludePorts then has no effect)."
       - "As config key C(redirect.outbound.includePorts). Default C(none)."
+      - "Kuma 2.11, 2.12, 2.13, 2.14 only (O(kuma_version))."
     type: list
     elements: raw
   exclude_outbound_ips:
     description:
       - "Destination IPs/CIDRs whose outbound traffic is not redirected, each in its own family (comma list; repeated flags add up)."
       - "As C(--exclude-outbound-ips) and config key C(redirect.outbound.excludePortsForIPs). Default C(none)."
+      - "Kuma 2.11, 2.12, 2.13, 2.14 only (O(kuma_version))."
     type: list
     elements: raw
   exclude_outbound_ports_for_uids:
@@ -171,10 +188,25 @@ options:
       - "As C(--exclude-outbound-ports-for-uids) and config key C(redirect.outbound.excludePortsForUIDs). Default C(none)."
     type: list
     elements: raw
+  exclude_outbound_tcp_ports_for_uids:
+    description:
+      - "Kuma 2.7 only (deprecated there): ports:uids, as --exclude-outbound-ports-for-uids tcp:ports:uids (repeated flags add up; they come after the --exclude-outbound-ports-for-uids entries)."
+      - "As C(--exclude-outbound-tcp-ports-for-uids). Default C(none)."
+      - "Kuma 2.7 only (O(kuma_version))."
+    type: list
+    elements: raw
+  exclude_outbound_udp_ports_for_uids:
+    description:
+      - "Kuma 2.7 only (deprecated there): ports:uids, as --exclude-outbound-ports-for-uids udp:ports:uids (repeated flags add up; they come after the tcp entries)."
+      - "As C(--exclude-outbound-udp-ports-for-uids). Default C(none)."
+      - "Kuma 2.7 only (O(kuma_version))."
+    type: list
+    elements: raw
   redirect_outbound_insert_instead_of_append:
     description:
       - "Insert the OUTPUT jump above other rules instead of appending it."
       - "As C(--redirect-outbound-insert-instead-of-append) and config key C(redirect.outbound.insertRedirectInsteadOfAppend). Default C(false)."
+      - "Kuma 2.11, 2.12, 2.13, 2.14 only (O(kuma_version))."
     type: bool
   redirect_dns:
     description:
@@ -211,21 +243,25 @@ options:
     description:
       - "Log matching packets with the kernel's LOG target."
       - "As C(--iptables-logs) and config key C(log.enabled). Default C(false)."
+      - "Kuma 2.11, 2.12, 2.13, 2.14 only (O(kuma_version))."
     type: bool
   log_level:
     description:
       - "Level of those log messages (config file only)."
       - "As config key C(log.level). Default C(7)."
+      - "Kuma 2.11, 2.12, 2.13, 2.14 only (O(kuma_version))."
     type: raw
   drop_invalid_packets:
     description:
       - "Drop packets in conntrack state INVALID (mangle PREROUTING)."
       - "As C(--drop-invalid-packets) and config key C(dropInvalidPackets). Default C(false)."
+      - "Kuma 2.11, 2.12, 2.13, 2.14 only (O(kuma_version))."
     type: bool
   disable_comments:
     description:
       - "Refused: the comments are how the rules are recognised."
-      - "As config key C(comments.disabled). Default C(false)."
+      - "As C(--disable-comments) and config key C(comments.disabled). Default C(false)."
+      - "Kuma 2.11, 2.12, 2.13, 2.14 only (O(kuma_version))."
     type: bool
   # settings:end
 attributes:
