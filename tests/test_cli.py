@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import ready_root
 from typer.testing import CliRunner
 
 from tproxy_firewalld.cli import app
@@ -115,7 +116,7 @@ def test_render_keeps_foreign_entries_and_refuses_broken_files(tmp_path: Path) -
 
 
 def test_offline_install_json_and_diff_exit_codes(tmp_path: Path) -> None:
-    root = tmp_path / "img"
+    root = ready_root(tmp_path / "img")
     first = runner.invoke(
         app, ["install", "--root", str(root), "--output", "json", "--kuma-dp-user", "0"]
     )

@@ -65,6 +65,7 @@ def test_every_flag_maps_to_a_config_key_and_env_var() -> None:
         "--drop-invalid-packets",
         "--redirect-inbound-insert-instead-of-append",
         "--redirect-outbound-insert-instead-of-append",
+        "--configure-firewalld",  # tproxy-firewalld's own (firewalld.conf, with consent)
     }
     envs = {f.key: f.env for f in FIELDS}
     assert envs["kumaDPUser"] == "KUMA_TRANSPARENT_PROXY_KUMA_DP_USER"

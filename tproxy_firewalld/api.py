@@ -15,6 +15,7 @@ Every function takes a :class:`Target` (default: the live system) and raises
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,9 +62,10 @@ def _make(
     loopback: tuple[tuple[str, str], ...] = ()
     if settings is not None:
         loopback = tuple(("lo", a) for ipv, a in profile.loopback.items() if ipv in settings.ipvs)
-    plan = make_plan(action, desired, observed, profile.owner, record, loopback)
+    consent = settings is not None and settings.configure_firewalld
+    plan = make_plan(action, desired, observed, profile.owner, record, loopback, consent)
     _refuse_dangling_passthroughs(plan, profile)
-    warnings: list[Warning_] = []
+    warnings: list[Warning_] = list(plan.warnings)
     if settings is not None:
         warnings += settings.warnings
     if observed.record_error:
@@ -72,9 +74,7 @@ def _make(
         )
     if settings is not None and "ipv6" in settings.ipvs and observed.live and not observed.loopback:
         warnings.append(Warning_("no-ipv6", "IPv6 is disabled on this host: ::6/128 cannot be put on lo"))
-    return Plan(
-        plan.action, plan.observed, plan.desired, plan.steps, tuple(warnings), plan.record, plan.owner
-    )
+    return dataclasses.replace(plan, warnings=tuple(warnings))
 
 
 def _refuse_dangling_passthroughs(plan: Plan, profile: Profile) -> None:
@@ -226,6 +226,7 @@ def diff_observed(
     rules_template: Optional[str],
     profile: Profile,
 ) -> DiffReport:
+    from tproxy_firewalld.fwconf import checks
     from tproxy_firewalld.plan import Diff
     from tproxy_firewalld.ruleset import build_ruleset
 
@@ -241,8 +242,9 @@ def diff_observed(
     else:
         desired, source = DirectConfig(), "nothing installed (no record)"
     file = Diff.between(desired, observed.file, owner)
+    conf = checks(desired, observed.conf)
     if not observed.live:
-        return DiffReport(source, observed.mode, None, None, file)
+        return DiffReport(source, observed.mode, None, None, file, firewalld_conf=conf)
     assert observed.runtime is not None and observed.permanent is not None
     file_entries, perm_entries = observed.file.entries(), observed.permanent.entries()
     return DiffReport(
@@ -253,6 +255,7 @@ def diff_observed(
         file,
         file_only=tuple(sorted(file_entries - perm_entries, key=str)),
         firewalld_only=tuple(sorted(perm_entries - file_entries, key=str)),
+        firewalld_conf=conf,
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any, Optional
 from tproxy_firewalld.entries import DirectConfig, Entry, entry_json
 from tproxy_firewalld.errors import TproxyError
 from tproxy_firewalld.firewalld import DaemonInfo
+from tproxy_firewalld.fwconf import ConfCheck, ConfView
 from tproxy_firewalld.plan import Diff, Plan, Step, order_adds, step_json
 from tproxy_firewalld.settings import Warning_
 
@@ -54,6 +55,8 @@ class Result:
     file: Change
     warnings: tuple[Warning_, ...] = ()
     settings: Optional[dict[str, Any]] = None
+    #: install: the firewalld.conf settings the rules need, as firewalld had them before
+    firewalld_conf: tuple[ConfCheck, ...] = ()
 
     @property
     def changed(self) -> bool:
@@ -73,12 +76,13 @@ class Result:
             file=Change.of(plan.observed_ours("file"), ours),
             warnings=plan.warnings + warnings,
             settings=plan.record.settings.to_json() if plan.record is not None else None,
+            firewalld_conf=plan.firewalld_conf,
         )
 
     def summary(self) -> str:
         if not self.steps:
             return "nothing to do"
-        order = {"runtime": 0, "permanent": 1, "file": 2, "loopback": 3, "record": 4}
+        order = {"runtime": 0, "permanent": 1, "file": 2, "firewalld-conf": 3, "reload": 4, "loopback": 5, "record": 6}
         return "; ".join(s.summary() for s in sorted(self.steps, key=lambda s: order[s.kind]))
 
     def to_json(self) -> dict[str, Any]:
@@ -95,6 +99,7 @@ class Result:
             "file": self.file.to_json(),
             "warnings": [w.to_json() for w in self.warnings],
             "settings": self.settings,
+            "firewalld_conf": [c.to_json() for c in self.firewalld_conf],
         }
 
     def text(self) -> list[str]:
@@ -128,11 +133,17 @@ class DiffReport:
     file_only: tuple[Entry, ...] = ()
     firewalld_only: tuple[Entry, ...] = ()
     warnings: tuple[Warning_, ...] = ()
+    #: the firewalld.conf settings the desired rules need, against what firewalld has
+    firewalld_conf: tuple[ConfCheck, ...] = ()
 
     @property
     def in_sync(self) -> bool:
         diffs = [self.runtime, self.permanent, self.file]
-        return all(d is None or d.empty for d in diffs) and not (self.file_only or self.firewalld_only)
+        return (
+            all(d is None or d.empty for d in diffs)
+            and not (self.file_only or self.firewalld_only)
+            and all(c.ok for c in self.firewalld_conf)
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -147,6 +158,7 @@ class DiffReport:
                 "only_in_file": [entry_json(e) for e in self.file_only],
                 "only_in_firewalld": [entry_json(e) for e in self.firewalld_only],
             },
+            "firewalld_conf": [c.to_json() for c in self.firewalld_conf],
             "warnings": [w.to_json() for w in self.warnings],
         }
 
@@ -171,8 +183,18 @@ class DiffReport:
             )
             lines += [f"  only in direct.xml: {e.describe()}" for e in self.file_only]
             lines += [f"  only in firewalld:  {e.describe()}" for e in self.firewalld_only]
+        lines += [conf_line(c) for c in self.firewalld_conf]
         lines.append("in sync" if self.in_sync else "differences found")
         return lines
+
+
+def conf_line(check: ConfCheck) -> str:
+    if check.ok:
+        return f"firewalld.conf: {check.name}={check.value}: in sync (the rules need {check.wanted})"
+    return (
+        f"firewalld.conf: {check.name}={check.value}, the rules need {check.wanted} ({check.breaks}); "
+        f"`install --configure-firewalld` sets it"
+    )
 
 
 @dataclass(frozen=True)
@@ -184,11 +206,14 @@ class Status:
     drift: Optional[DiffReport]
     warnings: tuple[Warning_, ...]
     record: Optional[dict[str, Any]] = None
+    #: the firewalld.conf settings that can defeat the rules, as firewalld (or the file) has them
+    conf: Optional[ConfView] = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "schema": schema("status"),
             "firewalld": self.daemon.to_json() if self.daemon else None,
+            "firewalld_conf": self.conf.to_json() if self.conf else None,
             "firewalld_unavailable": self.unavailable_reason or None,
             "installed": self.installed,
             "in_sync": None if self.drift is None else self.drift.in_sync,
@@ -207,6 +232,14 @@ class Status:
             lines.append(
                 f"firewalld: {fw.state}, version {fw.version}, backend {fw.backend}, "
                 f"FlushAllOnReload={fw.flush_all_on_reload}{extra}"
+            )
+        if self.conf is not None and self.conf.values:
+            shown = ", ".join(f"{k}={v}" for k, v in self.conf.values.items())
+            lines.append(f"firewalld.conf: {shown}" + (" (no such file: firewalld's defaults)" if self.conf.missing else ""))
+        for change in (self.record or {}).get("firewalld_conf", []):
+            lines.append(
+                f"firewalld.conf: {change['name']}={change['after']} set by install (was {change['before']}; "
+                "uninstall puts it back)"
             )
         for where, n in self.installed.items():
             lines.append(f"{where}: {n} of our entries" if n else f"{where}: not installed")

@@ -227,6 +227,11 @@ options:
       - "Refused: the comments are how the rules are recognised."
       - "As config key C(comments.disabled). Default C(false)."
     type: bool
+  configure_firewalld:
+    description:
+      - "tproxy-firewalld's own, not kumactl's: let install set the firewalld.conf settings that would defeat the rules (RFC3964_IPv4=no for IPv6 rules, StrictForwardPorts=no) and reload firewalld to apply them; uninstall puts the old values back. Without it install refuses (exit 12)."
+      - "As C(--configure-firewalld) and config key C(configureFirewalld). Default C(false)."
+    type: bool
   # settings:end
 attributes:
   check_mode:
