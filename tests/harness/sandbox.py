@@ -78,7 +78,8 @@ class SandboxError(RuntimeError):
 
 
 class SandboxFactory(Protocol):
-    """What the `make_sandbox` fixture hands out: start_sandbox, closed at teardown."""
+    """What the `make_sandbox` fixture hands out: start_sandbox, closed at teardown (the
+    fixture's conf defaults and stock: tests/conftest.py)."""
 
     def __call__(
         self,
@@ -86,6 +87,8 @@ class SandboxFactory(Protocol):
         flush_all_on_reload: YesNo = "yes",
         root: Path | None = None,
         conf: Mapping[str, str] | None = None,
+        *,
+        stock: bool = False,
     ) -> Sandbox: ...
 
 
