@@ -15,14 +15,12 @@ import json
 import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_firewalld import FakeFirewalld
 from harness import Peer, Sandbox, SandboxFactory, endpoint
-from helpers import TP, direct_lines, file_config, load, ours, tpfw
+from helpers import CHANGING_MEMBERS, TP, direct_lines, load, tpfw, watch_bus
 from test_apply import FOREIGN, world
 
 from tproxy_firewalld import api, apply
@@ -132,7 +130,7 @@ def test_with_consent_offline_the_file_is_changed_recorded_and_put_back(tmp_path
     doc = json.loads(run_tp("install", "--root", str(root), CONSENT, "--dry-run", "-o", "json").stdout)
     assert doc["changed"] is True
     assert {"step": "firewalld-conf", "name": "RFC3964_IPv4", "before": "yes", "after": "no"}.items() <= (
-        [s for s in doc["steps"] if s["step"] == "firewalld-conf"][0].items()
+        next(s for s in doc["steps"] if s["step"] == "firewalld-conf").items()
     )
     assert [s["step"] for s in doc["steps"]] == ["file", "firewalld-conf", "record"], "no reload offline"
     assert {"name": "RFC3964_IPv4", "value": "yes", "wanted": "no", "in_sync": False} in doc["firewalld_conf"]
@@ -153,7 +151,7 @@ def test_with_consent_offline_the_file_is_changed_recorded_and_put_back(tmp_path
     diff = run_tp("diff", "--root", str(root))
     assert diff.returncode == 0 and "firewalld.conf: RFC3964_IPv4=no: in sync" in diff.stdout
     status = run_tp("status", "--root", str(root)).stdout
-    assert "firewalld.conf: RFC3964_IPv4=no set by install (was yes; uninstall puts it back)" in status
+    assert "firewalld.conf: RFC3964_IPv4=no (set by install, was yes; uninstall puts it back)" in status
 
     out = run_tp("uninstall", "--root", str(root)).stdout
     assert "firewalld.conf: RFC3964_IPv4=yes (was no, applied at firewalld's next start)" in out, out
@@ -321,6 +319,19 @@ def test_a_failure_after_the_reload_puts_the_setting_back_before_reloading_again
     assert fake.permanent() == FOREIGN and fake.runtime().ours(OWNER).is_empty()
 
 
+def test_live_uninstall_leaves_a_setting_somebody_changed_since(tmp_path: Path) -> None:
+    target, fake = world(tmp_path)
+    fake.conf["RFC3964_IPv4"] = "yes"
+    api.install(consented(), target=target, client=fake.factory())
+    fake.conf["RFC3964_IPv4"] = "true"  # an admin turned it back on (another spelling of yes)
+    fake.changes.clear()
+    result = api.uninstall(target=target, client=fake.factory())
+    assert not [c for c in fake.changes if c.startswith("config.Set") or c == "reload"], fake.changes
+    assert [w.code for w in result.warnings] == ["firewalld-conf-kept"]
+    assert result.warnings[0].message.startswith("RFC3964_IPv4 is true now, not the no install set")
+    assert fake.conf["RFC3964_IPv4"] == "true"
+
+
 def test_a_broken_permanent_configuration_is_found_before_anything_changes(tmp_path: Path) -> None:
     target, fake = world(tmp_path)
     fake.conf["RFC3964_IPv4"] = "yes"
@@ -351,3 +362,90 @@ def test_the_ansible_module_passes_the_consent_through(tmp_path: Path) -> None:
     assert done["changed"] and "RFC3964_IPv4=no" in conf.read_text()
     gone = run_in_process({"state": "absent", "root": str(root)})
     assert gone["changed"] and conf.read_text() == STOCK_CONF
+
+
+# --------------------------------------------------------------------------- a real firewalld
+
+
+def sandbox_state(sb: Sandbox) -> tuple[Any, ...]:
+    """Everything install may change: firewalld's runtime and permanent direct config,
+    direct.xml, firewalld.conf, lo's addresses, the record."""
+    record = sb.run("cat", "/var/lib/tproxy-firewalld/installed.json", check=False).stdout
+    return (
+        direct_lines(sb),
+        direct_lines(sb, permanent=True),
+        sb.direct_xml.read_bytes() if sb.direct_xml.exists() else None,
+        (sb.etc_dir / "firewalld.conf").read_bytes(),
+        "::6/128" in sb.run("ip", "-6", "addr", "show", "dev", "lo").stdout,
+        record,
+    )
+
+
+def ipv6_served(sb: Sandbox, peer: Peer, inbound: bool = False) -> tuple[Any, Any] | None:
+    if inbound:
+        reply = sb.connect(peer.local_ipv6, APP_PORT, netns=peer.name, timeout=2)
+    else:
+        reply = sb.connect(peer.ipv6, APP_PORT, timeout=2)
+    return None if reply is None else (reply["server"], reply["orig_dst"])
+
+
+APP_PORT, OUTBOUND_PORT, INBOUND_PORT = 8080, 15001, 15006
+
+
+def test_stock_firewalld_refuses_then_consent_makes_ipv6_redirects_work_and_uninstall_undoes_it(
+    make_sandbox: SandboxFactory,
+) -> None:
+    """This host's firewalld (1.3.3) with its stock firewalld.conf, both IPv6 directions.
+    (Every version and both backends, IPv4 too: tests/test_matrix.py.)"""
+    sb = make_sandbox("nftables", stock=True)
+    peer = sb.add_peer()
+    with (
+        sb.listen(OUTBOUND_PORT, family="ipv6", name="proxy-out"),
+        sb.listen(INBOUND_PORT, family="ipv6", name="proxy-in"),
+        sb.listen(APP_PORT, family="ipv6", name="remote", netns=peer.name),
+    ):
+        direct = ("remote", None)
+        assert ipv6_served(sb, peer) == direct
+        before = sandbox_state(sb)
+
+        # Without consent: one line, exit 12, and not one changing call to firewalld.
+        with watch_bus(sb) as members:
+            refused = tpfw(sb, "install", check=False)
+        assert refused.returncode == 12 and refused.stdout == ""
+        assert refused.stderr.startswith("Error: firewalld has RFC3964_IPv4=yes: ") and refused.stderr.count("\n") == 1
+        assert "getAllRules" in members and not CHANGING_MEMBERS & set(members) and "Set" not in members
+        assert sandbox_state(sb) == before
+        assert ipv6_served(sb, peer) == direct
+
+        # --dry-run with consent shows the change and makes none.
+        dry = tpfw(sb, "install", "--configure-firewalld", "--dry-run").stdout
+        assert "firewalld.conf: RFC3964_IPv4=no (was yes)\nfirewalld reloaded (applies RFC3964_IPv4)\n" in dry
+        assert sandbox_state(sb) == before
+
+        # With consent: set over D-Bus, reloaded; both directions reach the proxy.
+        with watch_bus(sb) as members:
+            doc = json.loads(tpfw(sb, "install", "--configure-firewalld", "-o", "json").stdout)
+        assert [s["step"] for s in doc["steps"]] == [
+            "loopback", "runtime", "permanent", "firewalld-conf", "reload", "record",
+        ]  # fmt: skip
+        assert doc["changed"] is True and doc["firewalld_conf"][0] == {
+            "name": "RFC3964_IPv4", "value": "yes", "wanted": "no", "in_sync": False,
+        }  # fmt: skip
+        assert members.count("Set") == 1 and members.count("reload") == 1
+        assert members.index("update") < members.index("Set") < members.index("reload"), members
+        assert "RFC3964_IPv4=no" in (sb.etc_dir / "firewalld.conf").read_text()
+        assert ipv6_served(sb, peer) == ("proxy-out", endpoint(peer.ipv6, APP_PORT))
+        assert ipv6_served(sb, peer, inbound=True) == ("proxy-in", endpoint(peer.local_ipv6, APP_PORT))
+        assert tpfw(sb, "install", "--configure-firewalld").stdout.strip() == "install: nothing to do"
+        assert tpfw(sb, "diff").stdout.count("firewalld.conf: RFC3964_IPv4=no: in sync") == 1
+        # firewalld.conf, not firewalld's memory: it survives a restart
+        assert sb.restart_firewalld() == "running"
+        assert ipv6_served(sb, peer) == ("proxy-out", endpoint(peer.ipv6, APP_PORT))
+
+        out = tpfw(sb, "uninstall").stdout
+        assert "firewalld.conf: RFC3964_IPv4=yes (was no); firewalld reloaded (applies RFC3964_IPv4)" in out
+        after = sandbox_state(sb)
+        assert after[:2] == before[:2] and after[4:] == before[4:], "firewalld, lo and the record"
+        assert parse_conf(after[3].decode()) == parse_conf(before[3].decode()), "firewalld.conf's settings"
+        assert ipv6_served(sb, peer) == direct
+        assert ipv6_served(sb, peer, inbound=True) is None, "nothing listens on 8080 here"

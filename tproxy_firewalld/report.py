@@ -234,13 +234,14 @@ class Status:
                 f"FlushAllOnReload={fw.flush_all_on_reload}{extra}"
             )
         if self.conf is not None and self.conf.values:
-            shown = ", ".join(f"{k}={v}" for k, v in self.conf.values.items())
-            lines.append(f"firewalld.conf: {shown}" + (" (no such file: firewalld's defaults)" if self.conf.missing else ""))
-        for change in (self.record or {}).get("firewalld_conf", []):
-            lines.append(
-                f"firewalld.conf: {change['name']}={change['after']} set by install (was {change['before']}; "
-                "uninstall puts it back)"
+            changed = {c["name"]: c for c in (self.record or {}).get("firewalld_conf", [])}
+            shown = ", ".join(
+                f"{k}={v}"
+                + (f" (set by install, was {changed[k]['before']}; uninstall puts it back)" if k in changed else "")
+                for k, v in self.conf.values.items()
             )
+            missing = " (no such file: firewalld's defaults)" if self.conf.missing else ""
+            lines.append(f"firewalld.conf: {shown}{missing}")
         for where, n in self.installed.items():
             lines.append(f"{where}: {n} of our entries" if n else f"{where}: not installed")
         if self.drift is not None:
