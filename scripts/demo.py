@@ -21,22 +21,31 @@ def main() -> None:
                 print(f"(exit {result.returncode})")
             print()
 
-        print(f"# a private firewalld (backend {sb.backend}) is running in its own namespaces\n")
+        print(f"# a private firewalld (backend {sb.backend}, its stock firewalld.conf) is running in its own namespaces\n")
         show("firewall-cmd", "--permanent", "--direct", "--add-rule", "ipv4", "filter", "INPUT", "0", "-p", "tcp", "--dport", "2022", "-j", "ACCEPT")
         sb.reload()
+        print("# firewalld's stock RFC3964_IPv4=yes would reject every IPv6 connection redirected to the proxy:\n")
         show("tproxy-firewalld", "install", "--exclude-inbound-ports", "22")
-        show("tproxy-firewalld", "install", "--exclude-inbound-ports", "22")
+        show("tproxy-firewalld", "install", "--exclude-inbound-ports", "22", "--configure-firewalld")
+        show("tproxy-firewalld", "install", "--exclude-inbound-ports", "22", "--configure-firewalld")
         show("tproxy-firewalld", "diff")
         show("sh", "-c", "iptables-save -t nat | grep -E '^(:KUMA|-A (PREROUTING|OUTPUT) )'")
         show("firewall-cmd", "--reload")
         show("tproxy-firewalld", "status")
         peer = sb.add_peer()
-        with sb.listen(15001, name="outbound-proxy"), sb.listen(8080, name="remote", netns=peer.name):
-            print(f"# a connection to {peer.ipv4}:8080 lands on the proxy, which reads the original destination:")
-            print(f"{sb.connect(peer.ipv4, 8080)}\n")
+        with (
+            sb.listen(15001, name="outbound-proxy"),
+            sb.listen(15001, name="outbound-proxy", family="ipv6"),
+            sb.listen(8080, name="remote", netns=peer.name),
+            sb.listen(8080, name="remote", netns=peer.name, family="ipv6"),
+        ):
+            print("# connections to the remote host land on the proxy, which reads the original destination:")
+            print(f"{sb.connect(peer.ipv4, 8080)}")
+            print(f"{sb.connect(peer.ipv6, 8080)}\n")
             show("tproxy-firewalld", "uninstall")
-            print("# after uninstall it reaches the remote host again:")
-            print(f"{sb.connect(peer.ipv4, 8080)}\n")
+            print("# after uninstall (RFC3964_IPv4 is yes again) they reach the remote host directly:")
+            print(f"{sb.connect(peer.ipv4, 8080)}")
+            print(f"{sb.connect(peer.ipv6, 8080)}\n")
         show("firewall-cmd", "--permanent", "--direct", "--get-all-rules")
 
 

@@ -15,8 +15,6 @@ from tproxy_firewalld.errors import FirewalldRejected, FirewalldUnavailable
 from tproxy_firewalld.firewalld import DaemonInfo, Op, OpResult
 from tproxy_firewalld.target import Target
 
-INFO = DaemonInfo("RUNNING", "1.3.3", "nftables", "yes", None, "no", {"RFC3964_IPv4": "no"})
-
 
 @dataclass
 class FakeFirewalld:
@@ -35,10 +33,27 @@ class FakeFirewalld:
     file: Optional[Path] = None
     changes: list[str] = field(default_factory=list)
     sent: list[Op] = field(default_factory=list)
-    daemon: Optional[DaemonInfo] = INFO
+    #: firewalld.conf as firewalld holds it (its config properties)
+    conf: dict[str, str] = field(default_factory=lambda: {"RFC3964_IPv4": "no"})
+    #: firewalld.conf as the running firewalld applies it (changed by reload())
+    applied: dict[str, str] = field(default_factory=dict)
+    #: the next set_conf / reload / check_config fails with this firewalld error code
+    fail_set: Optional[str] = None
+    fail_reload: Optional[str] = None
+    fail_check: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        self.applied = dict(self.conf)
+
+    @property
+    def daemon(self) -> DaemonInfo:
+        return self.info()
 
     def info(self) -> DaemonInfo:
-        return INFO
+        return DaemonInfo(
+            "RUNNING", "1.3.3", "nftables", "yes", self.conf.get("StrictForwardPorts"),
+            self.conf.get("RFC3964_IPv4"), dict(self.conf),
+        )  # fmt: skip
 
     def runtime(self) -> DirectConfig:
         return DirectConfig(
@@ -92,6 +107,30 @@ class FakeFirewalld:
             )
         if self.file is not None:
             self.file.write_bytes(render_direct_xml(config))
+
+    def set_conf(self, name: str, value: str) -> None:
+        self.changes.append(f"config.Set {name}={value}")
+        if self.hung():
+            raise FirewalldUnavailable("firewalld did not answer (Set)")
+        if self.fail_set is not None:
+            code, self.fail_set = self.fail_set, None
+            raise FirewalldRejected(f"set {name}: firewalld says {code}", code)
+        self.conf[name] = value
+
+    def check_config(self) -> None:
+        if self.fail_check is not None:
+            code, self.fail_check = self.fail_check, None
+            raise FirewalldRejected(f"check the permanent configuration: firewalld says {code}", code)
+
+    def reload(self) -> None:
+        self.changes.append("reload")
+        if self.hung():
+            raise FirewalldUnavailable("firewalld did not answer (reload)")
+        if self.fail_reload is not None:
+            code, self.fail_reload = self.fail_reload, None
+            raise FirewalldRejected(f"reload firewalld: firewalld says {code}", code)
+        self.applied = dict(self.conf)
+        self.runtime_entries = list(self.permanent_config.entries())  # FlushAllOnReload=yes
 
     def close(self) -> None:
         pass

@@ -47,6 +47,20 @@ def kuma_goldens() -> Path:
     return path
 
 
+# -- image roots ------------------------------------------------------------------------------
+
+#: firewalld.conf for the image roots of tests that are not about its settings: as the rules
+#: need it (RFC3964_IPv4=no; firewalld's default yes makes an IPv6 install refuse, exit 12).
+READY_CONF = "# a test image root's firewalld.conf\nDefaultZone=public\nRFC3964_IPv4=no\n"
+
+
+def ready_root(root: Path, conf: str = READY_CONF) -> Path:
+    """``root`` with an etc/firewalld/firewalld.conf (and nothing else added)."""
+    (root / "etc/firewalld").mkdir(parents=True, exist_ok=True)
+    (root / "etc/firewalld/firewalld.conf").write_text(conf)
+    return root
+
+
 # -- settings ---------------------------------------------------------------------------------
 
 

@@ -32,6 +32,7 @@ from helpers import (
     file_config,
     foreign,
     ours,
+    ready_root,
 )
 
 from tproxy_firewalld.directxml import parse_direct_xml
@@ -661,8 +662,7 @@ def test_offline_root_writes_the_image_direct_xml(
     make_sandbox: SandboxFactory, ansible_env: Ansible, tmp_path: Path
 ) -> None:
     sb = make_sandbox("nftables")
-    root = tmp_path / "image"
-    (root / "etc" / "firewalld").mkdir(parents=True)
+    root = ready_root(tmp_path / "image")
     before = snapshot(sb)
     check = ok(playbook(sb, ansible_env, {"root": str(root)}, "--check", "--diff"))
     assert check.changed and check.result["mode"] == "offline" and check.result["runtime"] is None

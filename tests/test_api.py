@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from fake_firewalld import FakeFirewalld
 from harness import Sandbox
-from helpers import REPO, load, run_in_sandbox
+from helpers import REPO, load, ready_root, run_in_sandbox
 from test_apply import FOREIGN, world
 
 from tproxy_firewalld import api
@@ -42,6 +42,7 @@ def golden(name: str, doc: Any, root: Path) -> None:
 
 def test_golden_json_of_every_command(tmp_path: Path) -> None:
     target, fake = world(tmp_path)
+    fake.conf["StrictForwardPorts"] = "no"  # as firewalld >= 2.3 has it: the documents show the check
     settings = load({"--kuma-dp-user": "5678", "--ip-family-mode": "ipv4", "--exclude-inbound-ports": "22"})
     client = fake.factory()
     golden("install-dry-run", api.install(settings, target=target, client=client, dry_run=True).to_json(), tmp_path)
@@ -61,7 +62,7 @@ def test_golden_json_of_every_command(tmp_path: Path) -> None:
 
 def test_offline_json_and_cli_json_agree(tmp_path: Path) -> None:
     """The CLI prints exactly the library's document (an image root: offline)."""
-    root = tmp_path / "image"
+    root = ready_root(tmp_path / "image")
     cli = subprocess.run(
         [sys.executable, "-m", "tproxy_firewalld", "install", "--root", str(root), "-o", "json", "--kuma-dp-user", "0", "--dry-run"],
         capture_output=True, text=True, check=True,

@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import cli_runner
+from helpers import cli_runner, ready_root
+
+
 
 from tproxy_firewalld.cli import app
 from tproxy_firewalld.directxml import parse_direct_xml
@@ -115,7 +117,7 @@ def test_render_keeps_foreign_entries_and_refuses_broken_files(tmp_path: Path) -
 
 
 def test_offline_install_json_and_diff_exit_codes(tmp_path: Path) -> None:
-    root = tmp_path / "img"
+    root = ready_root(tmp_path / "img")
     first = runner.invoke(
         app, ["install", "--root", str(root), "--output", "json", "--kuma-dp-user", "0"]
     )
@@ -171,7 +173,7 @@ def test_a_relative_rules_template_is_read_from_the_working_directory(
 def test_an_ignored_environment_variable_is_not_a_setting_given(tmp_path: Path) -> None:
     """diff compares against the record unless settings are given; kumactl's KUMA_..._WAIT
     (accepted and ignored) gives none."""
-    root = tmp_path / "img"
+    root = ready_root(tmp_path / "img")
     assert runner.invoke(app, ["install", "--root", str(root), "--kuma-dp-user", "0", "--redirect-outbound-port", "15002"]).exit_code == 0
     result = runner.invoke(app, ["diff", "--root", str(root)], env={"KUMA_TRANSPARENT_PROXY_WAIT": "5"})
     assert result.exit_code == 0 and result.stdout.startswith(f"desired: {root}/var/lib/tproxy-firewalld/installed.json")

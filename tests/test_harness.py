@@ -165,9 +165,12 @@ def test_direct_redirect_reaches_the_sandbox_listener(
         assert reply is not None and (reply["server"], reply["orig_dst"]) == ("app", None)
 
 
-def test_rfc3964_ipv4_rejects_ipv6_redirect_to_loopback(firewalld_sandbox: Sandbox) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rfc3964_ipv4_rejects_ipv6_redirect_to_loopback(
+    make_sandbox: SandboxFactory, backend: Backend
+) -> None:
     """Why the IPv6 redirect test turns RFC3964_IPv4 off (firewalld 1.3.3 default config)."""
-    sandbox = firewalld_sandbox
+    sandbox = make_sandbox(backend, stock=True)
     peer = sandbox.add_peer()
     with proxy_and_peer_listeners(sandbox, peer, "ipv6"):
         sandbox.firewall_cmd("--direct", "--add-rule", "ipv6", "nat", "OUTPUT", "0",

@@ -247,7 +247,7 @@ def test_ipv6_outbound_redirect_is_blocked_by_firewalld_default_rfc3964(
     """A limitation to know about: with firewalld's default RFC3964_IPv4=yes the IPv6
     outbound redirect to ::1 is rejected, so the connection fails instead of reaching the
     proxy. IPv4 is unaffected."""
-    sb = make_sandbox("nftables")
+    sb = make_sandbox("nftables", stock=True)
     peer = sb.add_peer()
     with listeners(sb, "ipv6", (OUTBOUND_PORT, "proxy-out", None), (APP_PORT, "remote", peer.name)):
         load_into_firewalld(sb, kuma_settings(tmp_path))

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from helpers import ready_root
+
 from tproxy_firewalld.cli import app
 from tproxy_firewalld.directxml import parse_direct_xml
 from tproxy_firewalld.errors import SettingsError
@@ -50,7 +52,7 @@ LINE_2_7 = (
 def install_dry_run(tmp_path: Path, line: str) -> tuple[int, str, str]:
     resolv = tmp_path / "resolv.conf"
     resolv.write_text("nameserver 192.0.2.53\n")
-    args = ["install", "--root", str(tmp_path / "img"), *shlex.split(line)]
+    args = ["install", "--root", str(ready_root(tmp_path / "img")), *shlex.split(line)]
     env = {"KUMA_TRANSPARENT_PROXY_REDIRECT_DNS_RESOLV_CONFIG_PATH": str(resolv)}
     result = runner.invoke(app, args, env=env)
     return result.exit_code, result.stdout, result.stderr

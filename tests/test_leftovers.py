@@ -20,7 +20,7 @@ from typing import Optional
 
 import pytest
 from harness import Backend, SandboxFactory
-from helpers import direct_lines, file_config, kuma_goldens, tpfw
+from helpers import direct_lines, file_config, kuma_goldens, ready_root, tpfw
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -293,9 +293,9 @@ def cli(*args: str) -> tuple[int, str, str]:
 def test_every_generation_offline_listed_removed_replaced(tmp_path: Path, name: str) -> None:
     xml = generations()[name]
     kumas = parse_direct_xml(xml.encode())
-    root = tmp_path / "img"
+    root = ready_root(tmp_path / "img")
     path = root / "etc/firewalld/direct.xml"
-    path.parent.mkdir(parents=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(with_foreign(xml))
     before = path.read_bytes()
     extra = NEEDS_SETTINGS.get(name, [])
@@ -355,7 +355,7 @@ def _only_ours(config: DirectConfig, extra: list[str]) -> bool:
 def test_2_7_ownership_by_exact_match_with_the_record(tmp_path: Path) -> None:
     """Kuma 2.7's rules carry no comment: those outside KUMA_MESH_ chains are ours only because
     they are exactly what 2.7 renders for the recorded (or given, or default) settings."""
-    root = tmp_path / "img"
+    root = ready_root(tmp_path / "img")
     resolv = tmp_path / "resolv.conf"
     resolv.write_text("nameserver 192.0.2.53\nnameserver 2001:db8::53\n")
     conf = tmp_path / "c.yaml"
@@ -363,7 +363,7 @@ def test_2_7_ownership_by_exact_match_with_the_record(tmp_path: Path) -> None:
     line = ["--kuma-version", "2.7", "--kuma-dp-user", "4321", "--redirect-dns", "--config", str(conf),
             "--exclude-outbound-ports-for-uids", "tcp:25:7", "--vnet", "docker0:172.17.0.0/16"]  # fmt: skip
     path = root / "etc/firewalld/direct.xml"
-    path.parent.mkdir(parents=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"<direct>{FOREIGN}</direct>")
     code, out, err = cli("install", "--root", str(root), *line)
     assert code == 0, err
@@ -392,9 +392,9 @@ def test_a_bare_drop_invalid_rule_is_kumactls_only_for_settings_that_drop(tmp_pa
     s = settings_of("2.14", drop_invalid_packets=True)
     xml = kumactl_store(dry_run(s, comments=False))
     assert xml is not None and "INVALID -j DROP</rule>" in xml
-    root = tmp_path / "img"
+    root = ready_root(tmp_path / "img")
     path = root / "etc/firewalld/direct.xml"
-    path.parent.mkdir(parents=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(with_foreign(xml))
     drop = "rule ipv4 mangle PREROUTING 3 -m conntrack --ctstate INVALID -j DROP"
     code, out, _ = cli("status", "--root", str(root))

@@ -257,23 +257,26 @@ def test_dry_run_changes_nothing(firewalld_sandbox: Sandbox) -> None:
 
 
 def test_status_reports_state_and_warnings(make_sandbox: SandboxFactory) -> None:
-    sb = make_sandbox("nftables", "yes")
-    sb.run("iptables", "-t", "filter", "-N", "DOCKER-USER")  # another tool's chain
+    sb = make_sandbox("nftables", "yes")  # RFC3964_IPv4=no: the rules are not defeated
     tpfw(sb, "install")
+    quiet = json.loads(tpfw(sb, "status", "--output", "json").stdout)
+    assert quiet["warnings"] == []
+    # firewalld's default put back behind our back (firewalld.conf edited, then a reload)
+    conf = sb.etc_dir / "firewalld.conf"
+    conf.write_text(conf.read_text().replace("RFC3964_IPv4=no", "RFC3964_IPv4=yes"))
+    sb.reload()
+    sb.run("iptables", "-t", "filter", "-N", "DOCKER-USER")  # another tool's chain
     data: dict[str, Any] = json.loads(tpfw(sb, "status", "--output", "json").stdout)
     assert data["firewalld"]["state"] == "RUNNING" and data["firewalld"]["backend"] == "nftables"
-    assert (
-        data["installed"] == {"runtime": 30, "permanent": 30, "file": 30}
-        and data["in_sync"] is True
-    )
+    assert data["installed"] == {"runtime": 30, "permanent": 30, "file": 30}
+    assert data["in_sync"] is False, "RFC3964_IPv4 is part of the desired state"
     messages = [w["message"] for w in data["warnings"]]
     assert any("DOCKER-USER" in m and "flushes all iptables tables" in m for m in messages)
     assert any(
-        w["code"] == "rfc3964-ipv4" and w["message"].startswith("RFC3964_IPv4=yes") for w in data["warnings"]
-    ), "firewalld's default"
-    sb2 = make_sandbox("nftables", "yes", conf={"RFC3964_IPv4": "no"})
-    tpfw(sb2, "install")
-    quiet = json.loads(tpfw(sb2, "status", "--output", "json").stdout)
-    assert quiet["warnings"] == []
+        w["code"] == "rfc3964-ipv4"
+        and w["message"].startswith("RFC3964_IPv4=yes")
+        and "`tproxy-firewalld install --configure-firewalld` sets RFC3964_IPv4=no" in w["message"]
+        for w in data["warnings"]
+    ), "firewalld's default, and what consent would change"
     text = tpfw(sb, "status").stdout
-    assert "firewalld: RUNNING, version" in text and "drift: none" in text
+    assert "firewalld: RUNNING, version" in text and "drift: yes" in text

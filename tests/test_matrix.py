@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Backend, Peer, Sandbox, SandboxFactory, YesNo
+from harness import Backend, Family, Peer, Sandbox, SandboxFactory, YesNo, endpoint
 from helpers import (
     MIDWAY_REJECTED,
     add_foreign,
@@ -45,6 +45,7 @@ from helpers import (
 
 from tproxy_firewalld.directxml import render_direct_xml
 from tproxy_firewalld.entries import Chain, DirectConfig, Rule
+from tproxy_firewalld.fwconf import parse_conf
 from tproxy_firewalld.kuma import OWNER
 from tproxy_firewalld.ruleset import build_ruleset
 
@@ -52,6 +53,7 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_ROOTS_DIR = Path("/var/cache/tproxy-firewalld/roots")
 ROOT_SUITES = ("bullseye", "trixie", "forky")  # what scripts/build-roots builds
 BACKENDS: tuple[Backend, ...] = ("nftables", "iptables")
+FAMILIES: tuple[Family, ...] = ("ipv4", "ipv6")
 FLUSH: tuple[YesNo, ...] = ("yes", "no")
 
 KUMA_COMMENT = "kuma/mesh/transparent/proxy"
@@ -209,10 +211,12 @@ def start(
     backend: Backend,
     flush: YesNo = "yes",
     conf: dict[str, str] | None = None,
+    *,
+    stock: bool = False,
 ) -> Sandbox:
     if version.problem:
         pytest.fail(version.problem, pytrace=False)
-    sb = make_sandbox(backend, flush, version.root, conf)
+    sb = make_sandbox(backend, flush, version.root, conf, stock=stock)
     assert sb.firewalld_version() == version.upstream, "the sandbox runs the firewalld asked for"
     return sb
 
@@ -591,40 +595,156 @@ def test_status_warns_exactly_when_a_reload_flushes_other_tools_chains(
     outcome["passed"] = True
 
 
+@contextmanager
+def dual_stack_proxy_and_remote(sb: Sandbox) -> Iterator[Peer]:
+    """The proxy's listeners in the sandbox and the app on the remote peer, in both families."""
+    peer = sb.add_peer()
+    with ExitStack() as stack:
+        for family in FAMILIES:
+            stack.enter_context(sb.listen(OUTBOUND_PORT, family=family, name="proxy-out"))
+            stack.enter_context(sb.listen(INBOUND_PORT, family=family, name="proxy-in"))
+            stack.enter_context(sb.listen(APP_PORT, family=family, name="remote", netns=peer.name))
+        yield peer
+
+
+def local_address(peer: Peer, family: Family) -> str:
+    return peer.local_ipv6 if family == "ipv6" else peer.local_ipv4
+
+
+def assert_family_redirected(sb: Sandbox, peer: Peer, family: Family, when: str) -> None:
+    remote, local = peer.address(family), local_address(peer, family)
+    out = served(sb.connect(remote, APP_PORT))
+    assert out == ("proxy-out", endpoint(remote, APP_PORT)), f"{when}: {family} outbound"
+    exempt = served(sb.connect(remote, APP_PORT, uid=KUMA_DP_UID))
+    assert exempt == ("remote", None), f"{when}: {family}, the proxy's own uid is exempt"
+    inbound = served(sb.connect(local, APP_PORT, netns=peer.name))
+    assert inbound == ("proxy-in", endpoint(local, APP_PORT)), f"{when}: {family} inbound"
+
+
+def assert_family_direct(sb: Sandbox, peer: Peer, family: Family, when: str) -> None:
+    out = served(sb.connect(peer.address(family), APP_PORT))
+    assert out == ("remote", None), f"{when}: {family} outbound goes straight to the remote host"
+    # Nothing listens on the sandbox's 8080 (and firewalld's zone refuses it): no connection.
+    inbound = sb.connect(local_address(peer, family), APP_PORT, netns=peer.name, timeout=2)
+    assert inbound is None, f"{when}: {family} inbound is not redirected"
+
+
+def conf_values(sb: Sandbox) -> dict[str, str | None]:
+    values = parse_conf((sb.etc_dir / "firewalld.conf").read_text())
+    return {name: values.get(name) for name in ("RFC3964_IPv4", "StrictForwardPorts")}
+
+
+# firewalld < 2.3 reads firewalld.conf's StrictForwardPorts line as an unknown option.
+UNKNOWN_OPTION = "Invalid option: 'StrictForwardPorts=yes'"
+
+
 @pytest.mark.parametrize(("version", "backend", "flush"), params())
-def test_strict_forward_ports_yes_is_warned_about_where_it_breaks_the_redirects(
+def test_stock_firewalld_conf_is_refused_or_changed_with_consent_live_and_offline(
     make_sandbox: SandboxFactory,
     outcome: dict[str, Any],
     version: Version,
     backend: Backend,
     flush: YesNo,
 ) -> None:
-    """firewalld >= 2.3 with StrictForwardPorts=yes rejects every connection that conntrack
-    marks as DNATed unless a forward port allows it: REDIRECT is DNAT, so Kuma's inbound and
-    outbound redirects both stop working. `status` says so; the traffic shows it. Before 2.3
-    the setting does not exist: firewalld ignores the line, nothing is reported, traffic flows."""
-    sb = start(make_sandbox, version, backend, flush, conf={"StrictForwardPorts": "yes"})
-    with proxy_and_remote(sb) as peer:
-        tpfw(sb, "install")
-        status = status_json(sb)
-        warned = [w["message"] for w in status["warnings"] if w["code"] == "strict-forward-ports"]
+    """firewalld's stock RFC3964_IPv4=yes rejects IPv6 outbound REDIRECTs to ::1 (every
+    version); StrictForwardPorts=yes (from 2.3; older ones ignore the line) rejects every
+    REDIRECT. The evidence first (our rules put in by hand); then install refuses (exit 12)
+    and changes nothing; with --configure-firewalld it sets both to no through firewalld's
+    D-Bus API and reloads, and both families reach the proxy with the right original
+    destination, inbound and outbound; uninstall puts both back and traffic flows directly.
+    The same offline (`--root`, firewalld stopped): firewalld.conf edited, applied at start."""
+    has_strict = version.has_strict_forward_ports
+    sb = start(make_sandbox, version, backend, flush, conf={"StrictForwardPorts": "yes"}, stock=True)
+    stock = conf_values(sb)
+    assert stock == {"RFC3964_IPv4": "yes", "StrictForwardPorts": "yes"}
+    defeated = ["RFC3964_IPv4", *(["StrictForwardPorts"] if has_strict else [])]
+    with dual_stack_proxy_and_remote(sb) as peer:
+        # The evidence: our rules, loaded by hand, under the stock settings.
+        sb.direct_xml.write_bytes(render_direct_xml(expected_ours()))
+        sb.reload()
+        v4 = served(sb.connect(peer.ipv4, APP_PORT, timeout=2))
+        v6 = served(sb.connect(peer.ipv6, APP_PORT, timeout=2))
+        assert v6 is None, "RFC3964_IPv4=yes rejects the IPv6 outbound redirect"
+        assert v4 == (None if has_strict else ("proxy-out", f"{peer.ipv4}:{APP_PORT}")), v4
+        sb.direct_xml.write_bytes(render_direct_xml(DirectConfig()))
+        sb.reload()
+        outcome["facts"]["firewalld's stock RFC3964_IPv4=yes"] = (
+            "rejects IPv6 outbound redirects: install refuses, --configure-firewalld sets it to no"
+        )
         outcome["facts"]["StrictForwardPorts=yes"] = (
-            "breaks inbound and outbound redirects, status warns"
-            if version.has_strict_forward_ports
+            "breaks inbound and outbound redirects: install refuses, --configure-firewalld sets it to no"
+            if has_strict
             else "not a setting: ignored"
         )
-        if version.has_strict_forward_ports:
-            assert status["firewalld"]["strict_forward_ports"] == "yes"
-            assert len(warned) == 1, status
-            assert "StrictForwardPorts=yes" in tpfw(sb, "status").stdout
-            # The evidence: neither direction reaches the proxy, nor anything else.
-            assert sb.connect(peer.ipv4, APP_PORT, timeout=2) is None, "outbound"
-            assert sb.connect(peer.local_ipv4, APP_PORT, netns=peer.name, timeout=2) is None, (
-                "inbound"
+
+        # Without consent: refused, nothing changed (firewalld, direct.xml, firewalld.conf, lo).
+        before = (direct_lines(sb), direct_lines(sb, permanent=True), sb.direct_xml.read_bytes())
+        refused = tpfw(sb, "install", check=False)
+        assert refused.returncode == 12, refused.stderr
+        line = refused.stderr.strip()
+        assert line.count("\n") == 0 and "Nothing was changed" in line and "--configure-firewalld" in line
+        for name in ("RFC3964_IPv4", "StrictForwardPorts"):
+            assert (f"firewalld has {name}=yes: " in line) == (name in defeated), line
+        assert ("--ip-family-mode ipv4" in line) == (not has_strict), "IPv4 only helps without StrictForwardPorts"
+        assert (direct_lines(sb), direct_lines(sb, permanent=True), sb.direct_xml.read_bytes()) == before
+        assert conf_values(sb) == stock and "::6/128" not in sb.run("ip", "-6", "addr", "show", "lo").stdout
+        status = status_json(sb)
+        strict_warned = [w for w in status["warnings"] if w["code"] == "strict-forward-ports"]
+        assert len(strict_warned) == int(has_strict), status["warnings"]
+        if has_strict:
+            assert "--configure-firewalld` sets StrictForwardPorts=no and reloads firewalld" in (
+                strict_warned[0]["message"]
             )
-        else:
-            assert status["firewalld"]["strict_forward_ports"] is None and warned == [], status
-            assert_redirected(sb, peer, "StrictForwardPorts unknown to this version")
+        for family in FAMILIES:
+            assert_family_direct(sb, peer, family, "after the refusal")
+
+        # With consent, live.
+        out = tpfw(sb, "install", "--configure-firewalld").stdout
+        for name in defeated:
+            assert f"firewalld.conf: {name}=no (was yes)" in out, out
+        assert f"firewalld reloaded (applies {', '.join(defeated)})" in out, out
+        assert conf_values(sb) == {"RFC3964_IPv4": "no", "StrictForwardPorts": "no" if has_strict else "yes"}
+        for family in FAMILIES:
+            assert_family_redirected(sb, peer, family, "after install --configure-firewalld")
+        assert in_sync(sb)
+        status = status_json(sb)
+        assert status["in_sync"] is True and status["warnings"] == [], status["warnings"]
+        assert status["firewalld"]["rfc3964_ipv4"] == "no"
+        assert [c["name"] for c in status["record"]["firewalld_conf"]] == defeated
+        outcome["facts"]["--configure-firewalld live: set over D-Bus, applied by"] = "a reload"
+
+        out = tpfw(sb, "uninstall").stdout
+        for name in defeated:
+            assert f"firewalld.conf: {name}=yes (was no)" in out, out
+        assert conf_values(sb) == stock
+        assert status_json(sb)["firewalld"]["rfc3964_ipv4"] == "yes"
+        for family in FAMILIES:
+            assert_family_direct(sb, peer, family, "after uninstall")
+
+        # Offline: firewalld stopped, its firewalld.conf edited under --root.
+        root = str(sb.image_root)
+        sb.stop_firewalld()
+        refused = tpfw(sb, "install", "--root", root, check=False)
+        assert refused.returncode == 12 and "Nothing was changed" in refused.stderr, refused.stderr
+        assert ("StrictForwardPorts=yes" in refused.stderr) == has_strict, "the image's version decides"
+        out = tpfw(sb, "install", "--root", root, "--configure-firewalld").stdout
+        for name in defeated:
+            assert f"firewalld.conf: {name}=no (was yes, applied at firewalld's next start)" in out, out
+        assert sb.start_firewalld() == "running"
+        for family in FAMILIES:
+            assert_family_redirected(sb, peer, family, "after an offline install, firewalld started")
+        sb.stop_firewalld()
+        out = tpfw(sb, "uninstall", "--root", root).stdout
+        for name in defeated:
+            assert f"firewalld.conf: {name}=yes (was no, applied at firewalld's next start)" in out, out
+        assert conf_values(sb) == stock
+        assert sb.start_firewalld() == "running"
+        for family in FAMILIES:
+            assert_family_direct(sb, peer, family, "after an offline uninstall, firewalld started")
+        outcome["facts"]["--configure-firewalld offline (`--root`)"] = "firewalld.conf edited, applied at next start"
+
+    assert OUT_OF_BAND not in log_text(sb), "our Set calls are firewalld's own writes"
+    assert [c for c in complaints(sb) if UNKNOWN_OPTION not in c] == []
     outcome["passed"] = True
 
 

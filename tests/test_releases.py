@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import kuma_goldens
+from helpers import kuma_goldens, ready_root
 
 from tproxy_firewalld.kuma import KUMA, KUMA_RELEASES, KumaSettings
 from tproxy_firewalld.ruleset import build_ruleset, render_restore
@@ -349,7 +349,7 @@ def test_the_release_is_recorded_shown_and_diffed_against(tmp_path: Path) -> Non
     from tproxy_firewalld.cli import app
 
     runner = CliRunner()
-    root = tmp_path / "img"
+    root = ready_root(tmp_path / "img")
     resolv = tmp_path / "resolv.conf"
     resolv.write_text("nameserver 192.0.2.53\n")
     env = {"KUMA_TRANSPARENT_PROXY_REDIRECT_DNS_RESOLV_CONFIG_PATH": str(resolv)}

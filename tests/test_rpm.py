@@ -59,7 +59,7 @@ KUMA_COMMENT = "kuma/mesh/transparent/proxy"
 STATE_FILE = "/var/lib/tproxy-firewalld/installed.json"
 # rpm runs scriptlets as `/bin/sh <file> <count>` with this PATH (lib/rpmscript.c).
 RPM_SCRIPT_PATH = "/sbin:/bin:/usr/sbin:/usr/bin"
-EXAMPLE_SETTINGS = "--kuma-dp-user 5678 --exclude-inbound-ports 22"
+EXAMPLE_SETTINGS = "--kuma-dp-user 5678 --exclude-inbound-ports 22 --configure-firewalld"
 TOOLS = ("make", "rpmbuild", "rpmspec", "rpm", "rpm2cpio", "cpio", "rpmlint", "man")
 TARGET_FACTS = tomllib.loads((REPO / "rpm" / "targets.toml").read_text())
 DISTROS = tomllib.loads((REPO / "tests" / "data" / "distros.toml").read_text())
@@ -847,6 +847,38 @@ def test_failures_are_logged_and_never_fail_the_transaction(scene: Scene) -> Non
         assert line.startswith(f"{NAME}: {EXAMPLE}: '{NAME} uninstall' failed (exit 3), "), line
         assert scene.stub_log("logger")[-1].endswith(line.removeprefix(f"{NAME}: "))
         sb.direct_xml.write_text(good)
+
+
+def test_the_macro_passes_the_consent_to_change_firewalld_conf_through(
+    built: Built, make_sandbox: SandboxFactory, tmp_path: Path
+) -> None:
+    """On firewalld's stock configuration (RFC3964_IPv4=yes): the example's %post, whose
+    %tproxy_firewalld_args carries --configure-firewalld, sets RFC3964_IPv4=no and installs;
+    its erase puts yes back. The same %post without it refuses (exit 12, logged, never fatal)
+    and installs nothing."""
+    scene = Scene(make_sandbox("nftables", stock=True), built, tmp_path, make_tools(built, tmp_path))
+    sb = scene.sb
+    conf = sb.etc_dir / "firewalld.conf"
+    stock = conf.read_text()
+    assert "\nRFC3964_IPv4=yes\n" in stock
+    macros = built.root / MACROS.lstrip("/")
+    without = eval_macro(macros, "%tproxy_firewalld_install", args="--kuma-dp-user 5678 --exclude-inbound-ports 22")
+    result = scene.scriptlet(without, 1)
+    assert result.returncode == 0 and result.stdout == "", result
+    [line] = result.stderr.splitlines()
+    assert "failed (exit 12), Kuma's redirect rules were NOT installed: Error: firewalld has RFC3964_IPv4=yes: " in line
+    assert "--configure-firewalld" in line and scene.stub_log("logger")[-1].endswith(line.removeprefix(f"{NAME}: "))
+    assert conf.read_text() == stock and ours(direct_lines(sb)) == [] and not has_state(sb)
+    assert not sb.direct_xml.exists()
+
+    example = scriptlets(example_rpm(built))
+    assert "--configure-firewalld" in example["postinstall"]
+    scene.quietly(example["postinstall"], 1)
+    assert_installed(scene)
+    assert "\nRFC3964_IPv4=no\n" in conf.read_text()
+    scene.quietly(example["preuninstall"], 0)
+    assert_nothing_of_ours(scene)
+    assert "\nRFC3964_IPv4=yes\n" in conf.read_text()
 
 
 # --------------------------------------------------------------------------- rpm 4.16

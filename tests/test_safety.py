@@ -28,6 +28,7 @@ from helpers import (
     foreign,
     load,
     ours,
+    ready_root,
     run_in_sandbox,
     tpfw,
 )
@@ -48,8 +49,7 @@ FOREIGN = DirectConfig(
 
 
 def image_root(tmp_path: Path, content: DirectConfig = FOREIGN) -> Path:
-    root = tmp_path / "root"
-    (root / "etc" / "firewalld").mkdir(parents=True)
+    root = ready_root(tmp_path / "root")
     (root / "etc" / "firewalld" / "direct.xml").write_bytes(render_direct_xml(content))
     return root
 
@@ -83,7 +83,7 @@ def test_existing_mode_owner_and_selinux_label_are_kept(tmp_path: Path) -> None:
 
 
 def test_new_file_is_0644_root(tmp_path: Path) -> None:
-    root = tmp_path / "root"
+    root = ready_root(tmp_path / "root")
     assert run_tp("install", "--root", str(root)).returncode == 0
     info = os.stat(root / "etc/firewalld/direct.xml")
     assert (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) == (0o644, 0, 0)

@@ -15,6 +15,7 @@ Every function takes a :class:`Target` (default: the live system) and raises
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,9 +76,10 @@ def _make(
     if settings is not None:
         loopback = tuple(("lo", a) for ipv, a in profile.loopback.items() if ipv in settings.ipvs)
     owner, recognition = ownership(observed, settings, profile, remove_suspected)
-    plan = make_plan(action, desired, observed, owner, record, loopback)
+    consent = settings is not None and settings.configure_firewalld
+    plan = make_plan(action, desired, observed, owner, record, loopback, consent)
     _refuse_dangling_passthroughs(plan)
-    warnings: list[Warning_] = []
+    warnings: list[Warning_] = list(plan.warnings)
     if settings is not None:
         warnings += settings.warnings
     if observed.record_error:
@@ -94,16 +96,8 @@ def _make(
                 "in place (`tproxy-firewalld status` lists them with the reason; --remove-suspected removes them)",
             )
         )
-    return Plan(
-        plan.action,
-        plan.observed,
-        plan.desired,
-        plan.steps,
-        tuple(warnings),
-        plan.record,
-        plan.owner,
-        recognition,
-        remove_suspected,
+    return dataclasses.replace(
+        plan, warnings=tuple(warnings), recognition=recognition, remove_suspected=remove_suspected
     )
 
 
@@ -265,6 +259,7 @@ def diff_observed(
     rules_template: Optional[str],
     profile: Profile,
 ) -> DiffReport:
+    from tproxy_firewalld.fwconf import checks
     from tproxy_firewalld.plan import Diff
     from tproxy_firewalld.ruleset import build_ruleset
 
@@ -282,9 +277,17 @@ def diff_observed(
     file = Diff.between(desired, observed.file, owner)
     wanted = desired.entries()
     leftovers = tuple(sorted((e for e in recognition.leftovers if e not in wanted), key=str))
+    conf = checks(desired, observed.conf)
     if not observed.live:
         return DiffReport(
-            source, observed.mode, None, None, file, leftovers=leftovers, suspected=recognition.suspected
+            source,
+            observed.mode,
+            None,
+            None,
+            file,
+            leftovers=leftovers,
+            suspected=recognition.suspected,
+            firewalld_conf=conf,
         )
     assert observed.runtime is not None and observed.permanent is not None
     file_entries, perm_entries = observed.file.entries(), observed.permanent.entries()
@@ -298,6 +301,7 @@ def diff_observed(
         firewalld_only=tuple(sorted(perm_entries - file_entries, key=str)),
         leftovers=leftovers,
         suspected=recognition.suspected,
+        firewalld_conf=conf,
     )
 
 

@@ -21,12 +21,15 @@ from tproxy_firewalld.entries import DirectConfig, Entry
 from tproxy_firewalld.errors import FirewalldUnavailable, PartiallyApplied, TproxyError
 from tproxy_firewalld.files import atomic_write, commit_write, discard, prepare_write, remove_file
 from tproxy_firewalld.firewalld import Firewalld, Op
+from tproxy_firewalld.fwconf import read_conf, set_in_conf
 from tproxy_firewalld.plan import (
     FileStep,
+    FirewalldConfStep,
     LoopbackStep,
     PermanentStep,
     Plan,
     RecordStep,
+    ReloadStep,
     RuntimeStep,
     Step,
 )
@@ -36,6 +39,8 @@ PLACES = {
     "permanent": "the permanent configuration",
     "file": "direct.xml",
     "loopback": "lo",
+    "firewalld-conf": "firewalld.conf",
+    "reload": "firewalld's reload",
     "record": "the record",
 }
 
@@ -63,6 +68,9 @@ class _Run:
     #: firewalld stopped answering, and whether it was asked anything since
     hung: bool = False
     asked_after_hang: bool = False
+    #: where in ``undo`` the first firewalld.conf change was recorded: a reload's undo (another
+    #: reload) goes there, so that it runs after the settings are put back
+    conf_undo_at: Optional[int] = None
 
 
 def apply_plan(plan: Plan, fw: Optional[Firewalld]) -> None:
@@ -86,6 +94,17 @@ def apply_plan(plan: Plan, fw: Optional[Firewalld]) -> None:
 
 
 def _prepare(step: Step, run: _Run) -> Optional[Path]:
+    if isinstance(step, ReloadStep):
+        # Before anything changes: a reload of a configuration firewalld would not load fails
+        # (>= 1.2 refuses it, older ones half-apply it); somebody's broken file shows here.
+        assert run.fw is not None
+        run.fw.check_config()
+        return None
+    if isinstance(step, FirewalldConfStep) and step.path is not None:
+        tmp = prepare_write(step.path, _conf_text(step).encode())
+        run.temps.append(tmp)
+        discard(tmp)  # only a probe: atomic_write below keeps the .old backup and the label
+        return None
     if isinstance(step, RecordStep) and step.after is not None:
         tmp = prepare_write(step.path, step.after.encode(), mode=0o644)
         run.temps.append(tmp)
@@ -118,6 +137,14 @@ def _execute(step: Step, run: _Run, tmp: Optional[Path]) -> None:
             run.undo.append(
                 Undo(f"add {step.address} to {step.iface}", call=lambda: host.add_address(step.iface, step.address))
             )
+    elif isinstance(step, FirewalldConfStep):
+        _firewalld_conf(step, run)
+    elif isinstance(step, ReloadStep):
+        assert run.fw is not None
+        fw = run.fw
+        fw.reload()
+        undo = Undo("reload firewalld", call=fw.reload, firewalld=True)
+        run.undo.insert(run.conf_undo_at if run.conf_undo_at is not None else len(run.undo), undo)
     elif isinstance(step, RecordStep):
         old = _read_bytes(step.path)
         if tmp is not None:
@@ -126,6 +153,30 @@ def _execute(step: Step, run: _Run, tmp: Optional[Path]) -> None:
         else:
             remove_file(step.path)
         run.undo.append(Undo(f"restore {step.path}", call=lambda: _restore_file(step.path, old)))
+
+
+def _conf_text(step: FirewalldConfStep) -> str:
+    assert step.path is not None
+    return set_in_conf(read_conf(step.path) or "", step.name, step.after)
+
+
+def _firewalld_conf(step: FirewalldConfStep, run: _Run) -> None:
+    if run.conf_undo_at is None:
+        run.conf_undo_at = len(run.undo)
+    if step.path is None:
+        assert run.fw is not None
+        fw = run.fw
+        fw.set_conf(step.name, step.after)
+        run.undo.append(
+            Undo(f"set {step.name}={step.before} again", call=lambda: fw.set_conf(step.name, step.before), firewalld=True)
+        )
+        return
+    path = step.path
+    old = _read_bytes(path)
+    # as safely as direct.xml: temp file, fsync, rename, firewalld's .old backup, mode, owner
+    # and label kept
+    atomic_write(path, _conf_text(step).encode())
+    run.undo.append(Undo(f"restore {path}", call=lambda: _restore_file(path, old)))
 
 
 def _runtime(step: RuntimeStep, run: _Run) -> None:

@@ -36,6 +36,9 @@ class ExitCode(IntEnum):
     LOCKOUT = 10
     #: a file or directory of ours could not be read or written (permissions, read-only, full)
     IO_ERROR = 11
+    #: install refused: a firewalld.conf setting would defeat the rules (RFC3964_IPv4,
+    #: StrictForwardPorts) and changing it was not allowed (--configure-firewalld) or not possible
+    FIREWALLD_CONF = 12
 
 
 class TproxyError(Exception):
@@ -96,6 +99,12 @@ class Locked(TproxyError):
 
 class LockoutRefused(TproxyError):
     exit_code = ExitCode.LOCKOUT
+
+
+class FirewalldConfRefused(TproxyError):
+    """A firewalld.conf setting would defeat the rules about to be installed; nothing changed."""
+
+    exit_code = ExitCode.FIREWALLD_CONF
 
 
 class FileError(TproxyError):

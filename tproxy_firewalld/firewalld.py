@@ -122,6 +122,12 @@ class Firewalld(Protocol):
 
     def update_permanent(self, config: DirectConfig) -> None: ...
 
+    def set_conf(self, name: str, value: str) -> None: ...
+
+    def check_config(self) -> None: ...
+
+    def reload(self) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -345,6 +351,36 @@ class DbusFirewalld:
             ),
             "update the permanent direct configuration",
         )
+
+    def set_conf(self, name: str, value: str) -> None:
+        """One firewalld.conf setting, through firewalld: it validates the value and writes
+        firewalld.conf (every version from 0.9); it applies it at its next reload or start."""
+        from dbus_next.signature import Variant
+
+        what = f"set {name}={value} in firewalld.conf"
+        self.changes.append(f"config.Set {name}={value}")
+        self._run(
+            self._call(
+                "Set",
+                interface=PROPERTIES,
+                path=CONFIG_PATH,
+                signature="ssv",
+                body=[CONFIG, name, Variant("s", value)],
+                what=what,
+            ),
+            what,
+        )
+
+    def check_config(self) -> None:
+        """firewalld's check of its whole permanent configuration (as a reload would load it)."""
+        what = "check firewalld's permanent configuration"
+        self._run(self._call("checkPermanentConfig", interface=IFACE, what=what), what)
+
+    def reload(self) -> None:
+        """``firewall-cmd --reload``: firewalld re-reads firewalld.conf and its permanent
+        configuration and applies them."""
+        self.changes.append("reload")
+        self._run(self._call("reload", interface=IFACE, what="reload firewalld"), "reload firewalld")
 
     def close(self) -> None:
         import asyncio

@@ -651,6 +651,14 @@ class KumaSettings(Settings):
         False, refuse_true(_COMMENTS), "Refused: the comments are how the rules are recognised.",
         key="comments.disabled", flag="--disable-comments", kind="bool", releases=SINCE_2_9,
     )  # fmt: skip
+    # -- tproxy-firewalld's own (kumactl has no such setting)
+    configure_firewalld: bool = kuma(
+        False, parse_bool,
+        "tproxy-firewalld's own, not kumactl's: let install set the firewalld.conf settings that "
+        "would defeat the rules (RFC3964_IPv4=no for IPv6 rules, StrictForwardPorts=no) and reload "
+        "firewalld to apply them; uninstall puts the old values back. Without it install refuses (exit 12).",
+        key="configureFirewalld", flag="--configure-firewalld", kind="bool",
+    )  # fmt: skip
     # -- kumactl's operational settings: how it runs iptables. Accepted (with kumactl's checks
     # -- of their values), without effect here.
     dry_run: Any = kuma(

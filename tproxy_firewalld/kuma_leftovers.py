@@ -391,12 +391,13 @@ def recognise(configs: Sequence[DirectConfig], given: Sequence[KumaSettings], pr
     # elsewhere) renders nothing.
     ours_keys: set[Entry] = set()
     if any(_unmarked_2_7_like(e) for e in unmarked):
-        # our own installs of a release without comments, of any of the settings
+        # our own installs of a release without comments: exactly what the recorded (or given)
+        # settings render, never the defaults: an unmarked rule somebody else wrote that happens
+        # to equal a default rendering must not be taken for ours (it is suspected instead)
         ours_keys = {
             key(e)
-            for s in settings
-            for v in dns_variants(s)
-            for e in ours_rendered(v, profile, sorted(UNMARKED_RELEASES))
+            for s in given
+            for e in ours_rendered(s, profile, sorted(UNMARKED_RELEASES))
             if not owner.marks(e)
         }
     kumactl_keys: set[Entry] = set()

@@ -16,6 +16,7 @@ from tproxy_firewalld import host
 from tproxy_firewalld.directxml import read_direct_xml
 from tproxy_firewalld.entries import DirectConfig
 from tproxy_firewalld.firewalld import DaemonInfo, Firewalld
+from tproxy_firewalld.fwconf import CONF_FILE, ConfView, file_view, firewalld_version, live_view
 from tproxy_firewalld.kuma import KUMA, Profile
 from tproxy_firewalld.record import Record, RecordError, read_record
 from tproxy_firewalld.target import Target
@@ -38,6 +39,8 @@ class Observed:
     record_error: Optional[str] = None
     #: addresses the profile needs on lo -> whether they are there (live system only)
     loopback: dict[str, bool] = field(default_factory=dict)
+    #: the firewalld.conf settings that can defeat the rules (RFC3964_IPv4, StrictForwardPorts)
+    conf: Optional[ConfView] = None
 
     @property
     def live(self) -> bool:
@@ -77,8 +80,10 @@ def observe(target: Target, fw: Optional[Firewalld], why: str, profile: Profile 
     loopback: dict[str, bool] = {}
     if target.live_system and host.ipv6_available():
         loopback = {address: host.has_address("lo", address) for address in profile.loopback.values()}
+    conf_path = target.firewalld_dir / CONF_FILE
     if fw is None:
-        return Observed(target, "offline", why, None, None, None, file, record, record_error, loopback)
+        conf = file_view(conf_path, firewalld_version(target.path("usr/lib")))
+        return Observed(target, "offline", why, None, None, None, file, record, record_error, loopback, conf)
     daemon = fw.daemon or fw.info()
     return Observed(
         target,
@@ -91,4 +96,5 @@ def observe(target: Target, fw: Optional[Firewalld], why: str, profile: Profile 
         record,
         record_error,
         loopback,
+        live_view(conf_path, daemon.config),
     )

@@ -23,8 +23,9 @@ from tproxy_firewalld.entries import (
     Rule,
     entry_json,
 )
-from tproxy_firewalld.errors import DirectXmlError
+from tproxy_firewalld.errors import DirectXmlError, FileError, FirewalldConfRefused
 from tproxy_firewalld.firewalld import Op
+from tproxy_firewalld.fwconf import BY_NAME, KNOBS, ConfChange, ConfCheck, ConfView, checks
 from tproxy_firewalld.observe import Observed
 from tproxy_firewalld.record import Record
 from tproxy_firewalld.settings import Warning_
@@ -173,7 +174,39 @@ class RecordStep:
         return f"record: {'written' if self.after is not None else 'removed'}"
 
 
-Step = Union[RuntimeStep, PermanentStep, FileStep, LoopbackStep, RecordStep]
+@dataclass(frozen=True)
+class FirewalldConfStep:
+    """One firewalld.conf setting changed: live through firewalld's API (``Set`` on its config
+    properties; firewalld writes firewalld.conf, and applies it at the reload that follows),
+    offline in the file itself (``path``; firewalld applies it at its next start)."""
+
+    name: str
+    before: str
+    after: str
+    #: offline: the firewalld.conf written (None: live, over D-Bus)
+    path: Optional[Path] = None
+    kind: str = field(default="firewalld-conf", init=False)
+
+    def summary(self) -> str:
+        when = "" if self.path is None else ", applied at firewalld's next start"
+        return f"firewalld.conf: {self.name}={self.after} (was {self.before}{when})"
+
+
+@dataclass(frozen=True)
+class ReloadStep:
+    """firewalld reloaded, so that it applies the firewalld.conf settings just changed: it
+    reads firewalld.conf only when it starts or reloads. Like ``firewall-cmd --reload`` it
+    re-applies the whole permanent configuration (ours included) and, with
+    FlushAllOnReload=yes, drops runtime-only changes."""
+
+    names: tuple[str, ...]
+    kind: str = field(default="reload", init=False)
+
+    def summary(self) -> str:
+        return f"firewalld reloaded (applies {', '.join(self.names)})"
+
+
+Step = Union[RuntimeStep, PermanentStep, FileStep, LoopbackStep, FirewalldConfStep, ReloadStep, RecordStep]
 
 
 def step_json(step: Step) -> dict[str, Any]:
@@ -188,6 +221,13 @@ def step_json(step: Step) -> dict[str, Any]:
         out.update(iface=step.iface, address=step.address, add=step.add)
     if isinstance(step, RecordStep):
         out.update(path=str(step.path), write=step.after is not None)
+    if isinstance(step, FirewalldConfStep):
+        out.update(
+            name=step.name, before=step.before, after=step.after,
+            path=str(step.path) if step.path is not None else None,
+        )  # fmt: skip
+    if isinstance(step, ReloadStep):
+        out["names"] = list(step.names)
     return out
 
 
@@ -208,6 +248,8 @@ class Plan:
     recognition: Recognition = field(default_factory=Recognition)
     #: whether suspected entries are removed too
     remove_suspected: bool = False
+    #: the firewalld.conf settings the desired rules need, against what firewalld has (install)
+    firewalld_conf: tuple[ConfCheck, ...] = ()
 
     def leftovers_removed(self) -> tuple[Entry, ...]:
         """kumactl's leftovers this plan removes (somewhere), in removal order."""
@@ -246,12 +288,22 @@ def make_plan(
     owner: Owner,
     record: Optional[Record],
     loopback: tuple[tuple[str, str], ...] = (),
+    configure_firewalld: bool = False,
 ) -> Plan:
     """What to change so that firewalld (runtime and permanent), direct.xml, lo and the
     record hold exactly ``desired`` of ours. Everyone else's entries are carried over
     untouched: the permanent config is the observed one with ours replaced.
 
     ``loopback``: (iface, address) pairs the desired rules need (install only).
+    ``configure_firewalld``: the admin's consent to change the firewalld.conf settings that
+    would defeat ``desired``; without it such a setting makes install refuse
+    (FirewalldConfRefused). Uninstall puts back what install changed, if nobody changed it since.
+
+    Order: lo, runtime, permanent (or direct.xml), then firewalld.conf and the reload, then the
+    record. The reload comes after our direct entries are in place in both runtime and
+    permanent, so whatever it re-applies (the permanent configuration, FlushAllOnReload=yes;
+    the runtime as it was, =no) holds exactly ``desired`` of ours: the plan stays true. Before
+    them, a reload would replace the runtime the runtime step was computed against.
     """
     steps: list[Step] = []
     target = observed.target
@@ -287,6 +339,15 @@ def make_plan(
         for address in observed.record.loopback_added:
             if observed.loopback.get(address):
                 steps.append(LoopbackStep("lo", address, add=False))
+    conf_checks: tuple[ConfCheck, ...] = ()
+    warnings: list[Warning_] = []
+    if action == "install":
+        conf_checks, conf_steps, changes = _install_conf(desired, observed, configure_firewalld)
+    else:
+        conf_steps, changes, warnings = _restore_conf(observed), (), _kept_conf_warnings(observed)
+    steps += conf_steps
+    if conf_steps and observed.live:
+        steps.append(ReloadStep(tuple(s.name for s in conf_steps)))
     if action == "install":
         assert record is not None
         added = {s.address for s in steps if isinstance(s, LoopbackStep) and s.add}
@@ -296,9 +357,105 @@ def make_plan(
             tuple(sorted(added | kept)),
             record.template,
             record.profile,
+            firewalld_conf=changes,
         )
         if record != observed.record or observed.record_error:
             steps.append(RecordStep(target.state_file, observed.record, record))
     elif observed.record is not None or observed.record_error:
         steps.append(RecordStep(target.state_file, observed.record, None))
-    return Plan(action, observed, desired, tuple(steps), record=record, owner=owner)
+    return Plan(
+        action, observed, desired, tuple(steps), tuple(warnings), record=record, owner=owner,
+        firewalld_conf=conf_checks,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- firewalld.conf
+
+
+def _install_conf(
+    desired: DirectConfig, observed: Observed, consent: bool
+) -> tuple[tuple[ConfCheck, ...], list[FirewalldConfStep], tuple[ConfChange, ...]]:
+    """The settings ``desired`` needs: the checks, the steps that fix them (with consent) and
+    what the record keeps (this run's changes, and earlier ones nobody has changed since).
+    Refuses (FirewalldConfRefused) a setting that would defeat the rules without consent."""
+    conf = observed.conf
+    if conf is None:
+        return (), [], ()
+    if conf.error is not None and not desired.is_empty():
+        raise FileError(f"{conf.error} (firewalld.conf is read to check RFC3964_IPv4 and StrictForwardPorts)")
+    found = checks(desired, conf)
+    bad = [c for c in found if not c.ok]
+    if bad and not consent:
+        raise FirewalldConfRefused(refusal(bad, conf, observed.live))
+    if bad and conf.missing:
+        names = ", ".join(f"{c.name}={c.wanted}" for c in bad)
+        raise FirewalldConfRefused(
+            f"{conf.path} does not exist, so firewalld runs on its defaults, "
+            f"{'; '.join(c.describe() for c in bad)}; nothing was changed. tproxy-firewalld does not "
+            f"create that file (firewalld's package ships it): install firewalld first, then "
+            f"--configure-firewalld sets {names}" + _ipv4_way(bad)
+        )
+    path = None if observed.live else conf.path
+    steps = [FirewalldConfStep(c.name, c.value, c.wanted, path) for c in bad]
+    changes = {c.name: ConfChange.of(c.name, c.value, c.wanted) for c in bad}
+    if observed.record is not None:
+        for change in observed.record.firewalld_conf:
+            if change.name not in changes and change.still_ours(conf):
+                changes[change.name] = change
+    return found, steps, tuple(changes[k.name] for k in KNOBS if k.name in changes)
+
+
+def _ipv4_way(bad: list[ConfCheck]) -> str:
+    if all(BY_NAME[c.name].ipv6_only for c in bad):
+        return ", or install IPv4 rules only (--ip-family-mode ipv4)"
+    return ""
+
+
+def refusal(bad: list[ConfCheck], conf: ConfView, live: bool) -> str:
+    """One line: the setting, what breaks, and the ways forward."""
+    what = "; ".join(f"firewalld has {c.name}={c.value}: {c.breaks}" for c in bad)
+    names = ", ".join(f"{c.name}={c.wanted}" for c in bad)
+    how = (
+        "it changes firewalld.conf through firewalld's D-Bus API and reloads firewalld"
+        if live
+        else f"it edits {conf.path}, which firewalld applies at its next start"
+    )
+    consent = f"let tproxy-firewalld set {names} (--configure-firewalld: {how}; uninstall puts it back)"
+    if all(BY_NAME[c.name].ipv6_only for c in bad):
+        return f"{what}. Nothing was changed. Either install IPv4 rules only (--ip-family-mode ipv4), or {consent}"
+    return f"{what}. Nothing was changed. To go on, {consent}"
+
+
+def _restore_conf(observed: Observed) -> list[FirewalldConfStep]:
+    """Uninstall: every setting install changed goes back, unless somebody changed it since."""
+    conf = observed.conf
+    if observed.record is None or conf is None:
+        return []
+    path = None if observed.live else conf.path
+    return [
+        FirewalldConfStep(c.name, conf.value(c.name), c.before, path)
+        for c in observed.record.firewalld_conf
+        if c.still_ours(conf)
+    ]
+
+
+def _kept_conf_warnings(observed: Observed) -> list[Warning_]:
+    conf = observed.conf
+    if observed.record is None:
+        return []
+    out = []
+    for c in observed.record.firewalld_conf:
+        if c.still_ours(conf):
+            continue
+        if conf is None or conf.error is not None or conf.missing or not conf.has(c.name):
+            now = f"cannot be read ({conf.error})" if conf is not None and conf.error else "is not set"
+        else:
+            now = f"is {conf.value(c.name)} now"
+        out.append(
+            Warning_(
+                "firewalld-conf-kept",
+                f"{c.name} {now}, not the {c.after} install set: somebody changed it since, so it is "
+                f"left as it is (it was {c.before} before install)",
+            )
+        )
+    return out

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from tproxy_firewalld.errors import ExitCode, SettingsError, TproxyError, os_error
+from tproxy_firewalld.fwconf import ConfChange
 from tproxy_firewalld.kuma import KumaSettings
 
 SCHEMA = "tproxy-firewalld/installed/2"
@@ -38,6 +39,9 @@ class Record:
     profile: str = "kuma"
     #: not part of the identity: when it was written
     installed_at: str = field(default="", compare=False)
+    #: firewalld.conf settings install changed (with --configure-firewalld), each with the
+    #: value uninstall puts back. An optional key: records without it (older ones) mean none.
+    firewalld_conf: tuple[ConfChange, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -46,6 +50,7 @@ class Record:
             "installed_at": self.installed_at,
             "template": self.template,
             "loopback_added": list(self.loopback_added),
+            "firewalld_conf": [c.to_json() for c in self.firewalld_conf],
             "settings": self.settings.to_json(),
         }
 
@@ -95,11 +100,18 @@ def _from_json(doc: Any, source: str) -> Record:
     if doc.get("profile", "kuma") != "kuma":
         raise RecordError(f"{source}: unknown profile {doc.get('profile')!r}")
     installed_at = doc.get("installed_at", "")
+    conf = doc.get("firewalld_conf", [])
+    if not isinstance(conf, list) or len(conf) > 8:
+        raise RecordError(f"{source}: firewalld_conf must be a list of changed settings")
+    changes = tuple(ConfChange.from_json(c, source) for c in conf)
+    if len({c.name for c in changes}) != len(changes):
+        raise RecordError(f"{source}: firewalld_conf names a setting twice")
     return Record(
         settings=KumaSettings.from_json(doc.get("settings"), f"{source}: settings"),
         loopback_added=tuple(loopback),
         template=template,
         installed_at=installed_at if isinstance(installed_at, str) else "",
+        firewalld_conf=changes,
     )
 
 

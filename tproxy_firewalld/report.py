@@ -11,6 +11,7 @@ from typing import Any, Optional
 from tproxy_firewalld.entries import DirectConfig, Entry, Suspect, entry_json
 from tproxy_firewalld.errors import TproxyError
 from tproxy_firewalld.firewalld import DaemonInfo
+from tproxy_firewalld.fwconf import ConfCheck, ConfView
 from tproxy_firewalld.plan import Diff, Plan, Step, order_adds, step_json
 from tproxy_firewalld.settings import Warning_
 
@@ -59,6 +60,8 @@ class Result:
     #: entries that only might be Kuma's (removed only with remove_suspected)
     suspected: tuple[Suspect, ...] = ()
     suspected_removed: bool = False
+    #: install: the firewalld.conf settings the rules need, as firewalld had them before
+    firewalld_conf: tuple[ConfCheck, ...] = ()
 
     @property
     def changed(self) -> bool:
@@ -81,12 +84,13 @@ class Result:
             leftovers=plan.leftovers_removed(),
             suspected=plan.recognition.suspected,
             suspected_removed=plan.remove_suspected,
+            firewalld_conf=plan.firewalld_conf,
         )
 
     def summary(self) -> str:
         if not self.steps:
             return "nothing to do"
-        order = {"runtime": 0, "permanent": 1, "file": 2, "loopback": 3, "record": 4}
+        order = {"runtime": 0, "permanent": 1, "file": 2, "firewalld-conf": 3, "reload": 4, "loopback": 5, "record": 6}
         return "; ".join(s.summary() for s in sorted(self.steps, key=lambda s: order[s.kind]))
 
     def to_json(self) -> dict[str, Any]:
@@ -106,6 +110,7 @@ class Result:
             "leftovers": [entry_json(e) for e in self.leftovers],
             "suspected": [s.to_json() for s in self.suspected],
             "suspected_removed": self.suspected_removed,
+            "firewalld_conf": [c.to_json() for c in self.firewalld_conf],
         }
 
     def text(self) -> list[str]:
@@ -160,11 +165,17 @@ class DiffReport:
     leftovers: tuple[Entry, ...] = ()
     #: entries that only might be Kuma's (not among the removals)
     suspected: tuple[Suspect, ...] = ()
+    #: the firewalld.conf settings the desired rules need, against what firewalld has
+    firewalld_conf: tuple[ConfCheck, ...] = ()
 
     @property
     def in_sync(self) -> bool:
         diffs = [self.runtime, self.permanent, self.file]
-        return all(d is None or d.empty for d in diffs) and not (self.file_only or self.firewalld_only)
+        return (
+            all(d is None or d.empty for d in diffs)
+            and not (self.file_only or self.firewalld_only)
+            and all(c.ok for c in self.firewalld_conf)
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -179,6 +190,7 @@ class DiffReport:
                 "only_in_file": [entry_json(e) for e in self.file_only],
                 "only_in_firewalld": [entry_json(e) for e in self.firewalld_only],
             },
+            "firewalld_conf": [c.to_json() for c in self.firewalld_conf],
             "warnings": [w.to_json() for w in self.warnings],
             "leftovers": [entry_json(e) for e in self.leftovers],
             "suspected": [s.to_json() for s in self.suspected],
@@ -212,8 +224,18 @@ class DiffReport:
                 "install and uninstall remove them)"
             )
         lines += suspect_lines(self.suspected)
+        lines += [conf_line(c) for c in self.firewalld_conf]
         lines.append("in sync" if self.in_sync else "differences found")
         return lines
+
+
+def conf_line(check: ConfCheck) -> str:
+    if check.ok:
+        return f"firewalld.conf: {check.name}={check.value}: in sync (the rules need {check.wanted})"
+    return (
+        f"firewalld.conf: {check.name}={check.value}, the rules need {check.wanted} ({check.breaks}); "
+        f"`install --configure-firewalld` sets it"
+    )
 
 
 @dataclass(frozen=True)
@@ -228,11 +250,14 @@ class Status:
     #: kumactl's leftovers (what its --store-firewalld wrote), wherever they are
     leftovers: tuple[Entry, ...] = ()
     suspected: tuple[Suspect, ...] = ()
+    #: the firewalld.conf settings that can defeat the rules, as firewalld (or the file) has them
+    conf: Optional[ConfView] = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "schema": schema("status"),
             "firewalld": self.daemon.to_json() if self.daemon else None,
+            "firewalld_conf": self.conf.to_json() if self.conf else None,
             "firewalld_unavailable": self.unavailable_reason or None,
             "installed": self.installed,
             "in_sync": None if self.drift is None else self.drift.in_sync,
@@ -254,6 +279,15 @@ class Status:
                 f"firewalld: {fw.state}, version {fw.version}, backend {fw.backend}, "
                 f"FlushAllOnReload={fw.flush_all_on_reload}{extra}"
             )
+        if self.conf is not None and self.conf.values:
+            changed = {c["name"]: c for c in (self.record or {}).get("firewalld_conf", [])}
+            shown = ", ".join(
+                f"{k}={v}"
+                + (f" (set by install, was {changed[k]['before']}; uninstall puts it back)" if k in changed else "")
+                for k, v in self.conf.values.items()
+            )
+            missing = " (no such file: firewalld's defaults)" if self.conf.missing else ""
+            lines.append(f"firewalld.conf: {shown}{missing}")
         for where, n in self.installed.items():
             lines.append(f"{where}: {n} of our entries" if n else f"{where}: not installed")
         if self.record is not None:

@@ -14,6 +14,7 @@ from tproxy_firewalld.api import diff_observed
 from tproxy_firewalld.directxml import BUILT_IN_CHAINS
 from tproxy_firewalld.errors import RulesRejected, SettingsError, TproxyError
 from tproxy_firewalld.firewalld import DaemonInfo
+from tproxy_firewalld.fwconf import KNOBS, RFC3964, STRICT_FORWARD_PORTS, WANTED
 from tproxy_firewalld.kuma import KUMA, Profile, read_nameservers
 from tproxy_firewalld.observe import ClientFactory, Observed, session
 from tproxy_firewalld.report import Status
@@ -61,6 +62,7 @@ def _status(observed: Observed, reason: str, profile: Profile) -> Status:
         drift = diff_observed(observed, None, None, profile)
         warnings += _nameserver_warnings(observed)
         warnings += _module_warnings(observed, profile)
+    warnings += conf_warnings(observed)
     daemon = observed.daemon
     if daemon is not None:
         warnings += _daemon_warnings(daemon, observed, installed)
@@ -79,7 +81,37 @@ def _status(observed: Observed, reason: str, profile: Profile) -> Status:
         record.to_json() if record is not None else None,
         leftovers=tuple(sorted((e for e in recognition.leftovers if e not in wanted), key=str)),
         suspected=recognition.suspected,
+        conf=observed.conf,
     )
+
+
+#: the codes of the warnings about the firewalld.conf settings, by setting
+CONF_WARNING = {RFC3964.name: "rfc3964-ipv4", STRICT_FORWARD_PORTS.name: "strict-forward-ports"}
+
+
+def conf_warnings(observed: Observed) -> list[Warning_]:
+    """The firewalld.conf settings that defeat the rules, each with what consent would change.
+    StrictForwardPorts=yes is named even with nothing installed (it defeats any install);
+    RFC3964_IPv4=yes when the recorded rules include IPv6 ones."""
+    conf, record = observed.conf, observed.record
+    if conf is None or conf.error is not None:
+        return []
+    how = "and reloads firewalld" if observed.live else "in firewalld.conf, applied at firewalld's next start"
+    out = []
+    for knob in KNOBS:
+        if not conf.has(knob.name) or not conf.on(knob.name):
+            continue
+        if knob.ipv6_only and not (record is not None and "ipv6" in record.settings.ipvs):
+            continue
+        out.append(
+            Warning_(
+                CONF_WARNING[knob.name],
+                f"{knob.name}={conf.value(knob.name)}: {knob.breaks}; `tproxy-firewalld install "
+                f"--configure-firewalld` sets {knob.name}={WANTED} {how} (uninstall puts it back), "
+                f"or set it yourself",
+            )
+        )
+    return out
 
 
 def _nameserver_warnings(observed: Observed) -> list[Warning_]:
@@ -127,26 +159,6 @@ def _version_tuple(text: str) -> tuple[int, ...]:
 
 def _daemon_warnings(daemon: DaemonInfo, observed: Observed, installed: dict[str, int]) -> list[Warning_]:
     warnings = []
-    record = observed.record
-    if (daemon.strict_forward_ports or "").lower() == "yes":
-        warnings.append(
-            Warning_(
-                "strict-forward-ports",
-                "StrictForwardPorts=yes: firewalld rejects traffic DNAT'd by others, which breaks the "
-                "REDIRECTs of the transparent proxy; set StrictForwardPorts=no in firewalld.conf",
-            )
-        )
-    if (daemon.rfc3964_ipv4 or "").lower() == "yes" and record and "ipv6" in record.settings.ipvs:
-        # Seen in the sandbox, both backends: firewalld's RFC 3964 filter rejects ::/96,
-        # which includes ::1 — where the IPv6 REDIRECT sends outbound traffic.
-        warnings.append(
-            Warning_(
-                "rfc3964-ipv4",
-                "RFC3964_IPv4=yes: firewalld rejects IPv6 packets to ::/96, which includes ::1, so "
-                "IPv6 outbound traffic REDIRECTed to the proxy is rejected; set RFC3964_IPv4=no in "
-                "firewalld.conf if the proxy serves IPv6",
-            )
-        )
     before_2 = _version_tuple(daemon.version) < (2, 0)
     iptables_backend = daemon.backend == "iptables"  # it flushes its own tables in any version
     direct_chains = {c.key for c in observed.runtime.chains} if observed.runtime else set()

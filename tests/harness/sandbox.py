@@ -79,7 +79,8 @@ class SandboxError(RuntimeError):
 
 
 class SandboxFactory(Protocol):
-    """What the `make_sandbox` fixture hands out: start_sandbox, closed at teardown."""
+    """What the `make_sandbox` fixture hands out: start_sandbox, closed at teardown (the
+    fixture's conf defaults and stock: tests/conftest.py)."""
 
     def __call__(
         self,
@@ -87,6 +88,8 @@ class SandboxFactory(Protocol):
         flush_all_on_reload: YesNo = "yes",
         root: Path | None = None,
         conf: Mapping[str, str] | None = None,
+        *,
+        stock: bool = False,
     ) -> Sandbox: ...
 
 

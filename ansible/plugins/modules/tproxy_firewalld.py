@@ -13,6 +13,12 @@ description:
     C(kumactl install transparent-proxy) sets up, inbound to 15006, outbound to 15001, DNS to
     15053, the proxy's own UID exempt) in firewalld's direct configuration, runtime and
     permanent in step, without a reload.
+  - A firewalld.conf setting that would defeat the rules (firewalld's default
+    C(RFC3964_IPv4=yes) with IPv6 rules, C(StrictForwardPorts=yes)) makes the task fail
+    (C(exit_code) 12), changing nothing, unless O(configure_firewalld=true) lets it set that
+    setting to C(no) (live through firewalld's API, then a reload; offline in
+    C(firewalld.conf)). O(state=absent) puts the old value back unless somebody changed it
+    since.
   - A thin layer over the C(tproxy_firewalld) Python library, which must be installed on the
     managed host for the interpreter that runs this module (set C(ansible_python_interpreter)
     to it). The library computes a plan from the desired and the observed state; only
@@ -263,6 +269,11 @@ options:
       - "As C(--disable-comments) and config key C(comments.disabled). Default C(false)."
       - "Kuma 2.11, 2.12, 2.13, 2.14 only (O(kuma_version))."
     type: bool
+  configure_firewalld:
+    description:
+      - "tproxy-firewalld's own, not kumactl's: let install set the firewalld.conf settings that would defeat the rules (RFC3964_IPv4=no for IPv6 rules, StrictForwardPorts=no) and reload firewalld to apply them; uninstall puts the old values back. Without it install refuses (exit 12)."
+      - "As C(--configure-firewalld) and config key C(configureFirewalld). Default C(false)."
+    type: bool
   # settings:end
 attributes:
   check_mode:
@@ -334,8 +345,10 @@ summary:
 steps:
   description:
     - What the run changed (in check mode, would change), in order; empty when nothing.
-    - Each step has C(step) (V(runtime), V(permanent), V(file), V(loopback) or V(record)) and
-      C(summary); runtime, permanent and file steps list the entries in C(add) and C(remove).
+    - Each step has C(step) (V(loopback), V(runtime), V(permanent), V(file),
+      V(firewalld-conf), V(reload) or V(record)) and C(summary); runtime, permanent and file
+      steps list the entries in C(add) and C(remove); a firewalld-conf step has C(name),
+      C(before), C(after) and C(path) (V(null) live).
     - An entry is a dict with C(kind) (V(chain), V(rule) or V(passthrough)), C(ipv),
       C(table), C(chain), C(priority) and C(args) (the iptables arguments as a list).
   returned: success
@@ -364,6 +377,14 @@ file:
   type: dict
 warnings:
   description: What the library had to say, each with a C(code), a C(message) and the C(setting) it is about (or V(null)).
+  returned: success
+  type: list
+  elements: dict
+firewalld_conf:
+  description: >-
+    The firewalld.conf settings the rules need (C(RFC3964_IPv4) for IPv6 rules,
+    C(StrictForwardPorts) where firewalld has it), as found before the run: C(name),
+    C(value), C(wanted) and C(in_sync); empty for O(state=absent).
   returned: success
   type: list
   elements: dict
