@@ -1,0 +1,180 @@
+"""Issue 13 (and issue 10 item 5): the tool holds at its boundaries.
+
+A hung or vanished firewalld or bus, hostile local users, odd ``--root`` values, broken records,
+read-only and full file systems, and hostile but legal input: each ends in a bounded time with
+one line and its exit code, and never changes what it must not. Everything involving firewalld,
+the kernel or a mount runs in the sandbox (tests/harness); image-root (``--root``) runs that touch
+no firewall run on this machine's file system, under pytest's tmp_path.
+
+The tests drive the CLI as a separate process, so the code before these fixes can be put under
+the same tests: ``TPFW_CLI_PYTHONPATH=/path/to/an/old/checkout pytest tests/test_boundaries.py``
+runs that checkout's ``python -m tproxy_firewalld`` in place of this one (the tests' own helpers
+keep using this checkout's library).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+import pytest
+from harness import Sandbox
+from helpers import TP, direct_lines
+
+from tproxy_firewalld.directxml import MAX_SIZE, parse_direct_xml, render_direct_xml
+from tproxy_firewalld.entries import Chain, DirectConfig, Rule
+
+#: a checkout whose CLI to run instead of this one (see the module's docstring)
+CLI_PYTHONPATH = os.environ.get("TPFW_CLI_PYTHONPATH")
+
+FOREIGN = DirectConfig(
+    chains=(Chain("ipv4", "filter", "FOREIGN"),),
+    rules=(
+        Rule("ipv4", "filter", "FOREIGN", 0, ("-j", "RETURN")),
+        Rule("ipv6", "nat", "OUTPUT", 0, ("-p", "udp", "--dport", "5353", "-j", "RETURN")),
+    ),
+)
+
+
+def cli_env(extra: Optional[Mapping[str, str]] = None) -> dict[str, str]:
+    env = {"PYTHONPATH": CLI_PYTHONPATH} if CLI_PYTHONPATH else {}
+    env.update(extra or {})
+    return env
+
+
+def tp(
+    sb: Sandbox, *args: str, env: Optional[Mapping[str, str]] = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """The CLI inside the sandbox; never raises for its exit code."""
+    return sb.run(*TP, *args, check=False, env=cli_env(env), timeout=timeout)
+
+
+def tp_here(
+    *args: str, env: Optional[Mapping[str, str]] = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """The CLI on this machine: only ever with --root (an image root under tmp_path) or render."""
+    assert "--root" in args or args[0] == "render", "never the live system outside the sandbox"
+    return subprocess.run(
+        [*TP, *args], capture_output=True, text=True, timeout=timeout, check=False,
+        env={**os.environ, **cli_env(env)}, cwd="/",  # "-m" looks in the cwd first
+    )  # fmt: skip
+
+
+def one_line(result: subprocess.CompletedProcess[str], code: int, *words: str) -> str:
+    """The run exited ``code`` with exactly one ``Error:`` line (warnings aside), no traceback,
+    containing ``words``; returns that line."""
+    described = f"exit {result.returncode}\n--- stdout:\n{result.stdout}--- stderr:\n{result.stderr}"
+    assert result.returncode == code, described
+    assert "Traceback" not in result.stderr, described
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("Warning: ")]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), described
+    for word in words:
+        assert word in lines[0], f"{word!r} missing: {described}"
+    return lines[0]
+
+
+def image_root(base: Path, content: DirectConfig = FOREIGN) -> Path:
+    root = base / "root"
+    (root / "etc" / "firewalld").mkdir(parents=True)
+    (root / "etc" / "firewalld" / "direct.xml").write_bytes(render_direct_xml(content))
+    return root
+
+
+def snapshot(sb: Sandbox) -> tuple[list[str], list[str], bytes]:
+    """firewalld's runtime and permanent direct config, and direct.xml's bytes."""
+    data = sb.direct_xml.read_bytes() if sb.direct_xml.exists() else b""
+    return direct_lines(sb), direct_lines(sb, permanent=True), data
+
+
+def add_foreign(sb: Sandbox) -> None:
+    """Somebody else's permanent entries, loaded (runtime too)."""
+    fc = sb.firewall_cmd
+    fc("--permanent", "--direct", "--add-chain", "ipv4", "filter", "FOREIGN")
+    fc("--permanent", "--direct", "--add-rule", "ipv4", "filter", "FOREIGN", "0", "-j", "RETURN")
+    fc("--permanent", "--direct", "--add-rule", "ipv4", "filter", "INPUT", "0",
+       "-p", "tcp", "--dport", "8888", "-j", "ACCEPT")  # fmt: skip
+    sb.reload()
+
+
+@contextmanager
+def in_sandbox(sb: Sandbox, script: str, timeout: float = 120) -> Iterator[subprocess.Popen[str]]:
+    """A shell script running inside the sandbox for the duration of the block."""
+    proc = subprocess.Popen(
+        [*sb._nsenter(), "timeout", str(timeout), "sh", "-c", script],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            assert proc.stdin is not None
+            proc.stdin.close()
+        try:
+            proc.communicate(timeout=timeout + 10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+
+# ============================================================================ 11. bounded work
+
+HEADER = b'<?xml version="1.0" encoding="utf-8"?>\n<direct>\n'
+RULE = b'<rule ipv="ipv4" table="filter" chain="INPUT" priority="0">'
+
+
+def _filled(prefix: bytes, unit: bytes, suffix: bytes, size: int = MAX_SIZE) -> bytes:
+    return prefix + unit * ((size - len(prefix) - len(suffix)) // len(unit)) + suffix
+
+
+#: legal (or legal-looking) files of the largest size read, each of which took quadratic or
+#: cubic time before (a '<' inside CDATA or a comment: 45 s for 64 KiB, 346 s for 128 KiB; a
+#: long token: shlex's quadratic `token += char`)
+HOSTILE_16MIB = {
+    "cdata-lt": lambda: _filled(HEADER + RULE + b"<![CDATA[-j <", b"a", b"]]></rule></direct>"),
+    "comment-lt": lambda: _filled(HEADER + b"<!-- <", b"a", b" --></direct>"),
+    "token-9mb": lambda: HEADER + RULE + b"-j " + b"a" * 9_000_000 + b"</rule><!--"
+    + b"x" * (MAX_SIZE - 9_000_200) + b"--></direct>",
+    "quoted-9mb": lambda: HEADER + RULE + b'-m comment --comment "' + b"a " * 4_500_000
+    + b'"</rule><!--' + b"x" * (MAX_SIZE - 9_000_200) + b"--></direct>",
+    "many-rules": lambda: HEADER + b"".join(
+        b'<rule ipv="ipv4" table="filter" chain="INPUT" priority="%d">-p tcp --dport %d -j ACCEPT'
+        b"</rule>\n" % (i, i % 65536) for i in range(MAX_SIZE // 102)
+    ) + b"</direct>",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("make", HOSTILE_16MIB.values(), ids=HOSTILE_16MIB.keys())
+def test_a_16_mib_file_is_read_in_linear_time(make, capsys: pytest.CaptureFixture[str]) -> None:
+    data = make()
+    assert MAX_SIZE - 200_000 < len(data) <= MAX_SIZE
+    started = time.monotonic()
+    try:
+        config = parse_direct_xml(data)
+    except Exception as exc:  # refusing is fine too, as long as it is quick
+        outcome = type(exc).__name__
+    else:
+        outcome = f"{len(config)} entries"
+    took = time.monotonic() - started
+    with capsys.disabled():
+        print(f"\n  16 MiB {outcome}: {took:.2f} s", end="")
+    assert took < 60, f"{took:.1f} s (before: hours, growing with the square or cube of the size)"
+
+
+def test_diff_and_uninstall_of_a_hostile_rule_text_are_quick(tmp_path: Path) -> None:
+    """The issue's case: a 1 MiB rule text with a '<' in CDATA (~55 s of diff/uninstall
+    before; the work grew with the cube of its size)."""
+    root = image_root(tmp_path)
+    path = root / "etc/firewalld/direct.xml"
+    data = HEADER + RULE + b"<![CDATA[-j <" + b"a" * 2**20 + b"]]></rule></direct>\n"
+    path.write_bytes(data)
+    for command in ("diff", "uninstall"):
+        started = time.monotonic()
+        result = tp_here(command, "--root", str(root), timeout=60)
+        assert time.monotonic() - started < 20, command
+        assert result.returncode in (0, 1), result.stderr  # diff: 0 or 1; uninstall: 0
+    assert parse_direct_xml(path.read_bytes()) == parse_direct_xml(data), "nothing of theirs lost"
