@@ -18,6 +18,7 @@ from helpers import load
 from tproxy_firewalld import api, files
 from tproxy_firewalld.entries import Chain, DirectConfig, Rule
 from tproxy_firewalld.errors import (
+    DirectXmlError,
     ExitCode,
     FileError,
     FirewalldRejected,
@@ -225,3 +226,20 @@ def test_ops_are_undone_in_reverse(tmp_path: Path) -> None:
     target, fake = world(tmp_path)
     install(target, fake)
     json.dumps(install(target, fake).to_json())  # every result is JSON
+
+
+@pytest.mark.parametrize("live", [True, False], ids=["permanent", "file"])
+def test_a_direct_xml_that_would_outgrow_what_is_read_back_is_never_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, live: bool
+) -> None:
+    """A file over directxml.MAX_SIZE is refused when read: writing one (or having firewalld
+    write one) would leave every later run, uninstall included, refusing."""
+    from tproxy_firewalld import apply
+
+    target, fake = world(tmp_path)
+    monkeypatch.setattr(apply, "MAX_SIZE", target.direct_xml.stat().st_size + 100)
+    before = state(target, fake)
+    client = fake.factory() if live else (lambda _target: (None, "offline"))
+    with pytest.raises(DirectXmlError, match="would grow to .* bytes, over the .* nothing was changed"):
+        api.install(SETTINGS, target=target, client=client)  # type: ignore[arg-type]
+    assert state(target, fake) == before and fake.changes == []

@@ -16,9 +16,14 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from tproxy_firewalld import host
-from tproxy_firewalld.directxml import render_direct_xml
+from tproxy_firewalld.directxml import MAX_SIZE, render_direct_xml
 from tproxy_firewalld.entries import DirectConfig, Entry
-from tproxy_firewalld.errors import FirewalldUnavailable, PartiallyApplied, TproxyError
+from tproxy_firewalld.errors import (
+    DirectXmlError,
+    FirewalldUnavailable,
+    PartiallyApplied,
+    TproxyError,
+)
 from tproxy_firewalld.files import atomic_write, commit_write, discard, prepare_write, remove_file
 from tproxy_firewalld.firewalld import Firewalld, Op
 from tproxy_firewalld.plan import (
@@ -69,7 +74,12 @@ def apply_plan(plan: Plan, fw: Optional[Firewalld]) -> None:
     """Carry out ``plan``'s steps in order; on failure undo, and raise the error (its message
     says what was undone) or PartiallyApplied (exit 8) when something could not be undone."""
     run = _Run(fw, pending=[s.kind for s in plan.steps])
-    prepared = {id(s): _prepare(s, run) for s in plan.steps}
+    try:
+        prepared = {id(s): _prepare(s, run) for s in plan.steps}
+    except BaseException:
+        for tmp in run.temps:
+            discard(tmp)
+        raise
     try:
         for step in plan.steps:
             run.pending.remove(step.kind)
@@ -85,27 +95,43 @@ def apply_plan(plan: Plan, fw: Optional[Firewalld]) -> None:
         raise
 
 
-def _prepare(step: Step, run: _Run) -> Optional[Path]:
+@dataclass(frozen=True)
+class _Prepared:
+    tmp: Optional[Path] = None
+    data: Optional[bytes] = None
+
+
+def _prepare(step: Step, run: _Run) -> _Prepared:
     if isinstance(step, RecordStep) and step.after is not None:
         tmp = prepare_write(step.path, step.after.encode(), mode=0o644)
         run.temps.append(tmp)
-        return tmp
-    if isinstance(step, FileStep):
-        tmp = prepare_write(step.path, render_direct_xml(step.after))
-        run.temps.append(tmp)
-        discard(tmp)  # only a probe: atomic_write below keeps the .old backup and the label
-        return None
-    return None
+        return _Prepared(tmp=tmp)
+    if isinstance(step, (FileStep, PermanentStep)):
+        data = render_direct_xml(step.after)
+        where = step.path if isinstance(step, FileStep) else "direct.xml"
+        if len(data) > MAX_SIZE:
+            # the next run (uninstall included) could not read it back
+            raise DirectXmlError(
+                f"{where} would grow to {len(data)} bytes, over the {MAX_SIZE} bytes this tool "
+                "reads; nothing was changed"
+            )
+        if isinstance(step, FileStep):
+            tmp = prepare_write(step.path, data)
+            discard(tmp)  # only a probe: atomic_write below keeps the .old backup and the label
+        return _Prepared(data=data)
+    return _Prepared()
 
 
-def _execute(step: Step, run: _Run, tmp: Optional[Path]) -> None:
+def _execute(step: Step, run: _Run, prepared: _Prepared) -> None:
+    tmp = prepared.tmp
     if isinstance(step, RuntimeStep):
         _runtime(step, run)
     elif isinstance(step, PermanentStep):
         _permanent(step, run)
     elif isinstance(step, FileStep):
         old = _read_bytes(step.path)
-        atomic_write(step.path, render_direct_xml(step.after))
+        assert prepared.data is not None
+        atomic_write(step.path, prepared.data)
         run.undo.append(Undo(f"restore {step.path}", call=lambda: _restore_file(step.path, old)))
     elif isinstance(step, LoopbackStep):
         if step.add:
