@@ -240,6 +240,6 @@ def test_a_direct_xml_that_would_outgrow_what_is_read_back_is_never_written(
     monkeypatch.setattr(apply, "MAX_SIZE", target.direct_xml.stat().st_size + 100)
     before = state(target, fake)
     client = fake.factory() if live else (lambda _target: (None, "offline"))
-    with pytest.raises(DirectXmlError, match="would grow to .* bytes, over the .* nothing was changed"):
+    with pytest.raises(DirectXmlError, match=r"would grow to .* bytes, over the .* nothing was changed"):
         api.install(SETTINGS, target=target, client=client)  # type: ignore[arg-type]
     assert state(target, fake) == before and fake.changes == []
