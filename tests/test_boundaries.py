@@ -178,3 +178,41 @@ def test_diff_and_uninstall_of_a_hostile_rule_text_are_quick(tmp_path: Path) -> 
         assert time.monotonic() - started < 20, command
         assert result.returncode in (0, 1), result.stderr  # diff: 0 or 1; uninstall: 0
     assert parse_direct_xml(path.read_bytes()) == parse_direct_xml(data), "nothing of theirs lost"
+
+
+# ============================================================================ 7. never a file that fails firewalld
+
+#: a rule the kernel refuses although `iptables-restore --test` accepts it (issue 13.7)
+SLASH_ZERO_TEMPLATE = """\
+* nat
+-N KUMA_MESH_X
+-A KUMA_MESH_X -m comment --comment "kuma/mesh/transparent/proxy/x" ! -d {{ "0.0.0.0/0" if ipv == "ipv4" else "::/0" }} -j RETURN
+COMMIT
+"""
+
+
+def test_vnet_slash_zero_is_refused_for_both_families(tmp_path: Path) -> None:
+    root = image_root(tmp_path)
+    before = (root / "etc/firewalld/direct.xml").read_bytes()
+    for vnet in ("docker0:172.17.0.0/0", "br0:fd00::/0"):
+        one_line(tp_here("render", "--direct-xml", str(tmp_path / "none.xml"), "--vnet", vnet), 2, vnet, "/0")
+        one_line(tp_here("install", "--root", str(root), "--vnet", vnet), 2, vnet)
+    assert (root / "etc/firewalld/direct.xml").read_bytes() == before
+    assert not (root / "var/lib/tproxy-firewalld/installed.json").exists()
+
+
+def test_the_kernel_check_commits_what_iptables_test_lets_through(tmp_path: Path) -> None:
+    """`iptables-restore --test` (all the check did before) accepts `! -d 0.0.0.0/0`; a commit
+    into a throw-away network namespace is refused by the kernel, for both families."""
+    for binary, rule in (("iptables-restore", "0.0.0.0/0"), ("ip6tables-restore", "::/0")):
+        text = f"*nat\n-A OUTPUT ! -d {rule} -j RETURN\nCOMMIT\n"
+        test = subprocess.run(["unshare", "--net", binary, "--test"], input=text, capture_output=True, text=True, check=False)
+        commit = subprocess.run(["unshare", "--net", binary, "--noflush"], input=text, capture_output=True, text=True, check=False)
+        assert (test.returncode, commit.returncode) == (0, 4), (binary, test.stderr, commit.stderr)
+    template = tmp_path / "slash0.rules.j2"
+    template.write_text(SLASH_ZERO_TEMPLATE)
+    root = image_root(tmp_path)
+    before = (root / "etc/firewalld/direct.xml").read_bytes()
+    one_line(tp_here("install", "--root", str(root), "--rules-template", str(template)), 4, "nothing was changed")
+    assert (root / "etc/firewalld/direct.xml").read_bytes() == before
+    one_line(tp_here("render", "--direct-xml", str(tmp_path / "none.xml"), "--rules-template", str(template)), 4, "RULE_APPEND failed")

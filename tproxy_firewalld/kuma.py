@@ -201,9 +201,18 @@ def parse_vnet(raw: object) -> VnetNetwork:
     try:
         if "/" not in cidr:
             raise ValueError
-        ipaddress.ip_network(cidr, strict=False)
+        network = ipaddress.ip_network(cidr, strict=False)
     except ValueError:
         raise Invalid(f"invalid CIDR definition for {show(raw)}: {show(cidr)} is not a CIDR") from None
+    if network.prefixlen == 0:
+        # Kuma's rule redirects what is NOT for this network (`! -d CIDR`): a /0 leaves nothing
+        # to redirect, and the kernel refuses `! -d 0.0.0.0/0` at commit (iptables-restore
+        # --test accepts it), which would leave firewalld FAILED at its next start.
+        raise Invalid(
+            f"invalid CIDR definition for {show(raw)}: a /0 network matches every address, so "
+            "traffic on the interface would never be redirected (and the kernel refuses "
+            "the rule); give the virtual network's own prefix"
+        )
     return VnetNetwork(iface=iface, cidr=cidr)
 
 
