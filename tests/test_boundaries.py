@@ -289,3 +289,31 @@ def test_a_kernel_without_xt_owner_is_refused_and_status_warns(make_sandbox: San
     status = tp(sb, "status", env=without)
     assert status.returncode == 0, status.stderr
     assert "the owner extension (xt_owner)" in status.stdout and "dnf install kernel-modules-extra" in status.stdout
+
+
+# ============================================================================ 6. exactly ours
+
+
+def test_lookalikes_of_ours_survive_install_and_uninstall(make_sandbox: SandboxFactory) -> None:
+    """Ours: chains named KUMA_MESH_*, rules in or into them, rules whose comment starts with
+    "kuma/mesh/transparent/proxy/" (separators included). Everything else stays."""
+    sb = make_sandbox()
+    fc = sb.firewall_cmd
+    fc("--permanent", "--direct", "--add-chain", "ipv4", "filter", "KUMA_MESHCTL_ALLOW")
+    fc("--permanent", "--direct", "--add-rule", "ipv4", "filter", "KUMA_MESHCTL_ALLOW", "0", "-j", "ACCEPT")
+    fc("--permanent", "--direct", "--add-rule", "ipv4", "filter", "INPUT", "1", "-j", "KUMA_MESHCTL_ALLOW")
+    fc("--permanent", "--direct", "--add-rule", "ipv4", "filter", "INPUT", "0", "-p", "tcp", "--dport", "22",
+       "-m", "comment", "--comment", "kuma/mesh/transparent/proxy-ops: keep ssh open", "-j", "ACCEPT")  # fmt: skip
+    fc("--permanent", "--direct", "--add-rule", "ipv6", "filter", "INPUT", "0", "-p", "tcp", "--dport", "22",
+       "-m", "comment", "--comment", "kuma/mesh/transparent/proxy", "-j", "ACCEPT")  # fmt: skip
+    sb.reload()
+    theirs = direct_lines(sb), direct_lines(sb, permanent=True)
+    assert len(theirs[0]) == len(theirs[1]) == 5 and theirs[0] == theirs[1]
+    result = tp(sb, "install")
+    assert result.returncode == 0, result.stderr
+    runtime = direct_lines(sb)
+    assert set(theirs[0]) <= set(runtime) and set(theirs[1]) <= set(direct_lines(sb, permanent=True))
+    result = tp(sb, "uninstall")
+    assert result.returncode == 0, result.stderr
+    assert (direct_lines(sb), direct_lines(sb, permanent=True)) == theirs
+    assert "KUMA_MESHCTL_ALLOW" in sb.direct_xml.read_text() and "proxy-ops: keep ssh open" in sb.direct_xml.read_text()
