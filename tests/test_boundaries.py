@@ -317,3 +317,55 @@ def test_lookalikes_of_ours_survive_install_and_uninstall(make_sandbox: SandboxF
     assert result.returncode == 0, result.stderr
     assert (direct_lines(sb), direct_lines(sb, permanent=True)) == theirs
     assert "KUMA_MESHCTL_ALLOW" in sb.direct_xml.read_text() and "proxy-ops: keep ssh open" in sb.direct_xml.read_text()
+
+
+# ============================================================================ 8. the record before any change
+
+STATE = "/var/lib/tproxy-firewalld"  # inside the sandbox: a private tmpfs
+RECORD = f"{STATE}/installed.json"
+
+
+def lo_has_6(sb: Sandbox) -> bool:
+    return "::6/128" in sb.run("ip", "-6", "addr", "show", "dev", "lo").stdout
+
+
+def test_a_broken_record_never_blocks_uninstall_and_is_judged_before_any_change(
+    make_sandbox: SandboxFactory,
+) -> None:
+    sb = make_sandbox()
+    add_foreign(sb)
+    theirs = snapshot(sb)
+    # corrupt records: uninstall removes what is ours and says the record was unreadable
+    for corrupt in ("[]", '"x"'):
+        assert tp(sb, "install").returncode == 0
+        sb.run("sh", "-c", f"printf '%s' '{corrupt}' > {RECORD}")
+        result = tp(sb, "uninstall")
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+        assert "Warning: the record was unreadable" in result.stderr and "expected a JSON object" in result.stderr
+        assert snapshot(sb)[:2] == theirs[:2] and sb.run("test", "-e", RECORD, check=False).returncode != 0
+    sb.run("ip", "-6", "addr", "del", "::6/128", "dev", "lo", check=False)  # the record could not say it was ours
+    # a FIFO or a symlink where the record should be: refused before any change, no hang
+    for plant in (f"mkfifo {RECORD}", f"echo '{{}}' > /run/elsewhere.json; ln -s /run/elsewhere.json {RECORD}"):
+        sb.run("sh", "-c", plant)
+        started = time.monotonic()
+        line = one_line(tp(sb, "install", timeout=60), 11, RECORD)
+        assert time.monotonic() - started < 30
+        assert "not a regular file" in line or "symbolic link" in line, line
+        assert snapshot(sb) == theirs and not lo_has_6(sb), "nothing changed"
+        result = tp(sb, "uninstall", timeout=60)  # nothing of ours: the planted file goes
+        assert result.returncode == 0, result.stderr
+        assert sb.run("test", "-e", RECORD, check=False).returncode != 0
+    assert sb.run("cat", "/run/elsewhere.json").stdout == "{}\n", "the symlink's target untouched"
+    # a read-only state directory: install and uninstall refuse before anything changes
+    sb.run("mount", "-o", "remount,ro", STATE)
+    one_line(tp(sb, "install"), 11, STATE, "Read-only file system", "nothing was changed")
+    assert snapshot(sb) == theirs and not lo_has_6(sb)
+    sb.run("mount", "-o", "remount,rw", STATE)
+    assert tp(sb, "install").returncode == 0
+    installed = snapshot(sb)
+    sb.run("mount", "-o", "remount,ro", STATE)
+    one_line(tp(sb, "uninstall"), 11, STATE, "Read-only file system", "nothing was changed")
+    assert snapshot(sb) == installed and lo_has_6(sb)
+    sb.run("mount", "-o", "remount,rw", STATE)
+    assert tp(sb, "uninstall").returncode == 0
+    assert snapshot(sb)[:2] == theirs[:2] and not lo_has_6(sb)

@@ -67,8 +67,13 @@ def _make(
     if settings is not None:
         warnings += settings.warnings
     if observed.record_error:
+        what = (
+            "is replaced"
+            if settings is not None
+            else "is removed (it cannot say whether install put ::6/128 on lo: that stays)"
+        )
         warnings.append(
-            Warning_("record-unreadable", f"the record was unreadable and is replaced: {observed.record_error}")
+            Warning_("record-unreadable", f"the record was unreadable and {what}: {observed.record_error}")
         )
     if settings is not None and "ipv6" in settings.ipvs and observed.live and not observed.loopback:
         warnings.append(Warning_("no-ipv6", "IPv6 is disabled on this host: ::6/128 cannot be put on lo"))

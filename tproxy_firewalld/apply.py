@@ -11,6 +11,8 @@ exit 8 with what may remain.
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -24,7 +26,14 @@ from tproxy_firewalld.errors import (
     PartiallyApplied,
     TproxyError,
 )
-from tproxy_firewalld.files import atomic_write, commit_write, discard, prepare_write, remove_file
+from tproxy_firewalld.files import (
+    atomic_write,
+    commit_write,
+    discard,
+    prepare_write,
+    probe_directory,
+    remove_file,
+)
 from tproxy_firewalld.firewalld import Firewalld, Op
 from tproxy_firewalld.plan import (
     FileStep,
@@ -76,9 +85,12 @@ def apply_plan(plan: Plan, fw: Optional[Firewalld]) -> None:
     run = _Run(fw, pending=[s.kind for s in plan.steps])
     try:
         prepared = {id(s): _prepare(s, run) for s in plan.steps}
-    except BaseException:
+    except BaseException as exc:
         for tmp in run.temps:
             discard(tmp)
+        if isinstance(exc, TproxyError) and "nothing was changed" not in exc.message:
+            exc.message = f"{exc.message}; nothing was changed"
+            exc.args = (exc.message,)
         raise
     try:
         for step in plan.steps:
@@ -106,6 +118,10 @@ def _prepare(step: Step, run: _Run) -> _Prepared:
         tmp = prepare_write(step.path, step.after.encode(), mode=0o644)
         run.temps.append(tmp)
         return _Prepared(tmp=tmp)
+    if isinstance(step, RecordStep):
+        # removing it must work too (a read-only /var): find out before anything changes
+        probe_directory(step.path.parent)
+        return _Prepared()
     if isinstance(step, (FileStep, PermanentStep)):
         data = render_direct_xml(step.after)
         where = step.path if isinstance(step, FileStep) else "direct.xml"
@@ -268,13 +284,16 @@ def _undo_batch(run: _Run, batch: list[Op], failed: list[str]) -> None:
 
 
 def _read_bytes(path: Path) -> Optional[bytes]:
+    """What to put back if a later step fails: a regular file's bytes, else None (nothing to
+    put back). Never follows a symlink, never waits on a FIFO someone planted there."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        return None
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
+        return f.read()
 
 
 def _restore_file(path: Path, data: Optional[bytes]) -> None:
