@@ -117,10 +117,13 @@ def test_a_hung_firewalld_ends_in_exit_8_with_the_undo_queued(tmp_path: Path) ->
         install(target, fake)
     message = info.value.message
     assert info.value.exit_code == ExitCode.PARTIALLY_APPLIED and "\n" not in message
-    assert message.startswith("firewalld did not answer") and "firewalld is not answering" in message
-    assert "not changed: the permanent configuration, the record" in message
-    # everything sent after the hang is undone by calls queued behind it, newest first
+    assert message.startswith("firewalld did not answer") and "firewalld stopped answering" in message
+    assert "12 of the 12 change(s) made before could not be undone" in message
+    # the first call without an answer is the one firewalld may still be carrying out
     sent_adds = [op for op in fake.sent if op.verb == "add"]
+    assert f"may still complete the call it was carrying out ({sent_adds[12].describe()})" in message
+    assert "not changed: the permanent configuration, the record" in message
+    # one undo batch, newest first, is still sent (enough for a firewalld that was only slow)
     undos = [op for op in fake.sent if op.verb == "remove"]
     assert [op.entry for op in undos] == [op.entry for op in reversed(sent_adds)]
     assert fake.permanent() == FOREIGN and not target.state_file.exists()
@@ -139,11 +142,12 @@ def test_a_hang_while_observing_is_exit_5_and_nothing_is_sent(tmp_path: Path) ->
 
 
 def test_changes_sent_to_a_firewalld_that_stops_answering_are_never_called_nothing(tmp_path: Path) -> None:
-    """Sent but unanswered: they may still happen, so exit 8, not "nothing was changed"."""
+    """Sent but unanswered: the first may still happen, so exit 8, not "nothing was changed"."""
     target, fake = world(tmp_path, hang_after=0)
     with pytest.raises(PartiallyApplied) as info:
         install(target, fake)
-    assert "no answer; sent, so firewalld may still do it" in info.value.message
+    first = fake.sent[0].describe()
+    assert f"firewalld stopped answering: it may still complete the call it was carrying out ({first})" in info.value.message
 
 
 def test_a_permanent_update_that_cannot_be_written_is_put_back(tmp_path: Path) -> None:

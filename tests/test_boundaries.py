@@ -24,7 +24,7 @@ from typing import Optional
 
 import pytest
 from harness import Sandbox, SandboxFactory
-from helpers import TP, direct_lines
+from helpers import TP, direct_lines, foreign, ours
 
 from tproxy_firewalld.directxml import MAX_SIZE, parse_direct_xml, render_direct_xml
 from tproxy_firewalld.entries import Chain, DirectConfig, Rule
@@ -369,3 +369,117 @@ def test_a_broken_record_never_blocks_uninstall_and_is_judged_before_any_change(
     sb.run("mount", "-o", "remount,rw", STATE)
     assert tp(sb, "uninstall").returncode == 0
     assert snapshot(sb)[:2] == theirs[:2] and not lo_has_6(sb)
+
+
+# ============================================================================ 2, 3. a hung firewalld
+
+SHORT = {"TPROXY_FIREWALLD_TIMEOUT": "3"}
+
+
+def settled(sb: Sandbox, within: float = 10) -> tuple[list[str], list[str]]:
+    """firewalld's runtime and permanent direct config once firewalld answers again and they
+    have stopped changing (it finishes the call it was carrying out when it was stopped)."""
+    deadline = time.monotonic() + within
+    seen = direct_lines(sb), direct_lines(sb, permanent=True)
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        again = direct_lines(sb), direct_lines(sb, permanent=True)
+        if again == seen:
+            break
+        seen = again
+    return seen
+
+
+def described(line: str) -> str:
+    """A `firewall-cmd --get-all-chains/-rules` line as the tool's messages name the entry."""
+    return ("chain " if len(line.split()) == 3 else "rule ") + line
+
+
+def left_over(message: str) -> tuple[int, Optional[str]]:
+    """From an exit-8 message after a hang: how many changes were not undone, and the call
+    firewalld may still be carrying out."""
+    import re
+
+    count = re.search(r"(\d+) of the \d+ change\(s\) made before could not be undone", message)
+    flight = re.search(r"may still complete the call it was carrying out \((?:add|remove) (.*?)\); ", message)
+    return (int(count.group(1)) if count else 0), (flight.group(1) if flight else None)
+
+
+def stop_when(sb: Sandbox, condition: str) -> str:
+    """A watcher script: SIGSTOP firewalld as soon as the shell ``condition`` holds."""
+    return f"until {condition}; do :; done; kill -STOP {sb.firewalld_pid}; echo stopped"
+
+
+def test_a_hung_firewalld_ends_the_run_in_bounded_time_and_the_state_is_reported(
+    make_sandbox: SandboxFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGSTOP before and in the middle of install and uninstall. What remains once firewalld
+    comes back is what the run reported: the changes it could not undo, and at most the one
+    call firewalld was carrying out (it drops the calls a vanished client queued behind it);
+    the next run converges."""
+    sb = make_sandbox()
+    add_foreign(sb)
+    theirs = snapshot(sb)
+    pid = sb.firewalld_pid
+    # -- stopped before anything is sent: exit 5 (not offline: direct.xml untouched), default wait
+    sb.run("kill", "-STOP", pid)
+    started = time.monotonic()
+    result = tp(sb, "install", timeout=120)
+    gave_up = time.monotonic() - started
+    one_line(result, 5, "did not answer within 20 s")
+    assert gave_up < 60, gave_up
+    assert sb.direct_xml.read_bytes() == theirs[2] and "offline" not in result.stdout
+    # the lock went with it: the next run gets past the lock at once
+    one_line(tp(sb, "uninstall", env={**SHORT, "TPROXY_FIREWALLD_LOCK_TIMEOUT": "0"}), 5, "did not answer")
+    sb.run("kill", "-CONT", pid)
+    assert snapshot(sb) == theirs, "nothing was sent"
+    report = [f"hung before install: exit 5 after {gave_up:.1f} s (default timeout 20 s)"]
+
+    # -- stopped in the middle of an install
+    with in_sandbox(sb, stop_when(sb, "iptables-save -t nat 2>/dev/null | grep -q KUMA_MESH")):
+        started = time.monotonic()
+        result = tp(sb, "install", env=SHORT, timeout=120)
+        gave_up = time.monotonic() - started
+    line = one_line(result, 8, "firewalld stopped answering", "tproxy-firewalld diff")
+    assert gave_up < 60, gave_up
+    one_line(tp(sb, "install", env={**SHORT, "TPROXY_FIREWALLD_LOCK_TIMEOUT": "0"}), 5)
+    assert sb.direct_xml.read_bytes() == theirs[2]
+    sb.run("kill", "-CONT", pid)
+    runtime, permanent = settled(sb)
+    remaining, in_flight = left_over(line)
+    assert foreign(runtime) == foreign(theirs[0]) and permanent == theirs[1], "permanent: never reached"
+    extra = [described(x) for x in ours(runtime)]
+    assert remaining <= len(extra) <= remaining + 1, (extra, line)
+    assert len(extra) == remaining or in_flight in extra, (extra, line)
+    report.append(
+        f"hung mid-install: exit 8 after {gave_up:.1f} s (timeout 3 s), reported {remaining} not "
+        f"undone + in flight {in_flight!r}; after SIGCONT firewalld holds {len(extra)} of ours"
+    )
+    assert tp(sb, "install").returncode == 0
+    installed = snapshot(sb)
+    assert len(ours(installed[0])) == 30 and tp(sb, "diff").returncode == 0
+
+    # -- stopped in the middle of an uninstall
+    count = "$(iptables-save -t nat 2>/dev/null | grep -c KUMA_MESH)"
+    start_count = sb.run("sh", "-c", f"echo {count}").stdout.strip()
+    with in_sandbox(sb, stop_when(sb, f'[ "{count}" -lt {start_count} ]')):
+        started = time.monotonic()
+        result = tp(sb, "uninstall", env=SHORT, timeout=120)
+        gave_up = time.monotonic() - started
+    line = one_line(result, 8, "firewalld stopped answering")
+    assert gave_up < 60, gave_up
+    sb.run("kill", "-CONT", pid)
+    runtime, permanent = settled(sb)
+    remaining, in_flight = left_over(line)
+    assert permanent == installed[1], "permanent: never reached"
+    gone = [described(x) for x in set(ours(installed[0])) - set(runtime)]
+    assert set(runtime) <= set(installed[0]) and remaining <= len(gone) <= remaining + 1, (gone, line)
+    assert len(gone) == remaining or in_flight in gone, (gone, line)
+    report.append(
+        f"hung mid-uninstall: exit 8 after {gave_up:.1f} s, reported {remaining} not undone + in "
+        f"flight {in_flight!r}; after SIGCONT {len(gone)} of our 30 are gone"
+    )
+    assert tp(sb, "uninstall").returncode == 0
+    assert snapshot(sb)[:2] == theirs[:2]
+    with capsys.disabled():
+        print("".join(f"\n  {r}" for r in report), end="")

@@ -77,6 +77,10 @@ class _Run:
     #: firewalld stopped answering, and whether it was asked anything since
     hung: bool = False
     asked_after_hang: bool = False
+    #: the last calls to firewalld went unanswered (so it may still be carrying one out)
+    silent: bool = False
+    #: the first change firewalld never answered: the one call it may still carry out
+    in_flight: Optional[Op] = None
 
 
 def apply_plan(plan: Plan, fw: Optional[Firewalld]) -> None:
@@ -181,6 +185,9 @@ def _runtime(step: RuntimeStep, run: _Run) -> None:
                 run.undo.append(Undo(op.undo().describe(), op=op.undo()))
             elif result.unknown:
                 run.unknown.append(op)
+                run.silent = True
+                if run.in_flight is None:
+                    run.in_flight = op
             if result.error is not None and failed is None:
                 failed = result.error
         if failed is not None:
@@ -223,21 +230,25 @@ def _count_diff(now: Optional[DirectConfig], before: DirectConfig) -> str:
 def _rollback(run: _Run, exc: TproxyError) -> None:
     """Undo in reverse; the error's message says what was undone, or PartiallyApplied.
 
-    Runtime undos go out as pipelined batches. A firewalld that stopped answering still gets
-    one batch (it carries out queued calls in order when it comes back, so the undo follows
-    whatever of ours it still runs); after that nothing more is asked of it, since every
-    further call would only wait out the timeout again.
+    Runtime undos go out as pipelined batches. firewalld carries out the calls of a
+    connection in order, but only while their sender is still on the bus: calls queued behind
+    a hung one are dropped once this run has gone (firewalld's authorisation check cannot find
+    the sender; seen in the sandbox). So a firewalld that stopped answering gets one undo batch
+    (enough for one that was only slow); after that nothing more is asked of it, since every
+    further call would only wait out the timeout again, and the report says what may remain:
+    the changes it had made and not undone, and the one call it may still be carrying out.
     """
     failed: list[str] = []
     run.hung = isinstance(exc, FirewalldUnavailable)
-    done = len(run.undo) + len(run.unknown)
+    made = len(run.undo)
     # newest first: what may still happen (no answer yet), then what was done
-    batch: list[Op] = [op.undo() for op in reversed(run.unknown)]
+    maybe = [op.undo() for op in reversed(run.unknown)]
+    batch: list[Op] = list(maybe)
     for undo in reversed(run.undo):
         if undo.op is not None:
             batch.append(undo.op)
             continue
-        _undo_batch(run, batch, failed)
+        _undo_batch(run, batch, failed, maybe)
         batch = []
         assert undo.call is not None
         if undo.firewalld and run.hung and run.asked_after_hang:
@@ -248,37 +259,67 @@ def _rollback(run: _Run, exc: TproxyError) -> None:
         except TproxyError as undo_exc:
             failed.append(f"{undo.what} ({undo_exc})")
             run.hung = run.hung or isinstance(undo_exc, FirewalldUnavailable)
-    _undo_batch(run, batch, failed)
+    _undo_batch(run, batch, failed, maybe)
+    untouched = ", ".join(PLACES[k] for k in run.pending)
+    not_changed = f" (not changed: {untouched})" if untouched else ""
+    if run.silent:
+        # firewalld did not answer the last calls: it may finish the one it was carrying out
+        undone = (
+            f"{len(failed)} of the {made} change(s) made before could not be undone: {_shown(failed)}; "
+            if failed
+            else f"the {made} change(s) made before were undone; "
+            if made
+            else ""
+        )
+        in_flight = (
+            f"it may still complete the call it was carrying out ({run.in_flight.describe()}); "
+            if run.in_flight is not None
+            else ""
+        )
+        raise PartiallyApplied(
+            f"{exc}; firewalld stopped answering: {undone}{in_flight}the calls queued after it "
+            "are dropped when this run ends. Once firewalld answers, run `tproxy-firewalld diff` "
+            f"to see the state and run the command again{not_changed}"
+        ) from None
     if failed:
-        shown = "; ".join(failed[:3]) + (f"; ... ({len(failed)} in all)" if len(failed) > 3 else "")
         advice = (
             "firewalld is not answering; once it does, run `tproxy-firewalld diff` to see the "
             "state and run the command again"
             if run.hung
             else "Run `tproxy-firewalld diff` to see the state and run the command again"
         )
-        untouched = ", ".join(PLACES[k] for k in run.pending)
         raise PartiallyApplied(
-            f"{exc}; undoing the {done} change(s) already made failed for {len(failed)}: "
-            f"{shown}. {advice}" + (f" (not changed: {untouched})" if untouched else "")
+            f"{exc}; undoing the {made} change(s) already made failed for {len(failed)}: "
+            f"{_shown(failed)}. {advice}{not_changed}"
         ) from None
-    note = f"undid the {done} change(s) already made, nothing was changed" if done else "nothing was changed"
+    note = f"undid the {made} change(s) already made, nothing was changed" if made else "nothing was changed"
     exc.message = f"{exc.message}; {note}"
     exc.args = (exc.message,)
 
 
-def _undo_batch(run: _Run, batch: list[Op], failed: list[str]) -> None:
+def _shown(failed: list[str]) -> str:
+    return "; ".join(failed[:3]) + (f"; ... ({len(failed)} in all)" if len(failed) > 3 else "")
+
+
+def _undo_batch(run: _Run, batch: list[Op], failed: list[str], maybe: list[Op]) -> None:
+    """Send one batch of runtime undos. ``maybe``: undos of changes firewalld never answered
+    (they are reported as the call in flight, not as changes made)."""
     if not batch:
         return
     assert run.fw is not None
     if run.hung and run.asked_after_hang:
-        failed += [f"{op.describe()} (not tried: firewalld is not answering)" for op in batch]
+        failed += [f"{op.describe()} (not tried: firewalld is not answering)" for op in batch if op not in maybe]
+        run.silent = True
         return
     run.asked_after_hang = run.hung
+    run.silent = False
     for op, result in zip(batch, run.fw.change(batch)):
         if result.unknown:
-            run.hung = run.asked_after_hang = True
-            failed.append(f"{op.describe()} (no answer; sent, so firewalld may still do it)")
+            run.hung = run.asked_after_hang = run.silent = True
+            if run.in_flight is None:
+                run.in_flight = op
+            if op not in maybe:
+                failed.append(f"{op.describe()} (no answer)")
         elif result.error is not None:
             failed.append(f"{op.describe()} ({result.error})")
 
