@@ -14,6 +14,7 @@ keep using this checkout's library).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -24,10 +25,11 @@ from typing import Optional
 
 import pytest
 from harness import Sandbox, SandboxFactory
-from helpers import TP, direct_lines, foreign, ours
+from helpers import TP, direct_lines, file_config, foreign, ours
 
 from tproxy_firewalld.directxml import MAX_SIZE, parse_direct_xml, render_direct_xml
 from tproxy_firewalld.entries import Chain, DirectConfig, Rule
+from tproxy_firewalld.kuma import OWNER
 
 #: a checkout whose CLI to run instead of this one (see the module's docstring)
 CLI_PYTHONPATH = os.environ.get("TPFW_CLI_PYTHONPATH")
@@ -483,3 +485,35 @@ def test_a_hung_firewalld_ends_the_run_in_bounded_time_and_the_state_is_reported
     assert snapshot(sb)[:2] == theirs[:2]
     with capsys.disabled():
         print("".join(f"\n  {r}" for r in report), end="")
+
+
+def mode_of(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    return str(json.loads(result.stdout)["mode"])
+
+
+def test_offline_only_when_firewalld_is_gone_and_a_vanishing_bus_is_one_line(make_sandbox: SandboxFactory) -> None:
+    """Offline (direct.xml) only when firewalld's name has no owner or the bus is not there; a
+    stopped-but-present firewalld is exit 5 (see the test above). dbus-daemon killed in the
+    middle of an install: one line, no EOFError traceback (firewalld exits with its bus)."""
+    sb = make_sandbox()
+    add_foreign(sb)
+    # firewalld stopped, the bus still running: offline
+    sb.stop_firewalld()
+    assert mode_of(tp(sb, "install", "-o", "json")) == "offline"
+    assert len(file_config(sb).ours(OWNER)) == 30
+    assert sb.start_firewalld() == "running" and len(ours(direct_lines(sb))) == 30, "loaded at its start"
+    assert tp(sb, "uninstall").returncode == 0
+    theirs = snapshot(sb)
+    # the bus killed in the middle of an install
+    bus = sb.run("pidof", "dbus-daemon").stdout.split()[0]
+    with in_sandbox(sb, f"until iptables-save -t nat 2>/dev/null | grep -q KUMA_MESH; do :; done; kill -KILL {bus}"):
+        result = tp(sb, "install", env=SHORT)
+    line = one_line(result, 8, "lost the connection to the system bus")
+    assert "EOFError" not in result.stderr.replace(line, ""), "nothing but the one line"
+    assert sb.direct_xml.read_bytes() == theirs[2]
+    # no bus, no firewalld: offline
+    sb.stop_firewalld()  # reap it: it exited with its bus
+    assert not {"firewalld", "dbus-daemon"} & set(sb.run("ps", "-eo", "comm").stdout.split())
+    assert mode_of(tp(sb, "install", "-o", "json")) == "offline"
+    assert len(file_config(sb).ours(OWNER)) == 30 and file_config(sb).foreign(OWNER) == parse_direct_xml(theirs[2])
