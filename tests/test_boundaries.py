@@ -517,3 +517,100 @@ def test_offline_only_when_firewalld_is_gone_and_a_vanishing_bus_is_one_line(mak
     assert not {"firewalld", "dbus-daemon"} & set(sb.run("ps", "-eo", "comm").stdout.split())
     assert mode_of(tp(sb, "install", "-o", "json")) == "offline"
     assert len(file_config(sb).ours(OWNER)) == 30 and file_config(sb).foreign(OWNER) == parse_direct_xml(theirs[2])
+
+
+# ============================================================================ 1. the lock
+
+NOBODY = 65534
+#: what a local user tries: hold a flock on every lock path they can create or open
+HOLDER = """
+import fcntl, os, sys
+for path in sys.argv[1:]:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        print("holds", path, flush=True)
+    except OSError as exc:
+        print("cannot", path, exc.strerror, flush=True)
+print("READY", flush=True)
+sys.stdin.read()
+"""
+OLD_LOCK = "/run/lock/tproxy-firewalld.etc_firewalld.lock"  # before: world-writable /run/lock
+LIVE_LOCK = "/run/tproxy-firewalld/live.lock"
+
+
+def as_nobody(sb: Sandbox, *argv: str) -> subprocess.CompletedProcess[str]:
+    return sb.run(*argv, uid=NOBODY, check=False)
+
+
+def test_a_local_user_can_neither_take_nor_block_nor_redirect_the_lock(make_sandbox: SandboxFactory) -> None:
+    sb = make_sandbox()
+    # as on a real system: /run is root's, /run/lock world-writable (sticky)
+    sb.run("chmod", "0755", "/run")
+    sb.run("install", "-d", "-m", "1777", "/run/lock")
+    fast = {"TPROXY_FIREWALLD_LOCK_TIMEOUT": "3"}
+    holder = [*sb._nsenter(), "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+              "timeout", "120", "/usr/bin/python3", "-c", HOLDER, OLD_LOCK, LIVE_LOCK]  # fmt: skip
+    with subprocess.Popen(holder, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None and proc.stdin is not None
+        said = [proc.stdout.readline().strip() for _ in range(3)]
+        assert said[2] == "READY" and said[1].startswith(f"cannot {LIVE_LOCK}"), said
+        for plant in (["mkdir", "/run/tproxy-firewalld"], ["ln", "-s", "/tmp", "/run/tproxy-firewalld"]):
+            assert as_nobody(sb, *plant).returncode != 0, plant
+        started = time.monotonic()
+        result = tp(sb, "install", env=fast)
+        assert result.returncode == 0, result.stderr
+        assert time.monotonic() - started < 30
+        proc.stdin.close()
+    # the lock's directory: root's, 0700, nothing a user can create, plant or open there
+    assert sb.run("stat", "-c", "%U %a %F", "/run/tproxy-firewalld").stdout.split() == ["root", "700", "directory"]
+    for attempt in (["touch", "/run/tproxy-firewalld/x"], ["mkdir", "/run/tproxy-firewalld/d"],
+                    ["ln", "-s", "/etc/shadow", "/run/tproxy-firewalld/l"], ["cat", LIVE_LOCK]):  # fmt: skip
+        assert as_nobody(sb, *attempt).returncode != 0, attempt
+    # a directory planted at the old name (a traceback before) is nothing to the lock now
+    sb.run("rm", "-f", OLD_LOCK)
+    assert as_nobody(sb, "mkdir", OLD_LOCK).returncode == 0
+    result = tp(sb, "uninstall", env=fast)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    # should anything else ever stand where the lock goes, it is refused in one line, not followed
+    sb.run("sh", "-c", f"rm -f {LIVE_LOCK}; ln -s /run/owned {LIVE_LOCK}")
+    one_line(tp(sb, "install", env=fast), 9, "symbolic link")
+    assert sb.run("test", "-e", "/run/owned", check=False).returncode != 0, "the symlink was not followed"
+    sb.run("sh", "-c", f"rm -f {LIVE_LOCK}; mkdir {LIVE_LOCK}")
+    one_line(tp(sb, "install", env=fast), 9, LIVE_LOCK)
+    sb.run("sh", "-c", f"rmdir {LIVE_LOCK}; chown {NOBODY} /run/tproxy-firewalld")
+    one_line(tp(sb, "install", env=fast), 9, "/run/tproxy-firewalld")
+    assert ours(direct_lines(sb)) == []
+
+
+SLOW_CHECK = r"""#!/bin/sh
+touch "$TPFW_MARKER"
+sleep 6
+exec /usr/sbin/"$(basename "$0")" "$@"
+"""
+
+
+def test_image_roots_whose_names_collided_have_their_own_locks(tmp_path: Path) -> None:
+    """Lock names built with replace("/", "_") made .../a_b and .../a/b one lock."""
+    first, second = image_root(tmp_path / "a_b"), image_root(tmp_path / "a" / "b")
+    bin_dir = tmp_path / "slow"
+    bin_dir.mkdir()
+    for name in ("iptables-restore", "ip6tables-restore"):
+        (bin_dir / name).write_text(SLOW_CHECK)
+        (bin_dir / name).chmod(0o755)
+    marker = tmp_path / "checking"
+    slow = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "TPFW_MARKER": str(marker)}
+    holding = subprocess.Popen(
+        [*TP, "install", "--root", str(first)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, cwd="/", env={**os.environ, **cli_env(slow)},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists() and holding.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert marker.exists(), "the first run is inside its lock, in the kernel check"
+        result = tp_here("install", "--root", str(second), env={"TPROXY_FIREWALLD_LOCK_TIMEOUT": "1"})
+        assert result.returncode == 0, result.stderr
+    finally:
+        _out, err = holding.communicate(timeout=120)
+    assert holding.returncode == 0, err
