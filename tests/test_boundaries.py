@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -614,3 +615,77 @@ def test_image_roots_whose_names_collided_have_their_own_locks(tmp_path: Path) -
     finally:
         _out, err = holding.communicate(timeout=120)
     assert holding.returncode == 0, err
+
+
+# ============================================================================ 4. --root is a path
+
+LISTENER = """
+import ctypes, socket, sys
+ctypes.CDLL(None).prctl(15, sys.argv[1].encode(), 0, 0, 0)  # PR_SET_NAME: what `ss -ltnp` shows
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::", int(sys.argv[2])))
+s.listen()
+print("LISTENING", flush=True)
+sys.stdin.read()
+"""
+
+
+@contextmanager
+def listening(sb: Sandbox, comm: str, port: int) -> Iterator[None]:
+    """A TCP listener on ``port`` (both families) whose process name is ``comm``."""
+    argv = [*sb._nsenter(), "timeout", "300", sys.executable, "-c", LISTENER, comm, str(port)]
+    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline().startswith("LISTENING")
+        try:
+            yield
+        finally:
+            proc.stdin.close()
+
+
+def test_a_root_that_resolves_to_slash_is_the_live_system(make_sandbox: SandboxFactory) -> None:
+    """`--root //` and `--root /tmp/..` were image roots: the SSH guard was skipped and the live
+    /etc/firewalld/direct.xml written behind the running firewalld."""
+    sb = make_sandbox()
+    add_foreign(sb)
+    theirs = snapshot(sb)
+    with listening(sb, "sshd", 22):
+        for root in ("//", "/tmp/..", "/etc/../"):
+            one_line(tp(sb, "install", "--root", root), 10, "22 (sshd)")
+    assert snapshot(sb) == theirs, "nothing written behind firewalld"
+    assert mode_of(tp(sb, "install", "--root", "/tmp/..", "-o", "json")) == "live"
+    assert len(ours(direct_lines(sb))) == 30 and len(ours(direct_lines(sb, permanent=True))) == 30
+    assert mode_of(tp(sb, "uninstall", "--root", "//", "-o", "json")) == "live"
+    assert snapshot(sb)[:2] == theirs[:2]
+
+
+def test_absolute_symlinks_in_an_image_root_never_lead_out_of_it(make_sandbox: SandboxFactory) -> None:
+    """Paths in an image root are resolved as inside a chroot there. Run in the sandbox, so that
+    a write that did escape would land in its private /etc/firewalld or /run, nowhere else."""
+    sb = make_sandbox()
+    theirs = snapshot(sb)
+    # ROOT/etc -> /etc: inside the root that is a loop (as chroot sees it), never the host's /etc
+    loop = sb.workdir / "loop"
+    loop.mkdir()
+    (loop / "etc").symlink_to("/etc")
+    one_line(tp(sb, "install", "--root", str(loop)), 11, "too many levels of symbolic links")
+    assert snapshot(sb) == theirs and (loop / "etc").is_symlink()
+    # ROOT/etc/firewalld -> /run/fw, ROOT/var/lib/tproxy-firewalld -> /run/state: ROOT/run/...
+    image = sb.workdir / "image"
+    (image / "etc").mkdir(parents=True)
+    (image / "var/lib").mkdir(parents=True)
+    (image / "etc/firewalld").symlink_to("/run/fw")
+    (image / "var/lib/tproxy-firewalld").symlink_to("/run/state")
+    result = tp(sb, "install", "--root", str(image))
+    assert result.returncode == 0, result.stderr
+    assert len(parse_direct_xml((image / "run/fw/direct.xml").read_bytes()).ours(OWNER)) == 30
+    assert (image / "run/state/installed.json").is_file()
+    # ... and `..` stops at the root, as in a chroot
+    dotdot = sb.workdir / "dotdot"
+    (dotdot / "etc").mkdir(parents=True)
+    (dotdot / "etc/firewalld").symlink_to("../../../../../../../../run/fw2")
+    assert tp(sb, "install", "--root", str(dotdot)).returncode == 0
+    assert (dotdot / "run/fw2/direct.xml").is_file()
+    escaped = sb.run("sh", "-c", "ls -d /run/fw /run/state /run/fw2 2>/dev/null; true").stdout
+    assert escaped == "" and snapshot(sb) == theirs, f"written outside the image roots: {escaped}"
