@@ -689,3 +689,25 @@ def test_absolute_symlinks_in_an_image_root_never_lead_out_of_it(make_sandbox: S
     assert (dotdot / "run/fw2/direct.xml").is_file()
     escaped = sb.run("sh", "-c", "ls -d /run/fw /run/state /run/fw2 2>/dev/null; true").stdout
     assert escaped == "" and snapshot(sb) == theirs, f"written outside the image roots: {escaped}"
+
+
+# ============================================================================ 5. every SSH listener
+
+
+def test_every_ssh_listener_is_guarded(make_sandbox: SandboxFactory) -> None:
+    """Before, only processes named sshd counted. Now: dropbear, systemd holding a port for a
+    socket-activated SSH unit (ssh.socket and its drop-ins; the sandbox's /run/systemd/system
+    is its own), and port 22 whatever holds it. systemd on a port of another unit is not."""
+    sb = make_sandbox()
+    sb.run("mkdir", "-p", "/run/systemd/system/ssh.socket.d")
+    sb.run("sh", "-c", "printf '[Socket]\\nListenStream=2022\\n' > /run/systemd/system/ssh.socket")
+    sb.run("sh", "-c", "printf '[Socket]\\nListenStream=[::]:2023\\n' > /run/systemd/system/ssh.socket.d/more.conf")
+    with listening(sb, "dropbear", 2200), listening(sb, "systemd", 2022), listening(sb, "systemd", 2023), \
+            listening(sb, "socat", 22), listening(sb, "systemd", 8080):  # fmt: skip
+        line = one_line(tp(sb, "install"), 10, "--exclude-inbound-ports 22,2022,2023,2200")
+        for holder in ("22 (socat)", "2022 (systemd (socket-activated SSH))", "2200 (dropbear)"):
+            assert holder in line, line
+        assert "8080" not in line
+        assert ours(direct_lines(sb)) == []
+        result = tp(sb, "install", "--exclude-inbound-ports", "22,2022,2023,2200")
+        assert result.returncode == 0, result.stderr
