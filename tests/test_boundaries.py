@@ -711,3 +711,49 @@ def test_every_ssh_listener_is_guarded(make_sandbox: SandboxFactory) -> None:
         assert ours(direct_lines(sb)) == []
         result = tp(sb, "install", "--exclude-inbound-ports", "22,2022,2023,2200")
         assert result.returncode == 0, result.stderr
+
+
+def firewalld_fails_with(sb: Sandbox, data: bytes) -> bool:
+    """Whether firewalld goes FAILED loading ``data`` as direct.xml (it is put back after)."""
+    saved = sb.direct_xml.read_bytes()
+    sb.direct_xml.write_bytes(data)
+    sb.firewall_cmd("--reload", check=False)
+    failed = sb.state().startswith("failed")
+    sb.direct_xml.write_bytes(saved)
+    sb.firewall_cmd("--reload", check=False)
+    assert sb.state() == "running"
+    return failed
+
+
+def test_a_vnet_slash_zero_never_reaches_a_file_firewalld_loads(make_sandbox: SandboxFactory) -> None:
+    """What the old code wrote offline (exit 0) leaves firewalld FAILED at its next reload or
+    start; now it is refused in one line and direct.xml stays as it was."""
+    sb = make_sandbox()
+    add_foreign(sb)
+    theirs = snapshot(sb)
+    # --vnet X/0 (the settings refuse it) and the same rule from a template (the kernel check)
+    one_line(tp(sb, "install", "--offline", "--vnet", "docker0:172.17.0.0/0"), 2, "/0")
+    template = sb.workdir / "slash0.rules.j2"
+    template.write_text(SLASH_ZERO_TEMPLATE)
+    one_line(tp(sb, "install", "--offline", "--rules-template", str(template)), 4, "RULE_APPEND failed")
+    assert snapshot(sb) == theirs
+    slash0 = Rule("ipv4", "nat", "PREROUTING", -1, ("!", "-d", "172.17.0.0/0", "-i", "docker0", "-p", "tcp",
+                                                    "-j", "REDIRECT", "--to-ports", "15001"))  # fmt: skip
+    assert firewalld_fails_with(sb, render_direct_xml(parse_direct_xml(theirs[2]).merged_with(DirectConfig(rules=(slash0,)), OWNER)))
+
+
+def test_an_uninstall_never_strands_a_passthrough_into_our_chains(make_sandbox: SandboxFactory) -> None:
+    """Somebody's passthrough jumps into one of our chains: uninstall, offline too, refuses and
+    names it (the old offline uninstall wrote a file firewalld fails to load)."""
+    sb = make_sandbox()
+    add_foreign(sb)
+    assert tp(sb, "install").returncode == 0
+    sb.firewall_cmd("--permanent", "--direct", "--add-passthrough", "ipv4",
+                    "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--dport", "9", "-j", "KUMA_MESH_OUTBOUND")  # fmt: skip
+    sb.reload()
+    installed = snapshot(sb)
+    for offline in (["--offline"], []):
+        one_line(tp(sb, "uninstall", *offline), 3, "passthrough ipv4 -t nat -A OUTPUT", "KUMA_MESH")
+        assert snapshot(sb) == installed
+    without_ours = parse_direct_xml(installed[2]).foreign(OWNER)
+    assert firewalld_fails_with(sb, render_direct_xml(without_ours)), "what uninstall --offline wrote before"
