@@ -757,3 +757,31 @@ def test_an_uninstall_never_strands_a_passthrough_into_our_chains(make_sandbox: 
         assert snapshot(sb) == installed
     without_ours = parse_direct_xml(installed[2]).foreign(OWNER)
     assert firewalld_fails_with(sb, render_direct_xml(without_ours)), "what uninstall --offline wrote before"
+
+
+# ============================================================================ 10. a failed permanent update
+
+
+def test_a_permanent_update_firewalld_cannot_write_is_put_back(make_sandbox: SandboxFactory) -> None:
+    """firewalld changes its permanent configuration in memory, then fails to write direct.xml
+    (read-only /etc/firewalld, inside its own mount namespace): exit 6, and its permanent
+    configuration, runtime and file are what they were (before: "nothing was changed" while its
+    memory held our rules, to be written out by the next change anybody made)."""
+    sb = make_sandbox()
+    sb.run("install", "-d", "-m", "1777", "/run/lock")  # as on a real system (older versions' lock)
+    add_foreign(sb)
+    theirs = snapshot(sb)
+    sb.run("mount", "-o", "remount,bind,ro", "/etc/firewalld")
+    result = tp(sb, "install")
+    after = snapshot(sb)
+    assert after[1] == theirs[1], "firewalld's permanent configuration (its memory) is as it was"
+    assert after == theirs and not lo_has_6(sb)
+    one_line(
+        result, 6, "Read-only file system",
+        "permanent configuration, already changed in its memory, was put back", "nothing was changed",
+    )  # fmt: skip
+    sb.run("mount", "-o", "remount,bind,rw", "/etc/firewalld")
+    # what firewalld holds is what it would write: a change by anybody else writes no rule of ours
+    sb.firewall_cmd("--permanent", "--direct", "--add-chain", "ipv4", "filter", "OTHER")
+    assert ours(direct_lines(sb, permanent=True)) == [] and "KUMA" not in sb.direct_xml.read_text()
+    assert tp(sb, "install").returncode == 0

@@ -213,6 +213,8 @@ def _permanent(step: PermanentStep, run: _Run) -> None:
                 f"{exc}; firewalld's permanent configuration could not be put back as it was "
                 f"({_count_diff(now, step.before)}); run `tproxy-firewalld diff` to see it"
             ) from None
+        exc.message = f"{exc.message} (firewalld's permanent configuration, already changed in its memory, was put back as it was)"
+        exc.args = (exc.message,)
         raise
     run.undo.append(
         Undo("restore the permanent configuration", call=lambda: fw.update_permanent(step.before), firewalld=True)
