@@ -81,6 +81,13 @@ def one_line(result: subprocess.CompletedProcess[str], code: int, *words: str) -
     return lines[0]
 
 
+def lock_hash(root: str) -> str:
+    """The name part of an image root's lock file (target.py: .lock-<sha256 of the root>)."""
+    import hashlib
+
+    return hashlib.sha256(root.encode()).hexdigest()[:12]
+
+
 def image_root(base: Path, content: DirectConfig = FOREIGN) -> Path:
     root = base / "root"
     (root / "etc" / "firewalld").mkdir(parents=True)
@@ -785,3 +792,64 @@ def test_a_permanent_update_firewalld_cannot_write_is_put_back(make_sandbox: San
     sb.firewall_cmd("--permanent", "--direct", "--add-chain", "ipv4", "filter", "OTHER")
     assert ours(direct_lines(sb, permanent=True)) == [] and "KUMA" not in sb.direct_xml.read_text()
     assert tp(sb, "install").returncode == 0
+
+
+# ============================================================================ 9. every OSError is one line
+
+
+def test_every_os_error_is_one_line_and_changes_nothing(make_sandbox: SandboxFactory) -> None:
+    sb = make_sandbox()
+    add_foreign(sb)
+    theirs = snapshot(sb)
+    # direct.xml.old is a directory
+    backup = sb.direct_xml.with_name("direct.xml.old")
+    backup.unlink(missing_ok=True)  # firewalld's own, from add_foreign
+    backup.mkdir()
+    one_line(tp(sb, "install", "--offline"), 11, "direct.xml.old", "Is a directory", "nothing was changed")
+    backup.rmdir()
+    assert snapshot(sb) == theirs
+    # /etc/firewalld read-only (EROFS), offline
+    sb.run("mount", "-o", "remount,bind,ro", "/etc/firewalld")
+    one_line(tp(sb, "install", "--offline"), 11, "/etc/firewalld", "Read-only file system")
+    sb.run("mount", "-o", "remount,bind,rw", "/etc/firewalld")
+    assert snapshot(sb) == theirs
+    # a full file system (ENOSPC): an image root on a small tmpfs, filled up
+    sb.run("sh", "-ec", """
+        mkdir /run/tiny && mount -t tmpfs -o size=256k tmpfs /run/tiny
+        mkdir -p /run/tiny/etc/firewalld /run/tiny/var/lib/tproxy-firewalld
+        cp /etc/firewalld/direct.xml /run/tiny/etc/firewalld/direct.xml
+        dd if=/dev/zero of=/run/tiny/filler bs=4k 2>/dev/null || true
+    """)  # fmt: skip
+    before = sb.run("sha256sum", "/run/tiny/etc/firewalld/direct.xml").stdout
+    one_line(tp(sb, "install", "--root", "/run/tiny"), 11, "No space left on device", "nothing was changed")
+    assert sb.run("sha256sum", "/run/tiny/etc/firewalld/direct.xml").stdout == before
+    assert sb.run("sh", "-c", "ls -A /run/tiny/etc/firewalld /run/tiny/var/lib/tproxy-firewalld").stdout.split() == [
+        "/run/tiny/etc/firewalld:", "direct.xml", "/run/tiny/var/lib/tproxy-firewalld:", ".lock-" + lock_hash("/run/tiny"),
+    ], "no temp file left"  # fmt: skip
+    # immutable files (chattr +i), on a loop-mounted ext4 inside the sandbox's mount namespace
+    sb.run("sh", "-ec", """
+        truncate -s 16M /run/ext4.img && mkfs.ext4 -q /run/ext4.img
+        mkdir /run/ext4 && mount -o loop /run/ext4.img /run/ext4
+        mkdir -p /run/ext4/etc/firewalld && cp /etc/firewalld/direct.xml /run/ext4/etc/firewalld/
+    """)  # fmt: skip
+    try:
+        for immutable in ("/run/ext4/etc/firewalld/direct.xml", "/run/ext4/etc/firewalld"):
+            sb.run("chattr", "+i", immutable)
+            one_line(tp(sb, "install", "--root", "/run/ext4"), 11, "Operation not permitted", "lsattr")
+            sb.run("chattr", "-i", immutable)
+            assert sb.run("cmp", "/run/ext4/etc/firewalld/direct.xml", "/etc/firewalld/direct.xml", check=False).returncode == 0
+    finally:
+        sb.run("chattr", "-R", "-i", "/run/ext4", check=False)
+        sb.run("umount", "/run/ext4", check=False)
+    # not root: an image root owned by root (the user may read the checkout, not write there)
+    sb.run("mkdir", "-p", "/run/rootimg/etc/firewalld")
+    caps = "+dac_read_search"
+    result = sb.run(
+        "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--inh-caps", caps,
+        "--ambient-caps", caps, *TP, "install", "--root", "/run/rootimg", check=False, env=cli_env(),
+    )  # fmt: skip
+    one_line(result, 7, "/run/rootimg", "Permission denied", "run as root")
+    # a bad number in the environment
+    one_line(tp(sb, "install", env={"TPROXY_FIREWALLD_LOCK_TIMEOUT": "abc"}), 2, "TPROXY_FIREWALLD_LOCK_TIMEOUT")
+    one_line(tp(sb, "install", env={"TPROXY_FIREWALLD_TIMEOUT": "abc"}), 2, "TPROXY_FIREWALLD_TIMEOUT")
+    assert snapshot(sb) == theirs
