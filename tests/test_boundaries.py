@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -188,6 +189,53 @@ def test_diff_and_uninstall_of_a_hostile_rule_text_are_quick(tmp_path: Path) -> 
         assert time.monotonic() - started < 20, command
         assert result.returncode in (0, 1), result.stderr  # diff: 0 or 1; uninstall: 0
     assert parse_direct_xml(path.read_bytes()) == parse_direct_xml(data), "nothing of theirs lost"
+
+
+
+UTF16_RULE = '<rule ipv="ipv4" table="filter" chain="INPUT" priority="0">-p tcp --dport 7777 -j ACCEPT</rule>'
+
+
+def utf16(direct_attrs: str = "") -> bytes:
+    return f'<?xml version="1.0" encoding="utf-16"?>\n<direct{direct_attrs}>\n  {UTF16_RULE}\n</direct>\n'.encode("utf-16")
+
+
+def test_utf16_files_are_read_as_firewalld_reads_them(make_sandbox: SandboxFactory) -> None:
+    """firewalld loads a UTF-16 direct.xml; with xmlns:xml on <direct> it refuses the file
+    ("Unexpected attribute xmlns:xml") and loads none of its rules. The old code accepted that
+    file and rewrote it as UTF-8 without the attribute: its foreign rules went live."""
+    sb = make_sandbox()
+    sb.direct_xml.write_bytes(utf16())
+    sb.reload()
+    assert direct_lines(sb) == ["ipv4 filter INPUT 0 -p tcp --dport 7777 -j ACCEPT"], "firewalld reads it"
+    result = tp(sb, "install")
+    assert result.returncode == 0, result.stderr
+    assert "ipv4 filter INPUT 0 -p tcp --dport 7777 -j ACCEPT" in direct_lines(sb, permanent=True)
+    assert tp(sb, "uninstall").returncode == 0
+    refused = utf16(' xmlns:xml="http://www.w3.org/XML/1998/namespace"')
+    sb.direct_xml.write_bytes(refused)
+    reload = sb.firewall_cmd("--reload", check=False)
+    assert reload.returncode != 0 and "Unexpected attribute xmlns:xml" in reload.stderr, "firewalld refuses it"
+    for offline in (["--offline"], []):
+        one_line(tp(sb, "install", *offline), 3, "direct: Unexpected attribute xmlns:xml")
+        assert sb.direct_xml.read_bytes() == refused
+
+
+def test_the_backup_keeps_the_owner_and_mode_of_the_file(tmp_path: Path) -> None:
+    root = image_root(tmp_path)
+    path = root / "etc/firewalld/direct.xml"
+    os.chown(path, 1234, 1235)
+    os.chmod(path, 0o600)
+    assert tp_here("install", "--root", str(root)).returncode == 0
+    for written in (path, path.with_name("direct.xml.old")):
+        info = written.stat()
+        assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (1234, 1235, 0o600), written
+
+
+@pytest.mark.parametrize("line", ["-A", "-I", "-I OUTPUT", "-N", '-A OUTPUT "unclosed'])
+def test_a_template_line_without_its_arguments_is_one_line(tmp_path: Path, line: str) -> None:
+    template = tmp_path / "short.rules.j2"
+    template.write_text(f"* nat\n{line}\nCOMMIT\n")
+    one_line(tp_here("install", "--root", str(tmp_path / "root"), "--rules-template", str(template)), 2, "line 2")
 
 
 # ============================================================================ 7. never a file that fails firewalld
