@@ -488,7 +488,7 @@ def test_a_hung_firewalld_ends_the_run_in_bounded_time_and_the_state_is_reported
     assert gave_up < 60, gave_up
     assert sb.direct_xml.read_bytes() == theirs[2] and "offline" not in result.stdout
     # the lock went with it: the next run gets past the lock at once
-    one_line(tp(sb, "uninstall", env={**SHORT, "TPROXY_FIREWALLD_LOCK_TIMEOUT": "0"}), 5, "did not answer")
+    one_line(tp(sb, "uninstall", "--timeout", "2", env={"TPROXY_FIREWALLD_LOCK_TIMEOUT": "0"}), 5, "within 2 s")
     sb.run("kill", "-CONT", pid)
     assert snapshot(sb) == theirs, "nothing was sent"
     report = [f"hung before install: exit 5 after {gave_up:.1f} s (default timeout 20 s)"]
@@ -901,3 +901,50 @@ def test_every_os_error_is_one_line_and_changes_nothing(make_sandbox: SandboxFac
     one_line(tp(sb, "install", env={"TPROXY_FIREWALLD_LOCK_TIMEOUT": "abc"}), 2, "TPROXY_FIREWALLD_LOCK_TIMEOUT")
     one_line(tp(sb, "install", env={"TPROXY_FIREWALLD_TIMEOUT": "abc"}), 2, "TPROXY_FIREWALLD_TIMEOUT")
     assert snapshot(sb) == theirs
+
+
+#: firewalld's D-Bus name and state property, stuck in INIT (the sandbox's firewalld only
+#: answers D-Bus once it is RUNNING, so this state is played by a stand-in on the real bus)
+STUCK_IN_INIT = """
+import asyncio, sys
+from dbus_next import BusType
+from dbus_next.aio import MessageBus
+from dbus_next.service import PropertyAccess, ServiceInterface, dbus_property
+
+class Main(ServiceInterface):
+    def __init__(self):
+        super().__init__("org.fedoraproject.FirewallD1")
+
+    @dbus_property(access=PropertyAccess.READ)
+    def state(self) -> "s":
+        return "INIT"
+
+class Config(ServiceInterface):
+    def __init__(self):
+        super().__init__("org.fedoraproject.FirewallD1.config")
+
+async def main():
+    bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+    bus.export("/org/fedoraproject/FirewallD1", Main())
+    bus.export("/org/fedoraproject/FirewallD1/config", Config())
+    await bus.request_name("org.fedoraproject.FirewallD1")
+    print("READY", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+asyncio.run(main())
+"""
+
+
+def test_a_firewalld_still_starting_is_waited_for_never_written_behind(make_sandbox: SandboxFactory) -> None:
+    sb = make_sandbox()
+    sb.stop_firewalld()
+    before = sb.direct_xml.read_bytes() if sb.direct_xml.exists() else None
+    argv = [*sb._nsenter(), "timeout", "120", sys.executable, "-c", STUCK_IN_INIT]
+    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline().strip() == "READY"
+        started = time.monotonic()
+        one_line(tp(sb, "install", env=SHORT), 5, "state is INIT (not RUNNING after 3 s)")
+        assert 3 <= time.monotonic() - started < 30, "waited for it, then gave up"
+        proc.stdin.close()
+    assert (sb.direct_xml.read_bytes() if sb.direct_xml.exists() else None) == before
