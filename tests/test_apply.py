@@ -126,7 +126,20 @@ def test_a_hung_firewalld_ends_in_exit_8_with_the_undo_queued(tmp_path: Path) ->
     # one undo batch, newest first, is still sent (enough for a firewalld that was only slow)
     undos = [op for op in fake.sent if op.verb == "remove"]
     assert [op.entry for op in undos] == [op.entry for op in reversed(sent_adds)]
-    assert fake.permanent() == FOREIGN and not target.state_file.exists()
+    assert fake.permanent_config == FOREIGN and not target.state_file.exists()
+
+
+def test_a_hang_at_the_permanent_update_waits_twice_at_most(tmp_path: Path) -> None:
+    """The update went out unanswered: trying to put it back, or reading it, would each wait
+    out the timeout again. One wait for the update, one for the runtime undo batch (so a hung
+    firewalld ends a run within twice the D-Bus timeout)."""
+    target, fake = world(tmp_path, hang_after=N_OPS)
+    with pytest.raises(PartiallyApplied) as info:
+        install(target, fake)
+    assert fake.waits == 2, fake.changes[N_OPS:]
+    message = info.value.message
+    assert "may still complete the call it was carrying out (update the permanent direct configuration)" in message
+    assert f"{N_OPS} of the {N_OPS} change(s) made before could not be undone" in message
 
 
 def test_a_hang_while_observing_is_exit_5_and_nothing_is_sent(tmp_path: Path) -> None:

@@ -80,7 +80,7 @@ class _Run:
     #: the last calls to firewalld went unanswered (so it may still be carrying one out)
     silent: bool = False
     #: the first change firewalld never answered: the one call it may still carry out
-    in_flight: Optional[Op] = None
+    in_flight: Optional[str] = None
 
 
 def apply_plan(plan: Plan, fw: Optional[Firewalld]) -> None:
@@ -186,8 +186,7 @@ def _runtime(step: RuntimeStep, run: _Run) -> None:
             elif result.unknown:
                 run.unknown.append(op)
                 run.silent = True
-                if run.in_flight is None:
-                    run.in_flight = op
+                run.in_flight = run.in_flight or op.describe()
             if result.error is not None and failed is None:
                 failed = result.error
         if failed is not None:
@@ -199,6 +198,12 @@ def _permanent(step: PermanentStep, run: _Run) -> None:
     fw = run.fw
     try:
         fw.update_permanent(step.after)
+    except FirewalldUnavailable:
+        # no answer: firewalld may still be carrying it out. Putting it back or reading it
+        # would each wait out the timeout again; the rollback reports it instead.
+        run.silent = True
+        run.in_flight = run.in_flight or "update the permanent direct configuration"
+        raise
     except TproxyError as exc:
         # firewalld changes its permanent configuration in memory before it writes the file;
         # a failed write (read-only /etc, full disk) leaves memory changed: put it back.
@@ -274,7 +279,7 @@ def _rollback(run: _Run, exc: TproxyError) -> None:
             else ""
         )
         in_flight = (
-            f"it may still complete the call it was carrying out ({run.in_flight.describe()}); "
+            f"it may still complete the call it was carrying out ({run.in_flight}); "
             if run.in_flight is not None
             else ""
         )
@@ -318,8 +323,7 @@ def _undo_batch(run: _Run, batch: list[Op], failed: list[str], maybe: list[Op]) 
     for op, result in zip(batch, run.fw.change(batch)):
         if result.unknown:
             run.hung = run.asked_after_hang = run.silent = True
-            if run.in_flight is None:
-                run.in_flight = op
+            run.in_flight = run.in_flight or op.describe()
             if op not in maybe:
                 failed.append(f"{op.describe()} (no answer)")
         elif result.error is not None:
