@@ -641,7 +641,7 @@ def test_a_local_user_can_neither_take_nor_block_nor_redirect_the_lock(make_sand
 
 SLOW_CHECK = r"""#!/bin/sh
 touch "$TPFW_MARKER"
-sleep 6
+sleep 4
 exec /usr/sbin/"$(basename "$0")" "$@"
 """
 

@@ -53,6 +53,12 @@ def __getattr__(name: str) -> object:
 
     module, _, attr = spec.partition(":")
     value = getattr(importlib.import_module(module), attr)
+    # Importing a submodule binds it as an attribute of this package: api imports
+    # tproxy_firewalld.apply and .plan, which then hid the functions apply() and plan() (the
+    # README's plan-then-apply example failed with "'module' object is not callable").
+    for other in _EXPORTS:
+        if type(globals().get(other)) is type(_os):
+            del globals()[other]
     globals()[name] = value
     return value
 
