@@ -33,6 +33,8 @@ class FakeFirewalld:
     file: Optional[Path] = None
     changes: list[str] = field(default_factory=list)
     sent: list[Op] = field(default_factory=list)
+    #: calls made while hung: each one would wait out the whole D-Bus timeout
+    waits: int = 0
     #: firewalld.conf as firewalld holds it (its config properties)
     conf: dict[str, str] = field(default_factory=lambda: {"RFC3964_IPv4": "no"})
     #: firewalld.conf as the running firewalld applies it (changed by reload())
@@ -63,6 +65,9 @@ class FakeFirewalld:
         )
 
     def permanent(self) -> DirectConfig:
+        if self.sent and self.hung():  # reads hang too, once the hang has begun
+            self.waits += 1
+            raise FirewalldUnavailable("firewalld did not answer (getSettings)")
         return self.permanent_config
 
     def hung(self) -> bool:
@@ -70,6 +75,8 @@ class FakeFirewalld:
 
     def change(self, ops: Sequence[Op]) -> list[OpResult]:
         results = []
+        if ops and self.hung():
+            self.waits += 1
         for op in ops:
             self.changes.append(f"{op.verb} {op.entry.describe()}")
             if self.hung():
@@ -95,6 +102,7 @@ class FakeFirewalld:
     def update_permanent(self, config: DirectConfig) -> None:
         self.changes.append("config.direct.update")
         if self.hung():
+            self.waits += 1
             raise FirewalldUnavailable("firewalld did not answer (update)")
         self.permanent_config = config  # firewalld imports first, then writes the file
         if self.failing_updates > 0:

@@ -160,12 +160,12 @@ def run_in_sandbox(sb: Sandbox, script: str, timeout: float = 120) -> subprocess
 #: Applies the default rule set plus one rule firewalld rejects (a jump to a chain that does not
 #: exist), straight through apply_plan, past the kernel pre-check: firewalld fails midway.
 MIDWAY_REJECTED = """
-from tproxy_firewalld.apply import apply_plan
+from tproxy_firewalld.transaction import apply_plan
 from tproxy_firewalld.entries import DirectConfig, Rule
 from tproxy_firewalld.errors import TproxyError
 from tproxy_firewalld.kuma import OWNER, KumaSettings
 from tproxy_firewalld.observe import session
-from tproxy_firewalld.plan import make_plan
+from tproxy_firewalld.planning import make_plan
 from tproxy_firewalld.record import Record
 from tproxy_firewalld.ruleset import build_ruleset
 from tproxy_firewalld.target import Target

@@ -20,7 +20,7 @@ from test_apply import FOREIGN, world
 from tproxy_firewalld import api
 from tproxy_firewalld.errors import SettingsError
 from tproxy_firewalld.report import error_json
-from tproxy_firewalld.status import status
+from tproxy_firewalld.health import status
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
@@ -93,3 +93,17 @@ def test_the_readme_library_example_runs_against_firewalld(firewalld_sandbox: Sa
     assert out.returncode == 0, out.stdout + out.stderr
     assert "installed: True" in out.stdout and "in sync: True" in out.stdout and "removed: True" in out.stdout
     assert "KUMA_MESH" not in sb.firewall_cmd("--direct", "--get-all-chains").stdout
+
+
+def test_the_exported_functions_are_functions_whatever_was_imported_first() -> None:
+    """A submodule named like an exported function would hide it once imported (the README's
+    plan-then-apply example once failed with "'module' object is not callable")."""
+    code = (
+        "import tproxy_firewalld.api, tproxy_firewalld.health, tproxy_firewalld.planning, "
+        "tproxy_firewalld.transaction, tproxy_firewalld.cli\n"
+        "import tproxy_firewalld as t\n"
+        "print(all(callable(getattr(t, n)) and not isinstance(getattr(t, n), type(t)) "
+        "for n in ('plan', 'apply', 'install', 'uninstall', 'diff', 'status', 'render')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 from fake_firewalld import FakeFirewalld
-from helpers import load
+from helpers import load, ready_root
 
 from tproxy_firewalld import api, files
 from tproxy_firewalld.entries import Chain, DirectConfig, Rule
 from tproxy_firewalld.errors import (
+    DirectXmlError,
     ExitCode,
     FileError,
     FirewalldRejected,
@@ -41,7 +42,7 @@ N_OPS = len(OURS)  # 30: 8 chains, 22 rules
 
 def world(tmp_path: Path, **kw: object) -> tuple[Target, FakeFirewalld]:
     fake = FakeFirewalld(list(FOREIGN.entries()), FOREIGN, **kw)  # type: ignore[arg-type]
-    (tmp_path / "etc/firewalld").mkdir(parents=True)
+    ready_root(tmp_path)  # offline, firewalld.conf says what the fake says live
     from tproxy_firewalld.directxml import render_direct_xml
 
     (tmp_path / "etc/firewalld/direct.xml").write_bytes(render_direct_xml(FOREIGN))
@@ -95,7 +96,7 @@ def test_a_step_rejected_anywhere_is_undone_completely(tmp_path: Path, k: int) -
 
 
 def _phases() -> list[list[object]]:
-    from tproxy_firewalld.plan import add_phases
+    from tproxy_firewalld.planning import add_phases
 
     return add_phases(OURS.entries())  # type: ignore[return-value]
 
@@ -116,13 +117,29 @@ def test_a_hung_firewalld_ends_in_exit_8_with_the_undo_queued(tmp_path: Path) ->
         install(target, fake)
     message = info.value.message
     assert info.value.exit_code == ExitCode.PARTIALLY_APPLIED and "\n" not in message
-    assert message.startswith("firewalld did not answer") and "firewalld is not answering" in message
-    assert "not changed: the permanent configuration, the record" in message
-    # everything sent after the hang is undone by calls queued behind it, newest first
+    assert message.startswith("firewalld did not answer") and "firewalld stopped answering" in message
+    assert "12 of the 12 change(s) made before could not be undone" in message
+    # the first call without an answer is the one firewalld may still be carrying out
     sent_adds = [op for op in fake.sent if op.verb == "add"]
+    assert f"may still complete the call it was carrying out ({sent_adds[12].describe()})" in message
+    assert "not changed: the permanent configuration, the record" in message
+    # one undo batch, newest first, is still sent (enough for a firewalld that was only slow)
     undos = [op for op in fake.sent if op.verb == "remove"]
     assert [op.entry for op in undos] == [op.entry for op in reversed(sent_adds)]
-    assert fake.permanent() == FOREIGN and not target.state_file.exists()
+    assert fake.permanent_config == FOREIGN and not target.state_file.exists()
+
+
+def test_a_hang_at_the_permanent_update_waits_twice_at_most(tmp_path: Path) -> None:
+    """The update went out unanswered: trying to put it back, or reading it, would each wait
+    out the timeout again. One wait for the update, one for the runtime undo batch (so a hung
+    firewalld ends a run within twice the D-Bus timeout)."""
+    target, fake = world(tmp_path, hang_after=N_OPS)
+    with pytest.raises(PartiallyApplied) as info:
+        install(target, fake)
+    assert fake.waits == 2, fake.changes[N_OPS:]
+    message = info.value.message
+    assert "may still complete the call it was carrying out (update the permanent direct configuration)" in message
+    assert f"{N_OPS} of the {N_OPS} change(s) made before could not be undone" in message
 
 
 def test_a_hang_while_observing_is_exit_5_and_nothing_is_sent(tmp_path: Path) -> None:
@@ -138,11 +155,12 @@ def test_a_hang_while_observing_is_exit_5_and_nothing_is_sent(tmp_path: Path) ->
 
 
 def test_changes_sent_to_a_firewalld_that_stops_answering_are_never_called_nothing(tmp_path: Path) -> None:
-    """Sent but unanswered: they may still happen, so exit 8, not "nothing was changed"."""
+    """Sent but unanswered: the first may still happen, so exit 8, not "nothing was changed"."""
     target, fake = world(tmp_path, hang_after=0)
     with pytest.raises(PartiallyApplied) as info:
         install(target, fake)
-    assert "no answer; sent, so firewalld may still do it" in info.value.message
+    first = fake.sent[0].describe()
+    assert f"firewalld stopped answering: it may still complete the call it was carrying out ({first})" in info.value.message
 
 
 def test_a_permanent_update_that_cannot_be_written_is_put_back(tmp_path: Path) -> None:
@@ -171,7 +189,7 @@ def test_a_record_that_cannot_be_written_undoes_everything(tmp_path: Path, monke
         files.discard(tmp)
         raise FileError(f"cannot replace {path}: No space left on device")
 
-    monkeypatch.setattr("tproxy_firewalld.apply.commit_write", full)
+    monkeypatch.setattr("tproxy_firewalld.transaction.commit_write", full)
     with pytest.raises(FileError) as info:
         install(target, fake)
     assert "No space left on device" in info.value.message and "undid the" in info.value.message
@@ -225,3 +243,20 @@ def test_ops_are_undone_in_reverse(tmp_path: Path) -> None:
     target, fake = world(tmp_path)
     install(target, fake)
     json.dumps(install(target, fake).to_json())  # every result is JSON
+
+
+@pytest.mark.parametrize("live", [True, False], ids=["permanent", "file"])
+def test_a_direct_xml_that_would_outgrow_what_is_read_back_is_never_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, live: bool
+) -> None:
+    """A file over directxml.MAX_SIZE is refused when read: writing one (or having firewalld
+    write one) would leave every later run, uninstall included, refusing."""
+    from tproxy_firewalld import transaction
+
+    target, fake = world(tmp_path)
+    monkeypatch.setattr(transaction, "MAX_SIZE", target.direct_xml.stat().st_size + 100)
+    before = state(target, fake)
+    client = fake.factory() if live else (lambda _target: (None, "offline"))
+    with pytest.raises(DirectXmlError, match=r"would grow to .* bytes, over the .* nothing was changed"):
+        api.install(SETTINGS, target=target, client=client)  # type: ignore[arg-type]
+    assert state(target, fake) == before and fake.changes == []

@@ -29,6 +29,7 @@ from tproxy_firewalld.entries import (
     DirectConfig,
     Passthrough,
     Rule,
+    posix_split,
 )
 from tproxy_firewalld.errors import DirectXmlError, ExitCode
 from tproxy_firewalld.kuma import OWNER
@@ -375,6 +376,54 @@ def test_xmlns_xml_redeclaration_is_refused(where: str) -> None:
         else f'<direct><chain {decl} ipv="ipv4" table="nat" chain="X"/></direct>'
     )
     assert "Unexpected attribute xmlns" in rejected(data)
+
+
+XMLNS_XML = 'xmlns:xml="http://www.w3.org/XML/1998/namespace"'
+FOREIGN_RULE = '<rule ipv="ipv4" table="filter" chain="INPUT" priority="0">-p tcp --dport 7777 -j ACCEPT</rule>'
+
+
+def test_a_utf16_file_is_read_as_firewalld_reads_it() -> None:
+    # firewalld (expat) loads a UTF-16 direct.xml's rules (seen in the sandbox); so do we
+    text = f'<?xml version="1.0" encoding="utf-16"?>\n<direct>\n  {FOREIGN_RULE}\n</direct>\n'
+    config = parse_direct_xml(text.encode("utf-16"))
+    assert config.rules == (Rule("ipv4", "filter", "INPUT", 0, ("-p", "tcp", "--dport", "7777", "-j", "ACCEPT")),)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
+def test_a_utf16_file_with_xmlns_xml_is_refused_as_firewalld_refuses_it(encoding: str) -> None:
+    """firewalld: "PARSE_ERROR: direct: Unexpected attribute xmlns:xml", zero rules loaded.
+    The byte pattern used before never matched UTF-16, and lxml drops xmlns:xml: the file was
+    accepted and "repaired" into one whose foreign rules then went live."""
+    bom = "\ufeff" if encoding != "utf-16" else ""
+    text = f'{bom}<?xml version="1.0" encoding="utf-16"?>\n<direct {XMLNS_XML}>\n  {FOREIGN_RULE}\n</direct>\n'
+    message = rejected(text.encode(encoding))
+    assert "direct: Unexpected attribute xmlns:xml" in message
+
+
+def test_an_encoding_firewalld_cannot_read_is_refused() -> None:
+    # lxml reads EUC-JP; firewalld's expat does not ("multi-byte encodings are not supported")
+    text = f'<?xml version="1.0" encoding="EUC-JP"?>\n<direct>{FOREIGN_RULE}</direct>\n'
+    assert "cannot read" in rejected(text.encode("euc-jp"))
+
+
+@given(st.text(alphabet=" \t\r\n'\"\\ab#-!$\x00\u00e9\u3000\x0b", max_size=24))
+@settings(max_examples=3000, deadline=None)
+def test_posix_split_is_exactly_shlex_split(text: str) -> None:
+    try:
+        expected = tuple(shlex.split(text))
+    except ValueError as exc:
+        with pytest.raises(ValueError, match=str(exc)):
+            posix_split(text)
+    else:
+        assert posix_split(text) == expected
+
+
+def test_a_long_token_is_split_in_linear_time() -> None:
+    # shlex.split: 0.7 s for 128 KiB, four times as long for each doubling
+    for text in ("a" * 2**22, '"' + "a" * 2**22 + '"', "a\\ " * 2**20):
+        started = time.monotonic()
+        assert sum(map(len, posix_split(text))) >= 2**21
+        assert time.monotonic() - started < 5
 
 
 def test_undeclared_prefix_is_refused() -> None:

@@ -23,7 +23,7 @@ from harness import Peer, Sandbox, SandboxFactory, endpoint
 from helpers import CHANGING_MEMBERS, TP, direct_lines, load, tpfw, watch_bus
 from test_apply import FOREIGN, world
 
-from tproxy_firewalld import api, apply
+from tproxy_firewalld import api, transaction
 from tproxy_firewalld.errors import ExitCode, FileError, FirewalldConfRefused, FirewalldRejected
 from tproxy_firewalld.fwconf import ConfChange, is_on, parse_conf, set_in_conf
 from tproxy_firewalld.kuma import OWNER, KumaSettings
@@ -307,7 +307,7 @@ def test_a_failure_after_the_reload_puts_the_setting_back_before_reloading_again
     def full_disk(tmp: Path, path: Path) -> None:
         raise FileError(f"cannot replace {path}: No space left on device")
 
-    monkeypatch.setattr(apply, "commit_write", full_disk)  # the record, the last step, fails
+    monkeypatch.setattr(transaction, "commit_write", full_disk)  # the record, the last step, fails
     with pytest.raises(FileError) as failed:
         api.install(consented(), target=target, client=fake.factory())
     assert "nothing was changed" in failed.value.message

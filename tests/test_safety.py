@@ -396,7 +396,7 @@ def test_firewalld_killed_during_install_then_a_later_run_converges(
     assert watcher.returncode == 0, "the watcher killed firewalld"
     assert result.returncode == 8, (result.returncode, result.stderr)
     assert result.stderr.startswith("Error: ") and "Traceback" not in result.stderr
-    assert "undoing the" in result.stderr and "not changed: the permanent configuration" in result.stderr
+    assert "change(s) made before could not be undone" in result.stderr and "not changed: the permanent configuration" in result.stderr
     sb.stop_firewalld()  # reap it
     assert sb.start_firewalld() == "running"
     assert ours(direct_lines(sb, permanent=True)) == [], (

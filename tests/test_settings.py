@@ -219,7 +219,7 @@ BAD = [
     ({"--redirect-dns-port": "-1"}, "--redirect-dns-port: value '-1' is not a valid port"),
     ({"--redirect-inbound-port": "15006 -j ACCEPT"}, "value '15006 -j ACCEPT' is not a valid port"),
     ({"--redirect-inbound-port": "+80"}, "value '+80' is not a valid port"),
-    ({"--redirect-inbound-port": "８０"}, "value '８０' is not a valid port"),
+    ({"--redirect-inbound-port": "８０"}, "value '８０' is not a valid port"),  # noqa: RUF001
     (
         {"--exclude-inbound-ports": ["22,abc"]},
         "--exclude-inbound-ports: value 'abc' is not a valid port",
@@ -269,6 +269,11 @@ BAD = [
     ({"--vnet": ["docker0"]}, "--vnet: invalid virtual network definition: 'docker0'"),
     ({"--vnet": ["docker0:172.17.0.1"]}, "invalid CIDR definition for 'docker0:172.17.0.1'"),
     ({"--vnet": ["-j ACCEPT:10.0.0.0/8"]}, "invalid interface name '-j ACCEPT'"),
+    # issue 13.7: `! -d X/0` passes iptables-restore --test but the kernel refuses it at commit
+    ({"--vnet": ["docker0:172.17.0.0/0"]}, "'docker0:172.17.0.0/0': a /0 network"),
+    ({"--vnet": ["docker0:0.0.0.0/0"]}, "'docker0:0.0.0.0/0': a /0 network"),
+    ({"--vnet": ["br0:fd00::/0"]}, "'br0:fd00::/0': a /0 network"),
+    ({"--vnet": ["br0:::/0"]}, "'br0:::/0': a /0 network"),
     (
         {"--vnet": ["averyveryverylongname:10.0.0.0/8"]},
         "invalid interface name 'averyveryverylongname'",

@@ -10,7 +10,9 @@ firewalld over D-Bus, iptables, lo, the state record). The synchronous API:
     report = tpfw.diff()                   # against what was installed
     tpfw.uninstall()
 
-Names are imported on first use, so ``import tproxy_firewalld`` stays cheap.
+Names are imported on first use, so ``import tproxy_firewalld`` stays cheap. No submodule is
+named as an exported function (planning, transaction, health): importing a submodule binds it
+as an attribute of the package, which would hide the function of the same name.
 """
 
 import os as _os
@@ -33,8 +35,8 @@ _EXPORTS = {
     "uninstall": "tproxy_firewalld.api:uninstall",
     "diff": "tproxy_firewalld.api:diff",
     "render": "tproxy_firewalld.api:render",
-    "status": "tproxy_firewalld.status:status",
-    "Plan": "tproxy_firewalld.plan:Plan",
+    "status": "tproxy_firewalld.health:status",
+    "Plan": "tproxy_firewalld.planning:Plan",
     "Result": "tproxy_firewalld.report:Result",
     "DiffReport": "tproxy_firewalld.report:DiffReport",
     "Status": "tproxy_firewalld.report:Status",
@@ -53,6 +55,12 @@ def __getattr__(name: str) -> object:
 
     module, _, attr = spec.partition(":")
     value = getattr(importlib.import_module(module), attr)
+    # Importing a submodule binds it as an attribute of this package: api imports
+    # tproxy_firewalld.transaction and .plan, which then hid the functions apply() and plan() (the
+    # README's plan-then-apply example failed with "'module' object is not callable").
+    for other in _EXPORTS:
+        if type(globals().get(other)) is type(_os):
+            del globals()[other]
     globals()[name] = value
     return value
 

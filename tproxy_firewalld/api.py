@@ -21,16 +21,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
-from tproxy_firewalld.apply import apply_plan
 from tproxy_firewalld.entries import Chain, DirectConfig, Owner, Recognition
 from tproxy_firewalld.errors import DirectXmlError, Locked
 from tproxy_firewalld.kuma import KUMA, KumaSettings, Profile
 from tproxy_firewalld.observe import ClientFactory, Observed, session
-from tproxy_firewalld.plan import FileStep, PermanentStep, Plan, RuntimeStep, make_plan
+from tproxy_firewalld.planning import FileStep, PermanentStep, Plan, RuntimeStep, make_plan
 from tproxy_firewalld.record import Record, RecordError
 from tproxy_firewalld.report import DiffReport, Result
 from tproxy_firewalld.settings import Warning_
 from tproxy_firewalld.target import Target
+from tproxy_firewalld.transaction import apply_plan
 
 
 def _desired(
@@ -83,8 +83,13 @@ def _make(
     if settings is not None:
         warnings += settings.warnings
     if observed.record_error:
+        what = (
+            "is replaced"
+            if settings is not None
+            else "is removed (it cannot say whether install put ::6/128 on lo: that stays)"
+        )
         warnings.append(
-            Warning_("record-unreadable", f"the record was unreadable and is replaced: {observed.record_error}")
+            Warning_("record-unreadable", f"the record was unreadable and {what}: {observed.record_error}")
         )
     if settings is not None and "ipv6" in settings.ipvs and observed.live and not observed.loopback:
         warnings.append(Warning_("no-ipv6", "IPv6 is disabled on this host: ::6/128 cannot be put on lo"))
@@ -260,7 +265,7 @@ def diff_observed(
     profile: Profile,
 ) -> DiffReport:
     from tproxy_firewalld.fwconf import checks
-    from tproxy_firewalld.plan import Diff
+    from tproxy_firewalld.planning import Diff
     from tproxy_firewalld.ruleset import build_ruleset
 
     owner, recognition = ownership(observed, settings, profile)

@@ -433,7 +433,7 @@ def status(
     against the record; warnings (settings of firewalld that break the redirects, other
     tools' iptables chains a reload would flush, nameservers that moved, missing kernel
     modules)."""
-    from tproxy_firewalld.status import status as get_status
+    from tproxy_firewalld.health import status as get_status
 
     st = run(output, lambda: get_status(target=_target(root, False, _timeout(timeout))))
     if output is Output.json:

@@ -114,10 +114,16 @@ class FileError(TproxyError):
 
 
 def os_error(path: object, exc: OSError, doing: str) -> TproxyError:
-    """An OSError as one of our errors: permission problems are "not permitted"."""
+    """An OSError as one of our errors: permission problems of a user other than root are
+    "not permitted"; root refused is a property of the file (immutable, read-only, a security
+    policy), which running as root cannot change."""
     import errno
+    import os
 
     reason = exc.strerror or type(exc).__name__
     if exc.errno in (errno.EACCES, errno.EPERM):
-        return NotPermitted(f"cannot {doing} {path}: {reason}; run as root")
+        if os.geteuid() != 0:
+            return NotPermitted(f"cannot {doing} {path}: {reason}; run as root")
+        if exc.errno == errno.EPERM:
+            reason += " (immutable or append-only? see `lsattr`)"
     return FileError(f"cannot {doing} {path}: {reason}")

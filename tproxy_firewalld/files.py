@@ -67,6 +67,19 @@ def prepare_write(path: Path, data: bytes, mode: int = 0o644) -> Path:
     return _write_temp(directory, path.name, data, old, mode)
 
 
+def probe_directory(directory: Path) -> None:
+    """That a file can be created (and so one removed) in ``directory``: a read-only or full
+    file system shows here, before anything else changes."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".probe.", suffix=".tmp", dir=directory)
+    except FileNotFoundError:
+        return  # nothing there to remove either
+    except OSError as exc:
+        raise os_error(directory, exc, "write to") from None
+    os.close(fd)
+    discard(Path(tmp))
+
+
 def commit_write(tmp: Path, path: Path) -> None:
     try:
         os.replace(tmp, path)

@@ -207,9 +207,8 @@ class DbusFirewalld:
         except TproxyError:
             raise
         except Exception as exc:
-            raise FirewalldUnavailable(
-                f"lost the connection to the system bus ({what}): {type(exc).__name__}: {exc}"
-            ) from None
+            detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            raise FirewalldUnavailable(f"lost the connection to the system bus ({what}): {detail}") from None
 
     async def _call(
         self,
@@ -395,6 +394,15 @@ class DbusFirewalld:
         self._loop.close()
 
 
+def _unretrieved_is_handled(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """A lost bus leaves dbus-next's pending calls holding an EOFError or BrokenPipeError that
+    nobody retrieves; asyncio would print each with a traceback when it is collected. The
+    failure has already become one of our errors (one line): only other problems are logged."""
+    if str(context.get("message", "")).endswith("exception was never retrieved"):
+        return
+    loop.default_exception_handler(context)
+
+
 def connect(address: Optional[str] = None, timeout: Optional[float] = None) -> tuple[Optional[DbusFirewalld], str]:
     """firewalld, if it runs; else ``(None, why)`` — only when it positively does not.
 
@@ -409,6 +417,7 @@ def connect(address: Optional[str] = None, timeout: Optional[float] = None) -> t
     timeout = timeout if timeout is not None else timeout_from_env()
     address = address or os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") or SYSTEM_BUS
     loop = asyncio.new_event_loop()
+    loop.set_exception_handler(_unretrieved_is_handled)
 
     async def open_bus() -> Any:
         from dbus_next.aio.message_bus import MessageBus

@@ -27,12 +27,29 @@ SEARCH_PATH = "/usr/sbin:/sbin:/usr/bin:/bin"
 #: (RHEL 10: xt_owner, xt_comment, xt_conntrack, ... are in kernel-modules-extra)
 MODULE_HINT = (
     "the kernel lacks the module for it; on RHEL and Fedora install it with "
-    "`dnf install kernel-modules-extra` (then `modprobe xt_{name}` or reboot)"
+    "`dnf install kernel-modules-extra` (then `modprobe {module}` or reboot)"
 )
+#: What iptables prints when the kernel cannot load an extension's module (libxtables and
+#: iptables/nft.c, 1.8.x; the first line is a warning, the failure follows it):
+#:   Warning: Extension owner revision 0 not supported, missing kernel module?   (nft and
+#:       legacy since 1.8.8, then "line N: RULE_APPEND failed (No such file or directory)" or
+#:       "iptables-restore: line N failed")
+#:   Warning: Extension conntrack is not supported, missing kernel module?      (no revision
+#:       of it is supported)
+#:   Couldn't load match `owner':No such file or directory                      (before
+#:       1.8.8, e.g. RHEL 8's 1.8.4/1.8.5; also after the warning above)
 _MISSING = re.compile(
-    r"(?:Extension|Couldn't load (?:match|target)) [`']?(?P<name>[\w-]+)['`]?"
-    r"(?: revision \d+ not supported, missing kernel module\?|:No such file or directory)"
+    r"Extension (?P<warned>[\w-]+) (?:revision \d+ not supported|is not supported), missing kernel module\?"
+    r"|Couldn't load (?:match|target) [`'](?P<loaded>[\w-]+)':No such file or directory"
 )
+#: extensions whose kernel module has another name than xt_<name> (module names keep their
+#: case: xt_REDIRECT, xt_CT, xt_LOG)
+_MODULES = {"tcp": "xt_tcpudp", "udp": "xt_tcpudp", "state": "xt_state", "icmp": "ip_tables", "icmp6": "ip6_tables"}
+
+
+def module_for(extension: str) -> str:
+    """The kernel module that provides an iptables match or target."""
+    return _MODULES.get(extension, f"xt_{extension}")
 
 
 @dataclass(frozen=True)
@@ -89,9 +106,9 @@ def _explain(ipv: str, stderr: str, code: int) -> str:
     reason = " ".join(stderr.split()) or f"exit code {code}"
     missing = _MISSING.search(stderr)
     if missing:
-        name = missing.group("name").lower()
+        name = missing.group("warned") or missing.group("loaded")
         return (
-            f"the kernel cannot load the {missing.group('name')} extension the {ipv} rules use "
-            f"({reason}); {MODULE_HINT.format(name=name)}; nothing was changed"
+            f"the kernel cannot load the {name} extension ({module_for(name)}) the {ipv} rules "
+            f"use ({reason}); {MODULE_HINT.format(module=module_for(name))}; nothing was changed"
         )
     return f"{RESTORE[ipv]} rejects the rendered {ipv} rules: {reason}; nothing was changed"

@@ -253,6 +253,15 @@ def parse_vnet(raw: object) -> VnetNetwork:
             f"{show(raw)} is refused: kumactl counts an IPv4-mapped network as IPv4 and writes it "
             "verbatim into its IPv4 rules, where iptables refuses the prefix; write it as IPv4"
         )
+    if network.prefixlen == 0:
+        # Kuma's rule redirects what is NOT for this network (`! -d CIDR`): a /0 leaves nothing
+        # to redirect, and the kernel refuses `! -d 0.0.0.0/0` at commit (iptables-restore
+        # --test accepts it), which would leave firewalld FAILED at its next start.
+        raise Invalid(
+            f"invalid CIDR definition for {show(raw)}: a /0 network matches every address, so "
+            "traffic on the interface would never be redirected (and the kernel refuses "
+            "the rule); give the virtual network's own prefix"
+        )
     return VnetNetwork(iface=iface, cidr=cidr)
 
 

@@ -12,7 +12,7 @@ from tproxy_firewalld.entries import DirectConfig, Entry, Suspect, entry_json
 from tproxy_firewalld.errors import TproxyError
 from tproxy_firewalld.firewalld import DaemonInfo
 from tproxy_firewalld.fwconf import ConfCheck, ConfView
-from tproxy_firewalld.plan import Diff, Plan, Step, order_adds, step_json
+from tproxy_firewalld.planning import Diff, Plan, Step, order_adds, step_json
 from tproxy_firewalld.settings import Warning_
 
 SCHEMA_VERSION = 2

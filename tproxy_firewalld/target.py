@@ -155,8 +155,10 @@ def _flock(path: Path, timeout: float) -> Iterator[None]:
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise Locked(f"the lock {path} is a symbolic link; refusing to follow it") from None
-        if exc.errno in (errno.EACCES, errno.EPERM):
+        if exc.errno in (errno.EACCES, errno.EPERM) and os.geteuid() != 0:
             raise NotPermitted(f"cannot take the lock {path}: permission denied; run as root") from None
+        if exc.errno in (errno.EISDIR, errno.ENXIO):  # a directory, a socket
+            raise Locked(f"the lock {path} is not a regular file of ours; remove it and run this again") from None
         raise os_error(path, exc, "open the lock") from None
     try:
         info = os.fstat(fd)

@@ -11,18 +11,32 @@ exit 8 with what may remain.
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
 from tproxy_firewalld import host
-from tproxy_firewalld.directxml import render_direct_xml
+from tproxy_firewalld.directxml import MAX_SIZE, render_direct_xml
 from tproxy_firewalld.entries import DirectConfig, Entry
-from tproxy_firewalld.errors import FirewalldUnavailable, PartiallyApplied, TproxyError
-from tproxy_firewalld.files import atomic_write, commit_write, discard, prepare_write, remove_file
+from tproxy_firewalld.errors import (
+    DirectXmlError,
+    FirewalldUnavailable,
+    PartiallyApplied,
+    TproxyError,
+)
+from tproxy_firewalld.files import (
+    atomic_write,
+    commit_write,
+    discard,
+    prepare_write,
+    probe_directory,
+    remove_file,
+)
 from tproxy_firewalld.firewalld import Firewalld, Op
 from tproxy_firewalld.fwconf import read_conf, set_in_conf
-from tproxy_firewalld.plan import (
+from tproxy_firewalld.planning import (
     FileStep,
     FirewalldConfStep,
     LoopbackStep,
@@ -39,9 +53,9 @@ PLACES = {
     "permanent": "the permanent configuration",
     "file": "direct.xml",
     "loopback": "lo",
+    "record": "the record",
     "firewalld-conf": "firewalld.conf",
     "reload": "firewalld's reload",
-    "record": "the record",
 }
 
 
@@ -71,13 +85,25 @@ class _Run:
     #: where in ``undo`` the first firewalld.conf change was recorded: a reload's undo (another
     #: reload) goes there, so that it runs after the settings are put back
     conf_undo_at: Optional[int] = None
+    #: the last calls to firewalld went unanswered (so it may still be carrying one out)
+    silent: bool = False
+    #: the first change firewalld never answered: the one call it may still carry out
+    in_flight: Optional[str] = None
 
 
 def apply_plan(plan: Plan, fw: Optional[Firewalld]) -> None:
     """Carry out ``plan``'s steps in order; on failure undo, and raise the error (its message
     says what was undone) or PartiallyApplied (exit 8) when something could not be undone."""
     run = _Run(fw, pending=[s.kind for s in plan.steps])
-    prepared = {id(s): _prepare(s, run) for s in plan.steps}
+    try:
+        prepared = {id(s): _prepare(s, run) for s in plan.steps}
+    except BaseException as exc:
+        for tmp in run.temps:
+            discard(tmp)
+        if isinstance(exc, TproxyError) and "nothing was changed" not in exc.message:
+            exc.message = f"{exc.message}; nothing was changed"
+            exc.args = (exc.message,)
+        raise
     try:
         for step in plan.steps:
             run.pending.remove(step.kind)
@@ -93,38 +119,58 @@ def apply_plan(plan: Plan, fw: Optional[Firewalld]) -> None:
         raise
 
 
-def _prepare(step: Step, run: _Run) -> Optional[Path]:
+@dataclass(frozen=True)
+class _Prepared:
+    tmp: Optional[Path] = None
+    data: Optional[bytes] = None
+
+
+def _prepare(step: Step, run: _Run) -> _Prepared:
     if isinstance(step, ReloadStep):
         # Before anything changes: a reload of a configuration firewalld would not load fails
         # (>= 1.2 refuses it, older ones half-apply it); somebody's broken file shows here.
         assert run.fw is not None
         run.fw.check_config()
-        return None
+        return _Prepared()
     if isinstance(step, FirewalldConfStep) and step.path is not None:
         tmp = prepare_write(step.path, _conf_text(step).encode())
         run.temps.append(tmp)
         discard(tmp)  # only a probe: atomic_write below keeps the .old backup and the label
-        return None
+        return _Prepared()
     if isinstance(step, RecordStep) and step.after is not None:
         tmp = prepare_write(step.path, step.after.encode(), mode=0o644)
         run.temps.append(tmp)
-        return tmp
-    if isinstance(step, FileStep):
-        tmp = prepare_write(step.path, render_direct_xml(step.after))
-        run.temps.append(tmp)
-        discard(tmp)  # only a probe: atomic_write below keeps the .old backup and the label
-        return None
-    return None
+        return _Prepared(tmp=tmp)
+    if isinstance(step, RecordStep):
+        # removing it must work too (a read-only /var): find out before anything changes
+        probe_directory(step.path.parent)
+        return _Prepared()
+    if isinstance(step, (FileStep, PermanentStep)):
+        data = render_direct_xml(step.after)
+        where = step.path if isinstance(step, FileStep) else "direct.xml"
+        if len(data) > MAX_SIZE:
+            # the next run (uninstall included) could not read it back
+            raise DirectXmlError(
+                f"{where} would grow to {len(data)} bytes, over the {MAX_SIZE} bytes this tool "
+                "reads; nothing was changed"
+            )
+        if isinstance(step, FileStep):
+            tmp = prepare_write(step.path, data)
+            discard(tmp)  # only a probe: atomic_write below keeps the .old backup and the label
+        return _Prepared(data=data)
+    return _Prepared()
 
 
-def _execute(step: Step, run: _Run, tmp: Optional[Path]) -> None:
+def _execute(step: Step, run: _Run, prepared: _Prepared) -> None:
+    tmp = prepared.tmp
     if isinstance(step, RuntimeStep):
         _runtime(step, run)
     elif isinstance(step, PermanentStep):
         _permanent(step, run)
     elif isinstance(step, FileStep):
         old = _read_bytes(step.path)
-        atomic_write(step.path, render_direct_xml(step.after))
+        assert prepared.data is not None
+        atomic_write(step.path, prepared.data)
         run.undo.append(Undo(f"restore {step.path}", call=lambda: _restore_file(step.path, old)))
     elif isinstance(step, LoopbackStep):
         if step.add:
@@ -190,6 +236,8 @@ def _runtime(step: RuntimeStep, run: _Run) -> None:
                 run.undo.append(Undo(op.undo().describe(), op=op.undo()))
             elif result.unknown:
                 run.unknown.append(op)
+                run.silent = True
+                run.in_flight = run.in_flight or op.describe()
             if result.error is not None and failed is None:
                 failed = result.error
         if failed is not None:
@@ -201,6 +249,12 @@ def _permanent(step: PermanentStep, run: _Run) -> None:
     fw = run.fw
     try:
         fw.update_permanent(step.after)
+    except FirewalldUnavailable:
+        # no answer: firewalld may still be carrying it out. Putting it back or reading it
+        # would each wait out the timeout again; the rollback reports it instead.
+        run.silent = True
+        run.in_flight = run.in_flight or "update the permanent direct configuration"
+        raise
     except TproxyError as exc:
         # firewalld changes its permanent configuration in memory before it writes the file;
         # a failed write (read-only /etc, full disk) leaves memory changed: put it back.
@@ -215,6 +269,8 @@ def _permanent(step: PermanentStep, run: _Run) -> None:
                 f"{exc}; firewalld's permanent configuration could not be put back as it was "
                 f"({_count_diff(now, step.before)}); run `tproxy-firewalld diff` to see it"
             ) from None
+        exc.message = f"{exc.message} (firewalld's permanent configuration, already changed in its memory, was put back as it was)"
+        exc.args = (exc.message,)
         raise
     run.undo.append(
         Undo("restore the permanent configuration", call=lambda: fw.update_permanent(step.before), firewalld=True)
@@ -232,21 +288,25 @@ def _count_diff(now: Optional[DirectConfig], before: DirectConfig) -> str:
 def _rollback(run: _Run, exc: TproxyError) -> None:
     """Undo in reverse; the error's message says what was undone, or PartiallyApplied.
 
-    Runtime undos go out as pipelined batches. A firewalld that stopped answering still gets
-    one batch (it carries out queued calls in order when it comes back, so the undo follows
-    whatever of ours it still runs); after that nothing more is asked of it, since every
-    further call would only wait out the timeout again.
+    Runtime undos go out as pipelined batches. firewalld carries out the calls of a
+    connection in order, but only while their sender is still on the bus: calls queued behind
+    a hung one are dropped once this run has gone (firewalld's authorisation check cannot find
+    the sender; seen in the sandbox). So a firewalld that stopped answering gets one undo batch
+    (enough for one that was only slow); after that nothing more is asked of it, since every
+    further call would only wait out the timeout again, and the report says what may remain:
+    the changes it had made and not undone, and the one call it may still be carrying out.
     """
     failed: list[str] = []
     run.hung = isinstance(exc, FirewalldUnavailable)
-    done = len(run.undo) + len(run.unknown)
+    made = len(run.undo)
     # newest first: what may still happen (no answer yet), then what was done
-    batch: list[Op] = [op.undo() for op in reversed(run.unknown)]
+    maybe = [op.undo() for op in reversed(run.unknown)]
+    batch: list[Op] = list(maybe)
     for undo in reversed(run.undo):
         if undo.op is not None:
             batch.append(undo.op)
             continue
-        _undo_batch(run, batch, failed)
+        _undo_batch(run, batch, failed, maybe)
         batch = []
         assert undo.call is not None
         if undo.firewalld and run.hung and run.asked_after_hang:
@@ -257,49 +317,81 @@ def _rollback(run: _Run, exc: TproxyError) -> None:
         except TproxyError as undo_exc:
             failed.append(f"{undo.what} ({undo_exc})")
             run.hung = run.hung or isinstance(undo_exc, FirewalldUnavailable)
-    _undo_batch(run, batch, failed)
+    _undo_batch(run, batch, failed, maybe)
+    untouched = ", ".join(PLACES[k] for k in run.pending)
+    not_changed = f" (not changed: {untouched})" if untouched else ""
+    if run.silent:
+        # firewalld did not answer the last calls: it may finish the one it was carrying out
+        undone = (
+            f"{len(failed)} of the {made} change(s) made before could not be undone: {_shown(failed)}; "
+            if failed
+            else f"the {made} change(s) made before were undone; "
+            if made
+            else ""
+        )
+        in_flight = (
+            f"it may still complete the call it was carrying out ({run.in_flight}); "
+            if run.in_flight is not None
+            else ""
+        )
+        raise PartiallyApplied(
+            f"{exc}; firewalld stopped answering: {undone}{in_flight}the calls queued after it "
+            "are dropped when this run ends. Once firewalld answers, run `tproxy-firewalld diff` "
+            f"to see the state and run the command again{not_changed}"
+        ) from None
     if failed:
-        shown = "; ".join(failed[:3]) + (f"; ... ({len(failed)} in all)" if len(failed) > 3 else "")
         advice = (
             "firewalld is not answering; once it does, run `tproxy-firewalld diff` to see the "
             "state and run the command again"
             if run.hung
             else "Run `tproxy-firewalld diff` to see the state and run the command again"
         )
-        untouched = ", ".join(PLACES[k] for k in run.pending)
         raise PartiallyApplied(
-            f"{exc}; undoing the {done} change(s) already made failed for {len(failed)}: "
-            f"{shown}. {advice}" + (f" (not changed: {untouched})" if untouched else "")
+            f"{exc}; undoing the {made} change(s) already made failed for {len(failed)}: "
+            f"{_shown(failed)}. {advice}{not_changed}"
         ) from None
-    note = f"undid the {done} change(s) already made, nothing was changed" if done else "nothing was changed"
+    note = f"undid the {made} change(s) already made, nothing was changed" if made else "nothing was changed"
     exc.message = f"{exc.message}; {note}"
     exc.args = (exc.message,)
 
 
-def _undo_batch(run: _Run, batch: list[Op], failed: list[str]) -> None:
+def _shown(failed: list[str]) -> str:
+    return "; ".join(failed[:3]) + (f"; ... ({len(failed)} in all)" if len(failed) > 3 else "")
+
+
+def _undo_batch(run: _Run, batch: list[Op], failed: list[str], maybe: list[Op]) -> None:
+    """Send one batch of runtime undos. ``maybe``: undos of changes firewalld never answered
+    (they are reported as the call in flight, not as changes made)."""
     if not batch:
         return
     assert run.fw is not None
     if run.hung and run.asked_after_hang:
-        failed += [f"{op.describe()} (not tried: firewalld is not answering)" for op in batch]
+        failed += [f"{op.describe()} (not tried: firewalld is not answering)" for op in batch if op not in maybe]
+        run.silent = True
         return
     run.asked_after_hang = run.hung
+    run.silent = False
     for op, result in zip(batch, run.fw.change(batch)):
         if result.unknown:
-            run.hung = run.asked_after_hang = True
-            failed.append(f"{op.describe()} (no answer; sent, so firewalld may still do it)")
+            run.hung = run.asked_after_hang = run.silent = True
+            run.in_flight = run.in_flight or op.describe()
+            if op not in maybe:
+                failed.append(f"{op.describe()} (no answer)")
         elif result.error is not None:
             failed.append(f"{op.describe()} ({result.error})")
 
 
 def _read_bytes(path: Path) -> Optional[bytes]:
+    """What to put back if a later step fails: a regular file's bytes, else None (nothing to
+    put back). Never follows a symlink, never waits on a FIFO someone planted there."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        return None
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
+        return f.read()
 
 
 def _restore_file(path: Path, data: Optional[bytes]) -> None:
