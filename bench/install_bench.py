@@ -57,18 +57,21 @@ def settings_of(args: list[str]) -> KumaSettings:
 
 
 def measure(sb: Sandbox, args: list[str], runs: int) -> dict[str, float]:
+    """Each round: a fresh install, the same again, an uninstall, and the reload of the same
+    rules written to direct.xml, one after the other, so that every figure and the reload it
+    is compared with see the same machine."""
     ours = build_ruleset(settings_of(args))
+    data = render_direct_xml(ours)
+    empty = render_direct_xml(DirectConfig())
     fresh, again, removal, reload_ = [], [], [], []
     for _ in range(runs):
         fresh.append(timed(lambda: sb.run(*TP, "install", *args)))
         again.append(timed(lambda: sb.run(*TP, "install", *args)))
         removal.append(timed(lambda: sb.run(*TP, "uninstall")))
-    data = render_direct_xml(ours)
-    for _ in range(runs):
         sb.direct_xml.write_bytes(data)
         reload_.append(timed(lambda: sb.firewall_cmd("--reload")))
-    sb.direct_xml.write_bytes(render_direct_xml(DirectConfig()))
-    sb.firewall_cmd("--reload")
+        sb.direct_xml.write_bytes(empty)
+        sb.firewall_cmd("--reload")
     return {
         "rules": float(len(ours.rules)),
         "install (fresh)": statistics.median(fresh),
@@ -80,6 +83,13 @@ def measure(sb: Sandbox, args: list[str], runs: int) -> dict[str, float]:
 
 def main() -> None:
     runs = int(sys.argv[1]) if len(sys.argv) > 1 else 7
+    # An installed package is byte-compiled (pip, the RPM); a checkout run with
+    # PYTHONDONTWRITEBYTECODE=1 (as here) would compile every module on every run.
+    import compileall
+
+    import tproxy_firewalld
+
+    compileall.compile_dir(str(Path(tproxy_firewalld.__file__).parent), quiet=1)
     print(f"median of {runs} runs; ratios against firewall-cmd --reload of the same rules, same run")
     # RFC3964_IPv4=no: the rules' IPv6 part needs it; the stock yes would make install refuse
     with start_sandbox("nftables", "yes", conf={"RFC3964_IPv4": "no"}) as sb:

@@ -201,15 +201,20 @@ def test_a_cached_rendering_is_exactly_a_fresh_one(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(ruleset, "CACHE_DIR", tmp_path / "cache")
     monkeypatch.setattr(ruleset, "RENDER_CACHE", tmp_path / "cache" / "rendered.json")
     a = load({"--kuma-dp-user": "5678"})
+    monkeypatch.setattr(ruleset, "_BUILT", {})  # what this process built already: not the file
     fresh = build_ruleset(a)
     assert ruleset.RENDER_CACHE.exists() and oct(ruleset.RENDER_CACHE.stat().st_mode & 0o777) == "0o600"
     calls: list[str] = []
     real = ruleset.render_restore
     monkeypatch.setattr(ruleset, "render_restore", lambda *x, **k: calls.append("render") or real(*x, **k))
+    ruleset._BUILT.clear()
     assert build_ruleset(a) == fresh and calls == [], "a hit renders nothing"
     b = load({"--kuma-dp-user": "5678", "--redirect-outbound-port": "15999"})
     assert any("15999" in r.args for r in build_ruleset(b).rules) and calls, "other settings: a miss"
     calls.clear()
+    ruleset._BUILT.clear()
+    assert build_ruleset(a) == fresh and calls == [], "the earlier rendering is kept beside it"
     # a cache file that is not root's own, private one is not trusted
     ruleset.RENDER_CACHE.chmod(0o666)
+    ruleset._BUILT.clear()
     assert build_ruleset(b) is not None and calls, "a group/world-writable cache is ignored"

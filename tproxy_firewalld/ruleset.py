@@ -18,14 +18,13 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
-import shlex
 import stat
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from tproxy_firewalld.entries import MAX_CHAIN_NAME, Chain, DirectConfig, Rule
+from tproxy_firewalld.entries import MAX_CHAIN_NAME, Chain, DirectConfig, Rule, posix_split
 from tproxy_firewalld.errors import SettingsError
 from tproxy_firewalld.settings import family
 
@@ -43,6 +42,8 @@ BYTECODE_CACHE = CACHE_DIR / "templates"
 #: The last rendering of the profile's own template: settings that were rendered before (an
 #: install run again, diff, status) skip jinja2 altogether (its import is a third of a run).
 RENDER_CACHE = CACHE_DIR / "rendered.json"
+RENDER_CACHE_ENTRIES = 8
+RENDER_CACHE_MAX = 4 * 1024 * 1024
 
 FAMILY = {
     "ipv4": {"passthrough": "127.0.0.6/32", "localhost": "127.0.0.1/32", "name": "IPv4"},
@@ -95,27 +96,38 @@ def _cache_key(settings: KumaSettings, profile: Profile, template: Path) -> Opti
     return hashlib.sha256(blob.encode() + b"\0" + source).hexdigest()
 
 
-def _cached_render(key: str) -> Optional[dict[str, str]]:
+def _read_render_cache() -> dict[str, dict[str, str]]:
+    """The cache file's renderings by key; empty when absent, unreadable or not root's own."""
     import json
 
     try:
         fd = os.open(RENDER_CACHE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
-        return None
+        return {}
     with open(fd, "rb") as f:
         info = os.fstat(f.fileno())
         if not stat.S_ISREG(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o022:
-            return None
+            return {}
         try:
-            doc = json.loads(f.read(1024 * 1024))
+            doc = json.loads(f.read(RENDER_CACHE_MAX))
         except ValueError:
-            return None
-    if not isinstance(doc, dict) or doc.get("key") != key or not isinstance(doc.get("text"), dict):
-        return None
-    return {str(k): str(v) for k, v in doc["text"].items()}
+            return {}
+    entries = doc.get("renderings") if isinstance(doc, dict) else None
+    if not isinstance(entries, list):
+        return {}
+    out: dict[str, dict[str, str]] = {}
+    for entry in entries:
+        if isinstance(entry, dict) and isinstance(entry.get("key"), str) and isinstance(entry.get("text"), dict):
+            out[entry["key"]] = {str(k): str(v) for k, v in entry["text"].items()}
+    return out
+
+
+def _cached_render(key: str) -> Optional[dict[str, str]]:
+    return _read_render_cache().get(key)
 
 
 def _remember_render(key: str, text: dict[str, str]) -> None:
+    """Keep the last few renderings (an install, its diff and status, a changed setting)."""
     import json
 
     from tproxy_firewalld.errors import TproxyError
@@ -123,8 +135,10 @@ def _remember_render(key: str, text: dict[str, str]) -> None:
 
     if not _private_dir(CACHE_DIR):
         return
+    kept = [{"key": k, "text": t} for k, t in _read_render_cache().items() if k != key]
+    doc = {"renderings": [{"key": key, "text": text}, *kept][:RENDER_CACHE_ENTRIES]}
     with contextlib.suppress(TproxyError):  # a cache: never a reason to fail
-        atomic_write(RENDER_CACHE, json.dumps({"key": key, "text": text}).encode(), backup=False, mode=0o600)
+        atomic_write(RENDER_CACHE, json.dumps(doc).encode(), backup=False, mode=0o600)
 
 
 @cache
@@ -268,7 +282,7 @@ def parse_restore(text: str, ipv: str, own_chain_prefix: str) -> DirectConfig:
         if not line.strip() or line.startswith("#"):
             continue
         try:
-            tokens = shlex.split(line)
+            tokens = list(posix_split(line))
         except ValueError as exc:
             raise RestoreFormatError(f"line {number}: {exc}") from None
         head = tokens[0]
@@ -326,6 +340,22 @@ def build_ruleset(
     from tproxy_firewalld.kuma import KUMA
 
     profile = profile or KUMA
+    if template is not None:
+        return _build(settings, profile, template)
+    # a run asks for the same rendering more than once (the plan, the recognition of what is
+    # ours): the settings are a frozen value, the packaged template fixed for the process
+    key = (settings, profile.name)
+    if key not in _BUILT:
+        if len(_BUILT) >= 32:
+            _BUILT.clear()
+        _BUILT[key] = _build(settings, profile, None)
+    return _BUILT[key]
+
+
+_BUILT: dict[tuple[KumaSettings, str], DirectConfig] = {}
+
+
+def _build(settings: KumaSettings, profile: Profile, template: Optional[str]) -> DirectConfig:
     path = Path(template).absolute() if template else profile.template_path(settings)
     key = _cache_key(settings, profile, path) if template is None else None
     texts = (_cached_render(key) if key else None) or {}
