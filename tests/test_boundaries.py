@@ -27,7 +27,7 @@ from typing import Optional
 
 import pytest
 from harness import Sandbox, SandboxFactory
-from helpers import TP, direct_lines, file_config, foreign, ours, ready_root
+from helpers import READY_CONF, TP, direct_lines, file_config, foreign, ours, ready_root
 
 from tproxy_firewalld.directxml import MAX_SIZE, parse_direct_xml, render_direct_xml
 from tproxy_firewalld.entries import Chain, DirectConfig, Rule
@@ -731,6 +731,8 @@ def test_absolute_symlinks_in_an_image_root_never_lead_out_of_it(make_sandbox: S
     (image / "var/lib").mkdir(parents=True)
     (image / "etc/firewalld").symlink_to("/run/fw")
     (image / "var/lib/tproxy-firewalld").symlink_to("/run/state")
+    (image / "run/fw").mkdir(parents=True)  # with firewalld.conf as the rules need it
+    (image / "run/fw/firewalld.conf").write_text(READY_CONF)
     result = tp(sb, "install", "--root", str(image))
     assert result.returncode == 0, result.stderr
     assert len(parse_direct_xml((image / "run/fw/direct.xml").read_bytes()).ours(OWNER)) == 30
@@ -739,6 +741,8 @@ def test_absolute_symlinks_in_an_image_root_never_lead_out_of_it(make_sandbox: S
     dotdot = sb.workdir / "dotdot"
     (dotdot / "etc").mkdir(parents=True)
     (dotdot / "etc/firewalld").symlink_to("../../../../../../../../run/fw2")
+    (dotdot / "run/fw2").mkdir(parents=True)
+    (dotdot / "run/fw2/firewalld.conf").write_text(READY_CONF)
     assert tp(sb, "install", "--root", str(dotdot)).returncode == 0
     assert (dotdot / "run/fw2/direct.xml").is_file()
     escaped = sb.run("sh", "-c", "ls -d /run/fw /run/state /run/fw2 2>/dev/null; true").stdout
@@ -864,20 +868,20 @@ def test_every_os_error_is_one_line_and_changes_nothing(make_sandbox: SandboxFac
     sb.run("sh", "-ec", """
         mkdir /run/tiny && mount -t tmpfs -o size=256k tmpfs /run/tiny
         mkdir -p /run/tiny/etc/firewalld /run/tiny/var/lib/tproxy-firewalld
-        cp /etc/firewalld/direct.xml /run/tiny/etc/firewalld/direct.xml
+        cp /etc/firewalld/direct.xml /etc/firewalld/firewalld.conf /run/tiny/etc/firewalld/
         dd if=/dev/zero of=/run/tiny/filler bs=4k 2>/dev/null || true
     """)  # fmt: skip
     before = sb.run("sha256sum", "/run/tiny/etc/firewalld/direct.xml").stdout
     one_line(tp(sb, "install", "--root", "/run/tiny"), 11, "No space left on device", "nothing was changed")
     assert sb.run("sha256sum", "/run/tiny/etc/firewalld/direct.xml").stdout == before
     assert sb.run("sh", "-c", "ls -A /run/tiny/etc/firewalld /run/tiny/var/lib/tproxy-firewalld").stdout.split() == [
-        "/run/tiny/etc/firewalld:", "direct.xml", "/run/tiny/var/lib/tproxy-firewalld:", ".lock-" + lock_hash("/run/tiny"),
+        "/run/tiny/etc/firewalld:", "direct.xml", "firewalld.conf", "/run/tiny/var/lib/tproxy-firewalld:", ".lock-" + lock_hash("/run/tiny"),
     ], "no temp file left"  # fmt: skip
     # immutable files (chattr +i), on a loop-mounted ext4 inside the sandbox's mount namespace
     sb.run("sh", "-ec", """
         truncate -s 16M /run/ext4.img && mkfs.ext4 -q /run/ext4.img
         mkdir /run/ext4 && mount -o loop /run/ext4.img /run/ext4
-        mkdir -p /run/ext4/etc/firewalld && cp /etc/firewalld/direct.xml /run/ext4/etc/firewalld/
+        mkdir -p /run/ext4/etc/firewalld && cp /etc/firewalld/direct.xml /etc/firewalld/firewalld.conf /run/ext4/etc/firewalld/
     """)  # fmt: skip
     try:
         for immutable in ("/run/ext4/etc/firewalld/direct.xml", "/run/ext4/etc/firewalld"):
@@ -890,6 +894,7 @@ def test_every_os_error_is_one_line_and_changes_nothing(make_sandbox: SandboxFac
         sb.run("umount", "/run/ext4", check=False)
     # not root: an image root owned by root (the user may read the checkout, not write there)
     sb.run("mkdir", "-p", "/run/rootimg/etc/firewalld")
+    sb.run("cp", "/etc/firewalld/firewalld.conf", "/run/rootimg/etc/firewalld/")
     caps = "+dac_read_search"
     result = sb.run(
         "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--inh-caps", caps,

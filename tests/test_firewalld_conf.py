@@ -341,29 +341,6 @@ def test_a_broken_permanent_configuration_is_found_before_anything_changes(tmp_p
     assert fake.changes == [], "checked before the first change"
 
 
-# --------------------------------------------------------------------------- Ansible
-
-
-def test_the_ansible_module_passes_the_consent_through(tmp_path: Path) -> None:
-    """The module (in-process, an image root with firewalld's stock firewalld.conf): without
-    configure_firewalld the task fails with the library's refusal; with it the setting is
-    changed, and `state: absent` puts it back."""
-    from test_ansible import run_in_process
-
-    root = stock_root(tmp_path)
-    conf = root / "etc/firewalld/firewalld.conf"
-    refused = run_in_process({"state": "present", "root": str(root)})
-    assert refused["failed"] and refused["exit_code"] == 12 and refused["error"] == "FirewalldConfRefused"
-    assert refused["msg"].startswith("firewalld has RFC3964_IPv4=yes: ") and "exception" not in refused
-    checked = run_in_process({"state": "present", "root": str(root), "configure_firewalld": True}, check_mode=True)
-    assert checked["changed"] and conf.read_text() == STOCK_CONF
-    assert "firewalld.conf: RFC3964_IPv4=no" in checked["summary"]
-    done = run_in_process({"state": "present", "root": str(root), "configure_firewalld": True})
-    assert done["changed"] and "RFC3964_IPv4=no" in conf.read_text()
-    gone = run_in_process({"state": "absent", "root": str(root)})
-    assert gone["changed"] and conf.read_text() == STOCK_CONF
-
-
 # --------------------------------------------------------------------------- a real firewalld
 
 

@@ -9,9 +9,8 @@ import shlex
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from helpers import ready_root
+from helpers import cli_runner, ready_root
 
 from tproxy_firewalld.cli import app
 from tproxy_firewalld.directxml import parse_direct_xml
@@ -19,7 +18,7 @@ from tproxy_firewalld.errors import SettingsError
 from tproxy_firewalld.kuma import KumaSettings, read_nameservers
 from tproxy_firewalld.ruleset import build_ruleset, render_restore
 
-runner = CliRunner()
+runner = cli_runner()
 
 # Every flag of `kumactl install transparent-proxy` of the release (v2.14.3 and v2.7.29
 # install_transparent_proxy.go), with a value kumactl takes.

@@ -20,10 +20,9 @@ from typing import Optional
 
 import pytest
 from harness import Backend, SandboxFactory
-from helpers import direct_lines, file_config, kuma_goldens, ready_root, tpfw
+from helpers import cli_runner, direct_lines, file_config, kuma_goldens, ready_root, tpfw
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
 from tproxy_firewalld.cli import app
 from tproxy_firewalld.directxml import parse_direct_xml
@@ -31,7 +30,7 @@ from tproxy_firewalld.entries import Chain, DirectConfig, Entry, Rule
 from tproxy_firewalld.kuma import KUMA, KumaSettings
 from tproxy_firewalld.ruleset import render_restore
 
-runner = CliRunner()
+runner = cli_runner()
 UID = 5678
 
 

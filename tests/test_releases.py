@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import kuma_goldens, ready_root
+from helpers import cli_runner, kuma_goldens, ready_root
 
 from tproxy_firewalld.kuma import KUMA, KUMA_RELEASES, KumaSettings
 from tproxy_firewalld.ruleset import build_ruleset, render_restore
@@ -344,11 +344,9 @@ def test_every_release_in_the_kernel(make_sandbox: Any, backend: str, tmp_path: 
 def test_the_release_is_recorded_shown_and_diffed_against(tmp_path: Path) -> None:
     import json
 
-    from typer.testing import CliRunner
-
     from tproxy_firewalld.cli import app
 
-    runner = CliRunner()
+    runner = cli_runner()
     root = ready_root(tmp_path / "img")
     resolv = tmp_path / "resolv.conf"
     resolv.write_text("nameserver 192.0.2.53\n")
