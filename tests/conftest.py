@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
 from harness import Backend, Sandbox, SandboxError, SandboxFactory, YesNo, start_sandbox
+from hypothesis import settings as hypothesis_settings
+
+# CI (scripts/test, scripts/test-stacks): the same examples every run, so that a red run is
+# reproducible and a green one not luck; and no per-example deadline on a loaded machine.
+# Elsewhere hypothesis explores anew each run.
+hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 SANDBOX_FIXTURES = frozenset({"firewalld_sandbox", "make_sandbox"})
 #: firewalld.conf of the suite's sandboxes: firewalld's stock configuration but RFC3964_IPv4=no,
