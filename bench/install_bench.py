@@ -22,12 +22,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from harness import Sandbox, start_sandbox  # noqa: E402
+from harness import Sandbox, start_sandbox
 
-from tproxy_firewalld.directxml import render_direct_xml  # noqa: E402
-from tproxy_firewalld.entries import DirectConfig  # noqa: E402
-from tproxy_firewalld.kuma import KumaSettings  # noqa: E402
-from tproxy_firewalld.ruleset import build_ruleset  # noqa: E402
+from tproxy_firewalld.directxml import render_direct_xml
+from tproxy_firewalld.entries import DirectConfig
+from tproxy_firewalld.kuma import KumaSettings
+from tproxy_firewalld.ruleset import build_ruleset
 
 TP = [sys.executable, "-m", "tproxy_firewalld"]
 
@@ -90,7 +90,9 @@ def main() -> None:
     import tproxy_firewalld
 
     compileall.compile_dir(str(Path(tproxy_firewalld.__file__).parent), quiet=1)
-    print(f"median of {runs} runs; ratios against firewall-cmd --reload of the same rules, same run")
+    print(
+        f"median of {runs} runs; ratios against firewall-cmd --reload of the same rules, same run"
+    )
     # RFC3964_IPv4=no: the rules' IPv6 part needs it; the stock yes would make install refuse
     with start_sandbox("nftables", "yes", conf={"RFC3964_IPv4": "no"}) as sb:
         sb.run(*TP, "install", "--kuma-dp-user", "5678")  # warm: byte code, template cache
@@ -99,7 +101,12 @@ def main() -> None:
             m = measure(sb, args, runs)
             base = m["firewall-cmd --reload"]
             print(f"\n{title}: {int(m['rules'])} rules")
-            for name in ("install (fresh)", "install (in sync)", "uninstall", "firewall-cmd --reload"):
+            for name in (
+                "install (fresh)",
+                "install (in sync)",
+                "uninstall",
+                "firewall-cmd --reload",
+            ):
                 print(f"  {name:24s} {m[name]:7.3f} s   {m[name] / base:5.2f} x reload")
 
 

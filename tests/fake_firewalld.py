@@ -81,11 +81,20 @@ class FakeFirewalld:
             self.changes.append(f"{op.verb} {op.entry.describe()}")
             if self.hung():
                 self.sent.append(op)
-                results.append(OpResult(False, FirewalldUnavailable("firewalld did not answer"), unknown=True))
+                results.append(
+                    OpResult(False, FirewalldUnavailable("firewalld did not answer"), unknown=True)
+                )
                 continue
             self.sent.append(op)
             if self.fail(op):
-                results.append(OpResult(False, FirewalldRejected(f"{op.describe()}: firewalld says COMMAND_FAILED", "COMMAND_FAILED")))
+                results.append(
+                    OpResult(
+                        False,
+                        FirewalldRejected(
+                            f"{op.describe()}: firewalld says COMMAND_FAILED", "COMMAND_FAILED"
+                        ),
+                    )
+                )
             elif op.verb == "add":
                 if op.entry in self.runtime_entries:
                     results.append(OpResult(False))
@@ -128,7 +137,9 @@ class FakeFirewalld:
     def check_config(self) -> None:
         if self.fail_check is not None:
             code, self.fail_check = self.fail_check, None
-            raise FirewalldRejected(f"check the permanent configuration: firewalld says {code}", code)
+            raise FirewalldRejected(
+                f"check the permanent configuration: firewalld says {code}", code
+            )
 
     def reload(self) -> None:
         self.changes.append("reload")

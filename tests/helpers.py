@@ -80,7 +80,9 @@ def foreign_of(config: DirectConfig) -> DirectConfig:
 # -- the CLI and firewalld in a sandbox -------------------------------------------------------
 
 
-def tpfw(sb: Sandbox, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def tpfw(
+    sb: Sandbox, *args: str, check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     result = sb.run(*TP, *args, check=False, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(
@@ -100,7 +102,20 @@ def add_foreign(sb: Sandbox) -> None:
        "-t", "filter", "-A", "INPUT", "-p", "tcp", "--dport", "8888", "-j", "ACCEPT")  # fmt: skip
     sb.reload()
     # runtime only: lives until the next reload (with FlushAllOnReload=yes)
-    fc("--direct", "--add-rule", "ipv4", "filter", "INPUT", "5", "-p", "tcp", "--dport", "9999", "-j", "ACCEPT")
+    fc(
+        "--direct",
+        "--add-rule",
+        "ipv4",
+        "filter",
+        "INPUT",
+        "5",
+        "-p",
+        "tcp",
+        "--dport",
+        "9999",
+        "-j",
+        "ACCEPT",
+    )
 
 
 def direct_lines(sb: Sandbox, *, permanent: bool = False) -> list[str]:
@@ -124,7 +139,9 @@ def ours(lines: list[str]) -> list[str]:
 
 
 def file_config(sb: Sandbox) -> DirectConfig:
-    return parse_direct_xml(sb.direct_xml.read_bytes()) if sb.direct_xml.exists() else DirectConfig()
+    return (
+        parse_direct_xml(sb.direct_xml.read_bytes()) if sb.direct_xml.exists() else DirectConfig()
+    )
 
 
 @contextmanager
@@ -152,7 +169,9 @@ def watch_bus(sb: Sandbox) -> Iterator[list[str]]:
         ]
 
 
-def run_in_sandbox(sb: Sandbox, script: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_in_sandbox(
+    sb: Sandbox, script: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     """A Python script run inside the sandbox with this interpreter (the library under test)."""
     return sb.run(sys.executable, "-c", script, check=False, timeout=timeout)
 

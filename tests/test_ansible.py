@@ -307,14 +307,26 @@ def test_documentation_matches_the_argument_spec() -> None:
             assert f"C({f.flag})" in " ".join(doc["options"][f.name]["description"]), f.name
     assert yaml.safe_load(mod.EXAMPLES)
     returned = yaml.safe_load(mod.RETURN)
-    assert {"mode", "summary", "steps", "runtime", "permanent", "file", "warnings", "settings"} <= set(returned)
+    assert {
+        "mode",
+        "summary",
+        "steps",
+        "runtime",
+        "permanent",
+        "file",
+        "warnings",
+        "settings",
+    } <= set(returned)
 
 
 def test_messages_name_the_option() -> None:
     """The module passes settings by name, so the library's messages name the option: nothing
     is rewritten."""
     message = library_message({"redirect_inbound_port": "abc"})
-    assert message == "redirect_inbound_port: value 'abc' is not a valid port (uint16 in the range [1, 65535])"
+    assert (
+        message
+        == "redirect_inbound_port: value 'abc' is not a valid port (uint16 in the range [1, 65535])"
+    )
 
 
 def test_the_readme_playbook_uses_real_options() -> None:
@@ -587,7 +599,11 @@ def run_in_process(args: dict[str, Any], check_mode: bool = False) -> dict[str, 
     mod = load_module()
     out = io.StringIO()
     extra = {"_ansible_check_mode": check_mode}
-    with patch_module_args({**args, **extra}), contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+    with (
+        patch_module_args({**args, **extra}),
+        contextlib.redirect_stdout(out),
+        pytest.raises(SystemExit),
+    ):
         mod.main()
     return json.loads(out.getvalue())  # type: ignore[no-any-return]
 
@@ -613,7 +629,9 @@ def test_a_bad_option_value_fails_with_the_librarys_one_line_message(
     assert not root.exists()
 
 
-def test_a_bad_option_value_in_a_real_playbook(make_sandbox: SandboxFactory, ansible_env: Ansible) -> None:
+def test_a_bad_option_value_in_a_real_playbook(
+    make_sandbox: SandboxFactory, ansible_env: Ansible
+) -> None:
     sb = make_sandbox("nftables")
     before = snapshot(sb)
     run = playbook(sb, ansible_env, {"state": "present", "redirect_inbound_port": "abc"})
@@ -671,9 +689,13 @@ def test_offline_root_writes_the_image_direct_xml(
     assert not (root / "etc" / "firewalld" / "direct.xml").exists()
     with watch_bus(sb) as calls:
         run = ok(playbook(sb, ansible_env, {"root": str(root)}))
-    assert run.changed and run.result["summary"] == "direct.xml: +8 chains +22 rules; record: written"
     assert (
-        len(parse_direct_xml((root / "etc/firewalld/direct.xml").read_bytes()).ours(OWNER).entries())
+        run.changed and run.result["summary"] == "direct.xml: +8 chains +22 rules; record: written"
+    )
+    assert (
+        len(
+            parse_direct_xml((root / "etc/firewalld/direct.xml").read_bytes()).ours(OWNER).entries()
+        )
         == 30
     )
     assert (root / "var/lib/tproxy-firewalld/installed.json").exists()
@@ -712,7 +734,9 @@ def test_the_ssh_lockout_guard_and_allow_ssh_redirect(
             run.failed and run.result["error"] == "LockoutRefused" and run.result["exit_code"] == 10
         )
         msg = run.result["msg"]
-        assert msg.startswith("inbound redirection would capture port 22 (sshd), where SSH listens"), msg
+        assert msg.startswith(
+            "inbound redirection would capture port 22 (sshd), where SSH listens"
+        ), msg
         assert "exclude_inbound_ports" in msg and "allow_ssh_redirect" in msg
         assert snapshot(sb) == before, "refused before anything changed"
     excluded = ok(playbook(sb, ansible_env, {"state": "present", "exclude_inbound_ports": [22]}))
@@ -781,9 +805,17 @@ def test_the_ansible_module_passes_the_consent_through(tmp_path: Path) -> None:
     root = stock_root(tmp_path)
     conf = root / "etc/firewalld/firewalld.conf"
     refused = run_in_process({"state": "present", "root": str(root)})
-    assert refused["failed"] and refused["exit_code"] == 12 and refused["error"] == "FirewalldConfRefused"
-    assert refused["msg"].startswith("firewalld has RFC3964_IPv4=yes: ") and "exception" not in refused
-    checked = run_in_process({"state": "present", "root": str(root), "configure_firewalld": True}, check_mode=True)
+    assert (
+        refused["failed"]
+        and refused["exit_code"] == 12
+        and refused["error"] == "FirewalldConfRefused"
+    )
+    assert (
+        refused["msg"].startswith("firewalld has RFC3964_IPv4=yes: ") and "exception" not in refused
+    )
+    checked = run_in_process(
+        {"state": "present", "root": str(root), "configure_firewalld": True}, check_mode=True
+    )
     assert checked["changed"] and conf.read_text() == STOCK_CONF
     assert "firewalld.conf: RFC3964_IPv4=no" in checked["summary"]
     done = run_in_process({"state": "present", "root": str(root), "configure_firewalld": True})

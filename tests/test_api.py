@@ -12,15 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_firewalld import FakeFirewalld
 from harness import Sandbox
 from helpers import REPO, load, ready_root, run_in_sandbox
 from test_apply import FOREIGN, world
 
 from tproxy_firewalld import api
 from tproxy_firewalld.errors import SettingsError
-from tproxy_firewalld.report import error_json
 from tproxy_firewalld.health import status
+from tproxy_firewalld.report import error_json
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
@@ -37,15 +36,25 @@ def golden(name: str, doc: Any, root: Path) -> None:
     value = normalised(doc, root)
     if UPDATE:
         path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
-    assert value == json.loads(path.read_text()), f"{name}: rerun with UPDATE_GOLDEN=1 and review the diff"
+    assert value == json.loads(path.read_text()), (
+        f"{name}: rerun with UPDATE_GOLDEN=1 and review the diff"
+    )
 
 
 def test_golden_json_of_every_command(tmp_path: Path) -> None:
     target, fake = world(tmp_path)
-    fake.conf["StrictForwardPorts"] = "no"  # as firewalld >= 2.3 has it: the documents show the check
-    settings = load({"--kuma-dp-user": "5678", "--ip-family-mode": "ipv4", "--exclude-inbound-ports": "22"})
+    fake.conf["StrictForwardPorts"] = (
+        "no"  # as firewalld >= 2.3 has it: the documents show the check
+    )
+    settings = load(
+        {"--kuma-dp-user": "5678", "--ip-family-mode": "ipv4", "--exclude-inbound-ports": "22"}
+    )
     client = fake.factory()
-    golden("install-dry-run", api.install(settings, target=target, client=client, dry_run=True).to_json(), tmp_path)
+    golden(
+        "install-dry-run",
+        api.install(settings, target=target, client=client, dry_run=True).to_json(),
+        tmp_path,
+    )
     golden("install", api.install(settings, target=target, client=client).to_json(), tmp_path)
     golden("diff", api.diff(target=target, client=client).to_json(), tmp_path)
     golden("status", status(target=target, client=client).to_json(), tmp_path)
@@ -56,7 +65,9 @@ def test_golden_json_of_every_command(tmp_path: Path) -> None:
     for name in ("install-dry-run", "install", "diff", "status", "uninstall", "error"):
         kind = name.split("-")[0]
         schema = json.loads((GOLDEN / f"{name}.json").read_text())["schema"]
-        assert schema == (f"tproxy-firewalld/{kind}/2" if kind != "error" else "tproxy-firewalld/error/1")
+        assert schema == (
+            f"tproxy-firewalld/{kind}/2" if kind != "error" else "tproxy-firewalld/error/1"
+        )
     assert fake.permanent() == FOREIGN
 
 
@@ -69,7 +80,9 @@ def test_offline_json_and_cli_json_agree(tmp_path: Path) -> None:
     )  # fmt: skip
     from tproxy_firewalld.target import Target
 
-    lib = api.install(load({"--kuma-dp-user": "0"}), target=Target.make(root), dry_run=True).to_json()
+    lib = api.install(
+        load({"--kuma-dp-user": "0"}), target=Target.make(root), dry_run=True
+    ).to_json()
     assert json.loads(cli.stdout) == lib and lib["mode"] == "offline"
     failed = subprocess.run(
         [sys.executable, "-m", "tproxy_firewalld", "install", "--root", str(root), "-o", "json", "--vnet", "x"],
@@ -77,7 +90,9 @@ def test_offline_json_and_cli_json_agree(tmp_path: Path) -> None:
     )  # fmt: skip
     assert failed.returncode == 2 and failed.stderr.startswith("Error: --vnet: ")
     error = json.loads(failed.stdout)["error"]
-    assert error["exit_code"] == 2 and error["setting"] == "vnet" and error["kind"] == "SettingsError"
+    assert (
+        error["exit_code"] == 2 and error["setting"] == "vnet" and error["kind"] == "SettingsError"
+    )
 
 
 def readme_example() -> str:
@@ -91,7 +106,11 @@ def test_the_readme_library_example_runs_against_firewalld(firewalld_sandbox: Sa
     sb = firewalld_sandbox
     out = run_in_sandbox(sb, readme_example())
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "installed: True" in out.stdout and "in sync: True" in out.stdout and "removed: True" in out.stdout
+    assert (
+        "installed: True" in out.stdout
+        and "in sync: True" in out.stdout
+        and "removed: True" in out.stdout
+    )
     assert "KUMA_MESH" not in sb.firewall_cmd("--direct", "--get-all-chains").stdout
 
 

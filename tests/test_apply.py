@@ -53,7 +53,12 @@ def world(tmp_path: Path, **kw: object) -> tuple[Target, FakeFirewalld]:
 
 def state(target: Target, fake: FakeFirewalld) -> tuple[object, ...]:
     record = target.state_file.read_bytes() if target.state_file.exists() else None
-    return (set(fake.runtime().entries()), fake.permanent().entries(), target.direct_xml.read_bytes(), record)
+    return (
+        set(fake.runtime().entries()),
+        fake.permanent().entries(),
+        target.direct_xml.read_bytes(),
+        record,
+    )
 
 
 def install(target: Target, fake: FakeFirewalld, **kw: object) -> api.Result:
@@ -67,7 +72,11 @@ def test_install_then_install_again_changes_nothing(tmp_path: Path) -> None:
     assert fake.runtime().ours(OWNER).entries() == OURS.entries()
     assert fake.permanent().ours(OWNER).entries() == OURS.entries()
     assert fake.permanent().foreign(OWNER) == FOREIGN
-    assert first.runtime is not None and first.runtime.before == () and len(first.runtime.after) == N_OPS
+    assert (
+        first.runtime is not None
+        and first.runtime.before == ()
+        and len(first.runtime.after) == N_OPS
+    )
     sent = len(fake.changes)
     second = install(target, fake)
     assert not second.changed and second.summary() == "nothing to do"
@@ -80,7 +89,9 @@ def test_jumps_go_last_and_each_phase_waits_for_the_one_before(tmp_path: Path) -
     kinds = [("chain" if isinstance(op.entry, Chain) else op.entry.chain) for op in fake.sent]
     assert kinds[:8] == ["chain"] * 8
     builtin = [i for i, k in enumerate(kinds) if k in ("OUTPUT", "PREROUTING")]
-    assert builtin == list(range(N_OPS - len(builtin), N_OPS)), "the jumps from built-in chains last"
+    assert builtin == list(range(N_OPS - len(builtin), N_OPS)), (
+        "the jumps from built-in chains last"
+    )
 
 
 @pytest.mark.parametrize("k", range(0, N_OPS, 3))
@@ -91,7 +102,10 @@ def test_a_step_rejected_anywhere_is_undone_completely(tmp_path: Path, k: int) -
     before = state(target, fake)
     with pytest.raises(FirewalldRejected) as info:
         install(target, fake)
-    assert "nothing was changed" in info.value.message and info.value.exit_code == ExitCode.FIREWALLD_REJECTED
+    assert (
+        "nothing was changed" in info.value.message
+        and info.value.exit_code == ExitCode.FIREWALLD_REJECTED
+    )
     assert state(target, fake) == before
 
 
@@ -117,11 +131,15 @@ def test_a_hung_firewalld_ends_in_exit_8_with_the_undo_queued(tmp_path: Path) ->
         install(target, fake)
     message = info.value.message
     assert info.value.exit_code == ExitCode.PARTIALLY_APPLIED and "\n" not in message
-    assert message.startswith("firewalld did not answer") and "firewalld stopped answering" in message
+    assert (
+        message.startswith("firewalld did not answer") and "firewalld stopped answering" in message
+    )
     assert "12 of the 12 change(s) made before could not be undone" in message
     # the first call without an answer is the one firewalld may still be carrying out
     sent_adds = [op for op in fake.sent if op.verb == "add"]
-    assert f"may still complete the call it was carrying out ({sent_adds[12].describe()})" in message
+    assert (
+        f"may still complete the call it was carrying out ({sent_adds[12].describe()})" in message
+    )
     assert "not changed: the permanent configuration, the record" in message
     # one undo batch, newest first, is still sent (enough for a firewalld that was only slow)
     undos = [op for op in fake.sent if op.verb == "remove"]
@@ -138,7 +156,10 @@ def test_a_hang_at_the_permanent_update_waits_twice_at_most(tmp_path: Path) -> N
         install(target, fake)
     assert fake.waits == 2, fake.changes[N_OPS:]
     message = info.value.message
-    assert "may still complete the call it was carrying out (update the permanent direct configuration)" in message
+    assert (
+        "may still complete the call it was carrying out (update the permanent direct configuration)"
+        in message
+    )
     assert f"{N_OPS} of the {N_OPS} change(s) made before could not be undone" in message
 
 
@@ -146,7 +167,9 @@ def test_a_hang_while_observing_is_exit_5_and_nothing_is_sent(tmp_path: Path) ->
     target, fake = world(tmp_path)
 
     def hung() -> DirectConfig:
-        raise FirewalldUnavailable("firewalld did not answer within 20 s (read the runtime direct configuration)")
+        raise FirewalldUnavailable(
+            "firewalld did not answer within 20 s (read the runtime direct configuration)"
+        )
 
     fake.runtime = hung  # type: ignore[method-assign]
     with pytest.raises(FirewalldUnavailable) as info:
@@ -154,13 +177,18 @@ def test_a_hang_while_observing_is_exit_5_and_nothing_is_sent(tmp_path: Path) ->
     assert info.value.exit_code == ExitCode.FIREWALLD_UNAVAILABLE and fake.changes == []
 
 
-def test_changes_sent_to_a_firewalld_that_stops_answering_are_never_called_nothing(tmp_path: Path) -> None:
+def test_changes_sent_to_a_firewalld_that_stops_answering_are_never_called_nothing(
+    tmp_path: Path,
+) -> None:
     """Sent but unanswered: the first may still happen, so exit 8, not "nothing was changed"."""
     target, fake = world(tmp_path, hang_after=0)
     with pytest.raises(PartiallyApplied) as info:
         install(target, fake)
     first = fake.sent[0].describe()
-    assert f"firewalld stopped answering: it may still complete the call it was carrying out ({first})" in info.value.message
+    assert (
+        f"firewalld stopped answering: it may still complete the call it was carrying out ({first})"
+        in info.value.message
+    )
 
 
 def test_a_permanent_update_that_cannot_be_written_is_put_back(tmp_path: Path) -> None:
@@ -170,7 +198,10 @@ def test_a_permanent_update_that_cannot_be_written_is_put_back(tmp_path: Path) -
     before = state(target, fake)
     with pytest.raises(FirewalldRejected) as info:
         install(target, fake)
-    assert "Read-only file system" in info.value.message and "nothing was changed" in info.value.message
+    assert (
+        "Read-only file system" in info.value.message
+        and "nothing was changed" in info.value.message
+    )
     assert state(target, fake) == before
 
 
@@ -178,10 +209,15 @@ def test_a_permanent_config_that_cannot_be_put_back_is_reported(tmp_path: Path) 
     target, fake = world(tmp_path, failing_updates=2, stuck=True)
     with pytest.raises(PartiallyApplied) as info:
         install(target, fake)
-    assert "could not be put back as it was (1 entries more and 2 fewer than before)" in info.value.message
+    assert (
+        "could not be put back as it was (1 entries more and 2 fewer than before)"
+        in info.value.message
+    )
 
 
-def test_a_record_that_cannot_be_written_undoes_everything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_record_that_cannot_be_written_undoes_everything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     target, fake = world(tmp_path)
     before = state(target, fake)
 
@@ -207,7 +243,12 @@ def test_an_unwritable_state_directory_refuses_before_any_change(tmp_path: Path)
 
 
 def test_a_corrupt_record_never_blocks_uninstall(tmp_path: Path) -> None:
-    for corrupt in (b"[]", b'"x"', b"{", b'{"schema": "tproxy-firewalld/installed/2", "settings": {"redirect_inbound_port": "1 -j X"}}'):
+    for corrupt in (
+        b"[]",
+        b'"x"',
+        b"{",
+        b'{"schema": "tproxy-firewalld/installed/2", "settings": {"redirect_inbound_port": "1 -j X"}}',
+    ):
         target, fake = world(tmp_path / str(len(corrupt)))
         install(target, fake)
         target.state_file.write_bytes(corrupt)
@@ -257,6 +298,8 @@ def test_a_direct_xml_that_would_outgrow_what_is_read_back_is_never_written(
     monkeypatch.setattr(transaction, "MAX_SIZE", target.direct_xml.stat().st_size + 100)
     before = state(target, fake)
     client = fake.factory() if live else (lambda _target: (None, "offline"))
-    with pytest.raises(DirectXmlError, match=r"would grow to .* bytes, over the .* nothing was changed"):
+    with pytest.raises(
+        DirectXmlError, match=r"would grow to .* bytes, over the .* nothing was changed"
+    ):
         api.install(SETTINGS, target=target, client=client)  # type: ignore[arg-type]
     assert state(target, fake) == before and fake.changes == []

@@ -72,7 +72,9 @@ def tp_here(
 def one_line(result: subprocess.CompletedProcess[str], code: int, *words: str) -> str:
     """The run exited ``code`` with exactly one ``Error:`` line (warnings aside), no traceback,
     containing ``words``; returns that line."""
-    described = f"exit {result.returncode}\n--- stdout:\n{result.stdout}--- stderr:\n{result.stderr}"
+    described = (
+        f"exit {result.returncode}\n--- stdout:\n{result.stdout}--- stderr:\n{result.stderr}"
+    )
     assert result.returncode == code, described
     assert "Traceback" not in result.stderr, described
     lines = [line for line in result.stderr.splitlines() if not line.startswith("Warning: ")]
@@ -190,12 +192,13 @@ def test_diff_and_uninstall_of_a_hostile_rule_text_are_quick(tmp_path: Path) -> 
     assert parse_direct_xml(path.read_bytes()) == parse_direct_xml(data), "nothing of theirs lost"
 
 
-
 UTF16_RULE = '<rule ipv="ipv4" table="filter" chain="INPUT" priority="0">-p tcp --dport 7777 -j ACCEPT</rule>'
 
 
 def utf16(direct_attrs: str = "") -> bytes:
-    return f'<?xml version="1.0" encoding="utf-16"?>\n<direct{direct_attrs}>\n  {UTF16_RULE}\n</direct>\n'.encode("utf-16")
+    return f'<?xml version="1.0" encoding="utf-16"?>\n<direct{direct_attrs}>\n  {UTF16_RULE}\n</direct>\n'.encode(
+        "utf-16"
+    )
 
 
 def test_utf16_files_are_read_as_firewalld_reads_them(make_sandbox: SandboxFactory) -> None:
@@ -205,7 +208,9 @@ def test_utf16_files_are_read_as_firewalld_reads_them(make_sandbox: SandboxFacto
     sb = make_sandbox()
     sb.direct_xml.write_bytes(utf16())
     sb.reload()
-    assert direct_lines(sb) == ["ipv4 filter INPUT 0 -p tcp --dport 7777 -j ACCEPT"], "firewalld reads it"
+    assert direct_lines(sb) == ["ipv4 filter INPUT 0 -p tcp --dport 7777 -j ACCEPT"], (
+        "firewalld reads it"
+    )
     result = tp(sb, "install")
     assert result.returncode == 0, result.stderr
     assert "ipv4 filter INPUT 0 -p tcp --dport 7777 -j ACCEPT" in direct_lines(sb, permanent=True)
@@ -213,7 +218,9 @@ def test_utf16_files_are_read_as_firewalld_reads_them(make_sandbox: SandboxFacto
     refused = utf16(' xmlns:xml="http://www.w3.org/XML/1998/namespace"')
     sb.direct_xml.write_bytes(refused)
     reload = sb.firewall_cmd("--reload", check=False)
-    assert reload.returncode != 0 and "Unexpected attribute xmlns:xml" in reload.stderr, "firewalld refuses it"
+    assert reload.returncode != 0 and "Unexpected attribute xmlns:xml" in reload.stderr, (
+        "firewalld refuses it"
+    )
     for offline in (["--offline"], []):
         one_line(tp(sb, "install", *offline), 3, "direct: Unexpected attribute xmlns:xml")
         assert sb.direct_xml.read_bytes() == refused
@@ -227,14 +234,20 @@ def test_the_backup_keeps_the_owner_and_mode_of_the_file(tmp_path: Path) -> None
     assert tp_here("install", "--root", str(root)).returncode == 0
     for written in (path, path.with_name("direct.xml.old")):
         info = written.stat()
-        assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (1234, 1235, 0o600), written
+        assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (1234, 1235, 0o600), (
+            written
+        )
 
 
 @pytest.mark.parametrize("line", ["-A", "-I", "-I OUTPUT", "-N", '-A OUTPUT "unclosed'])
 def test_a_template_line_without_its_arguments_is_one_line(tmp_path: Path, line: str) -> None:
     template = tmp_path / "short.rules.j2"
     template.write_text(f"* nat\n{line}\nCOMMIT\n")
-    one_line(tp_here("install", "--root", str(tmp_path / "root"), "--rules-template", str(template)), 2, "line 2")
+    one_line(
+        tp_here("install", "--root", str(tmp_path / "root"), "--rules-template", str(template)),
+        2,
+        "line 2",
+    )
 
 
 # ============================================================================ 7. never a file that fails firewalld
@@ -252,7 +265,12 @@ def test_vnet_slash_zero_is_refused_for_both_families(tmp_path: Path) -> None:
     root = image_root(tmp_path)
     before = (root / "etc/firewalld/direct.xml").read_bytes()
     for vnet in ("docker0:172.17.0.0/0", "br0:fd00::/0"):
-        one_line(tp_here("render", "--direct-xml", str(tmp_path / "none.xml"), "--vnet", vnet), 2, vnet, "/0")
+        one_line(
+            tp_here("render", "--direct-xml", str(tmp_path / "none.xml"), "--vnet", vnet),
+            2,
+            vnet,
+            "/0",
+        )
         one_line(tp_here("install", "--root", str(root), "--vnet", vnet), 2, vnet)
     assert (root / "etc/firewalld/direct.xml").read_bytes() == before
     assert not (root / "var/lib/tproxy-firewalld/installed.json").exists()
@@ -263,16 +281,38 @@ def test_the_kernel_check_commits_what_iptables_test_lets_through(tmp_path: Path
     into a throw-away network namespace is refused by the kernel, for both families."""
     for binary, rule in (("iptables-restore", "0.0.0.0/0"), ("ip6tables-restore", "::/0")):
         text = f"*nat\n-A OUTPUT ! -d {rule} -j RETURN\nCOMMIT\n"
-        test = subprocess.run(["unshare", "--net", binary, "--test"], input=text, capture_output=True, text=True, check=False)
-        commit = subprocess.run(["unshare", "--net", binary, "--noflush"], input=text, capture_output=True, text=True, check=False)
+        test = subprocess.run(
+            ["unshare", "--net", binary, "--test"],
+            input=text,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        commit = subprocess.run(
+            ["unshare", "--net", binary, "--noflush"],
+            input=text,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert (test.returncode, commit.returncode) == (0, 4), (binary, test.stderr, commit.stderr)
     template = tmp_path / "slash0.rules.j2"
     template.write_text(SLASH_ZERO_TEMPLATE)
     root = image_root(tmp_path)
     before = (root / "etc/firewalld/direct.xml").read_bytes()
-    one_line(tp_here("install", "--root", str(root), "--rules-template", str(template)), 4, "nothing was changed")
+    one_line(
+        tp_here("install", "--root", str(root), "--rules-template", str(template)),
+        4,
+        "nothing was changed",
+    )
     assert (root / "etc/firewalld/direct.xml").read_bytes() == before
-    one_line(tp_here("render", "--direct-xml", str(tmp_path / "none.xml"), "--rules-template", str(template)), 4, "RULE_APPEND failed")
+    one_line(
+        tp_here(
+            "render", "--direct-xml", str(tmp_path / "none.xml"), "--rules-template", str(template)
+        ),
+        4,
+        "RULE_APPEND failed",
+    )
 
 
 # ============================================================================ issue 10.5: missing kernel modules
@@ -292,7 +332,9 @@ def test_a_module_this_kernel_lacks_is_named_before_anything_changes(tmp_path: P
         input="*filter\n-A OUTPUT -m ipvs --ipvs -j ACCEPT\nCOMMIT\n", check=False,
     )  # fmt: skip
     if "Extension ipvs revision 0 not supported" not in probe.stderr:
-        pytest.fail(f"this kernel loads xt_ipvs ({probe.returncode}, {probe.stderr!r}): pick a module it lacks")
+        pytest.fail(
+            f"this kernel loads xt_ipvs ({probe.returncode}, {probe.stderr!r}): pick a module it lacks"
+        )
     template = tmp_path / "ipvs.rules.j2"
     template.write_text(IPVS_TEMPLATE)
     root = image_root(tmp_path)
@@ -321,7 +363,9 @@ printf '%s\n' "$input" | exec /usr/sbin/"$name" "$@"
 """
 
 
-def test_a_kernel_without_xt_owner_is_refused_and_status_warns(make_sandbox: SandboxFactory) -> None:
+def test_a_kernel_without_xt_owner_is_refused_and_status_warns(
+    make_sandbox: SandboxFactory,
+) -> None:
     sb = make_sandbox()
     bin_dir = sb.workdir / "no-xt-owner"
     bin_dir.mkdir()
@@ -345,7 +389,10 @@ def test_a_kernel_without_xt_owner_is_refused_and_status_warns(make_sandbox: San
     # ... until the kernel no longer can (a new kernel without kernel-modules-extra)
     status = tp(sb, "status", env=without)
     assert status.returncode == 0, status.stderr
-    assert "the owner extension (xt_owner)" in status.stdout and "dnf install kernel-modules-extra" in status.stdout
+    assert (
+        "the owner extension (xt_owner)" in status.stdout
+        and "dnf install kernel-modules-extra" in status.stdout
+    )
 
 
 # ============================================================================ 6. exactly ours
@@ -357,8 +404,28 @@ def test_lookalikes_of_ours_survive_install_and_uninstall(make_sandbox: SandboxF
     sb = make_sandbox()
     fc = sb.firewall_cmd
     fc("--permanent", "--direct", "--add-chain", "ipv4", "filter", "KUMA_MESHCTL_ALLOW")
-    fc("--permanent", "--direct", "--add-rule", "ipv4", "filter", "KUMA_MESHCTL_ALLOW", "0", "-j", "ACCEPT")
-    fc("--permanent", "--direct", "--add-rule", "ipv4", "filter", "INPUT", "1", "-j", "KUMA_MESHCTL_ALLOW")
+    fc(
+        "--permanent",
+        "--direct",
+        "--add-rule",
+        "ipv4",
+        "filter",
+        "KUMA_MESHCTL_ALLOW",
+        "0",
+        "-j",
+        "ACCEPT",
+    )
+    fc(
+        "--permanent",
+        "--direct",
+        "--add-rule",
+        "ipv4",
+        "filter",
+        "INPUT",
+        "1",
+        "-j",
+        "KUMA_MESHCTL_ALLOW",
+    )
     fc("--permanent", "--direct", "--add-rule", "ipv4", "filter", "INPUT", "0", "-p", "tcp", "--dport", "22",
        "-m", "comment", "--comment", "kuma/mesh/transparent/proxy-ops: keep ssh open", "-j", "ACCEPT")  # fmt: skip
     fc("--permanent", "--direct", "--add-rule", "ipv6", "filter", "INPUT", "0", "-p", "tcp", "--dport", "22",
@@ -369,11 +436,16 @@ def test_lookalikes_of_ours_survive_install_and_uninstall(make_sandbox: SandboxF
     result = tp(sb, "install")
     assert result.returncode == 0, result.stderr
     runtime = direct_lines(sb)
-    assert set(theirs[0]) <= set(runtime) and set(theirs[1]) <= set(direct_lines(sb, permanent=True))
+    assert set(theirs[0]) <= set(runtime) and set(theirs[1]) <= set(
+        direct_lines(sb, permanent=True)
+    )
     result = tp(sb, "uninstall")
     assert result.returncode == 0, result.stderr
     assert (direct_lines(sb), direct_lines(sb, permanent=True)) == theirs
-    assert "KUMA_MESHCTL_ALLOW" in sb.direct_xml.read_text() and "proxy-ops: keep ssh open" in sb.direct_xml.read_text()
+    assert (
+        "KUMA_MESHCTL_ALLOW" in sb.direct_xml.read_text()
+        and "proxy-ops: keep ssh open" in sb.direct_xml.read_text()
+    )
 
 
 # ============================================================================ 8. the record before any change
@@ -398,11 +470,22 @@ def test_a_broken_record_never_blocks_uninstall_and_is_judged_before_any_change(
         sb.run("sh", "-c", f"printf '%s' '{corrupt}' > {RECORD}")
         result = tp(sb, "uninstall")
         assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
-        assert "Warning: the record was unreadable" in result.stderr and "expected a JSON object" in result.stderr
-        assert snapshot(sb)[:2] == theirs[:2] and sb.run("test", "-e", RECORD, check=False).returncode != 0
-    sb.run("ip", "-6", "addr", "del", "::6/128", "dev", "lo", check=False)  # the record could not say it was ours
+        assert (
+            "Warning: the record was unreadable" in result.stderr
+            and "expected a JSON object" in result.stderr
+        )
+        assert (
+            snapshot(sb)[:2] == theirs[:2]
+            and sb.run("test", "-e", RECORD, check=False).returncode != 0
+        )
+    sb.run(
+        "ip", "-6", "addr", "del", "::6/128", "dev", "lo", check=False
+    )  # the record could not say it was ours
     # a FIFO or a symlink where the record should be: refused before any change, no hang
-    for plant in (f"mkfifo {RECORD}", f"echo '{{}}' > /run/elsewhere.json; ln -s /run/elsewhere.json {RECORD}"):
+    for plant in (
+        f"mkfifo {RECORD}",
+        f"echo '{{}}' > /run/elsewhere.json; ln -s /run/elsewhere.json {RECORD}",
+    ):
         sb.run("sh", "-c", plant)
         started = time.monotonic()
         line = one_line(tp(sb, "install", timeout=60), 11, RECORD)
@@ -458,7 +541,9 @@ def left_over(message: str) -> tuple[int, Optional[str]]:
     import re
 
     count = re.search(r"(\d+) of the \d+ change\(s\) made before could not be undone", message)
-    flight = re.search(r"may still complete the call it was carrying out \((?:add|remove) (.*?)\); ", message)
+    flight = re.search(
+        r"may still complete the call it was carrying out \((?:add|remove) (.*?)\); ", message
+    )
     return (int(count.group(1)) if count else 0), (flight.group(1) if flight else None)
 
 
@@ -487,7 +572,11 @@ def test_a_hung_firewalld_ends_the_run_in_bounded_time_and_the_state_is_reported
     assert gave_up < 60, gave_up
     assert sb.direct_xml.read_bytes() == theirs[2] and "offline" not in result.stdout
     # the lock went with it: the next run gets past the lock at once
-    one_line(tp(sb, "uninstall", "--timeout", "2", env={"TPROXY_FIREWALLD_LOCK_TIMEOUT": "0"}), 5, "within 2 s")
+    one_line(
+        tp(sb, "uninstall", "--timeout", "2", env={"TPROXY_FIREWALLD_LOCK_TIMEOUT": "0"}),
+        5,
+        "within 2 s",
+    )
     sb.run("kill", "-CONT", pid)
     assert snapshot(sb) == theirs, "nothing was sent"
     report = [f"hung before install: exit 5 after {gave_up:.1f} s (default timeout 20 s)"]
@@ -504,7 +593,9 @@ def test_a_hung_firewalld_ends_the_run_in_bounded_time_and_the_state_is_reported
     sb.run("kill", "-CONT", pid)
     runtime, permanent = settled(sb)
     remaining, in_flight = left_over(line)
-    assert foreign(runtime) == foreign(theirs[0]) and permanent == theirs[1], "permanent: never reached"
+    assert foreign(runtime) == foreign(theirs[0]) and permanent == theirs[1], (
+        "permanent: never reached"
+    )
     extra = [described(x) for x in ours(runtime)]
     assert remaining <= len(extra) <= remaining + 1, (extra, line)
     assert len(extra) == remaining or in_flight in extra, (extra, line)
@@ -530,7 +621,10 @@ def test_a_hung_firewalld_ends_the_run_in_bounded_time_and_the_state_is_reported
     remaining, in_flight = left_over(line)
     assert permanent == installed[1], "permanent: never reached"
     gone = [described(x) for x in set(ours(installed[0])) - set(runtime)]
-    assert set(runtime) <= set(installed[0]) and remaining <= len(gone) <= remaining + 1, (gone, line)
+    assert set(runtime) <= set(installed[0]) and remaining <= len(gone) <= remaining + 1, (
+        gone,
+        line,
+    )
     assert len(gone) == remaining or in_flight in gone, (gone, line)
     report.append(
         f"hung mid-uninstall: exit 8 after {gave_up:.1f} s, reported {remaining} not undone + in "
@@ -547,7 +641,9 @@ def mode_of(result: subprocess.CompletedProcess[str]) -> str:
     return str(json.loads(result.stdout)["mode"])
 
 
-def test_offline_only_when_firewalld_is_gone_and_a_vanishing_bus_is_one_line(make_sandbox: SandboxFactory) -> None:
+def test_offline_only_when_firewalld_is_gone_and_a_vanishing_bus_is_one_line(
+    make_sandbox: SandboxFactory,
+) -> None:
     """Offline (direct.xml) only when firewalld's name has no owner or the bus is not there; a
     stopped-but-present firewalld is exit 5 (see the test above). dbus-daemon killed in the
     middle of an install: one line, no EOFError traceback (firewalld exits with its bus)."""
@@ -557,12 +653,17 @@ def test_offline_only_when_firewalld_is_gone_and_a_vanishing_bus_is_one_line(mak
     sb.stop_firewalld()
     assert mode_of(tp(sb, "install", "-o", "json")) == "offline"
     assert len(file_config(sb).ours(OWNER)) == 30
-    assert sb.start_firewalld() == "running" and len(ours(direct_lines(sb))) == 30, "loaded at its start"
+    assert sb.start_firewalld() == "running" and len(ours(direct_lines(sb))) == 30, (
+        "loaded at its start"
+    )
     assert tp(sb, "uninstall").returncode == 0
     theirs = snapshot(sb)
     # the bus killed in the middle of an install
     bus = sb.run("pidof", "dbus-daemon").stdout.split()[0]
-    with in_sandbox(sb, f"until iptables-save -t nat 2>/dev/null | grep -q KUMA_MESH; do :; done; kill -KILL {bus}"):
+    with in_sandbox(
+        sb,
+        f"until iptables-save -t nat 2>/dev/null | grep -q KUMA_MESH; do :; done; kill -KILL {bus}",
+    ):
         result = tp(sb, "install", env=SHORT)
     line = one_line(result, 8, "lost the connection to the system bus")
     assert "EOFError" not in result.stderr.replace(line, ""), "nothing but the one line"
@@ -571,7 +672,9 @@ def test_offline_only_when_firewalld_is_gone_and_a_vanishing_bus_is_one_line(mak
     sb.stop_firewalld()  # reap it: it exited with its bus
     assert not {"firewalld", "dbus-daemon"} & set(sb.run("ps", "-eo", "comm").stdout.split())
     assert mode_of(tp(sb, "install", "-o", "json")) == "offline"
-    assert len(file_config(sb).ours(OWNER)) == 30 and file_config(sb).foreign(OWNER) == parse_direct_xml(theirs[2])
+    assert len(file_config(sb).ours(OWNER)) == 30 and file_config(sb).foreign(
+        OWNER
+    ) == parse_direct_xml(theirs[2])
 
 
 # ============================================================================ 1. the lock
@@ -598,7 +701,9 @@ def as_nobody(sb: Sandbox, *argv: str) -> subprocess.CompletedProcess[str]:
     return sb.run(*argv, uid=NOBODY, check=False)
 
 
-def test_a_local_user_can_neither_take_nor_block_nor_redirect_the_lock(make_sandbox: SandboxFactory) -> None:
+def test_a_local_user_can_neither_take_nor_block_nor_redirect_the_lock(
+    make_sandbox: SandboxFactory,
+) -> None:
     sb = make_sandbox()
     # as on a real system: /run is root's, /run/lock world-writable (sticky)
     sb.run("chmod", "0755", "/run")
@@ -610,7 +715,10 @@ def test_a_local_user_can_neither_take_nor_block_nor_redirect_the_lock(make_sand
         assert proc.stdout is not None and proc.stdin is not None
         said = [proc.stdout.readline().strip() for _ in range(3)]
         assert said[2] == "READY" and said[1].startswith(f"cannot {LIVE_LOCK}"), said
-        for plant in (["mkdir", "/run/tproxy-firewalld"], ["ln", "-s", "/tmp", "/run/tproxy-firewalld"]):
+        for plant in (
+            ["mkdir", "/run/tproxy-firewalld"],
+            ["ln", "-s", "/tmp", "/run/tproxy-firewalld"],
+        ):
             assert as_nobody(sb, *plant).returncode != 0, plant
         started = time.monotonic()
         result = tp(sb, "install", env=fast)
@@ -618,7 +726,11 @@ def test_a_local_user_can_neither_take_nor_block_nor_redirect_the_lock(make_sand
         assert time.monotonic() - started < 30
         proc.stdin.close()
     # the lock's directory: root's, 0700, nothing a user can create, plant or open there
-    assert sb.run("stat", "-c", "%U %a %F", "/run/tproxy-firewalld").stdout.split() == ["root", "700", "directory"]
+    assert sb.run("stat", "-c", "%U %a %F", "/run/tproxy-firewalld").stdout.split() == [
+        "root",
+        "700",
+        "directory",
+    ]
     for attempt in (["touch", "/run/tproxy-firewalld/x"], ["mkdir", "/run/tproxy-firewalld/d"],
                     ["ln", "-s", "/etc/shadow", "/run/tproxy-firewalld/l"], ["cat", LIVE_LOCK]):  # fmt: skip
         assert as_nobody(sb, *attempt).returncode != 0, attempt
@@ -630,7 +742,9 @@ def test_a_local_user_can_neither_take_nor_block_nor_redirect_the_lock(make_sand
     # should anything else ever stand where the lock goes, it is refused in one line, not followed
     sb.run("sh", "-c", f"rm -f {LIVE_LOCK}; ln -s /run/owned {LIVE_LOCK}")
     one_line(tp(sb, "install", env=fast), 9, "symbolic link")
-    assert sb.run("test", "-e", "/run/owned", check=False).returncode != 0, "the symlink was not followed"
+    assert sb.run("test", "-e", "/run/owned", check=False).returncode != 0, (
+        "the symlink was not followed"
+    )
     sb.run("sh", "-c", f"rm -f {LIVE_LOCK}; mkdir {LIVE_LOCK}")
     one_line(tp(sb, "install", env=fast), 9, LIVE_LOCK)
     sb.run("sh", "-c", f"rmdir {LIVE_LOCK}; chown {NOBODY} /run/tproxy-firewalld")
@@ -664,7 +778,9 @@ def test_image_roots_whose_names_collided_have_their_own_locks(tmp_path: Path) -
         while not marker.exists() and holding.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert marker.exists(), "the first run is inside its lock, in the kernel check"
-        result = tp_here("install", "--root", str(second), env={"TPROXY_FIREWALLD_LOCK_TIMEOUT": "1"})
+        result = tp_here(
+            "install", "--root", str(second), env={"TPROXY_FIREWALLD_LOCK_TIMEOUT": "1"}
+        )
         assert result.returncode == 0, result.stderr
     finally:
         _out, err = holding.communicate(timeout=120)
@@ -714,7 +830,9 @@ def test_a_root_that_resolves_to_slash_is_the_live_system(make_sandbox: SandboxF
     assert snapshot(sb)[:2] == theirs[:2]
 
 
-def test_absolute_symlinks_in_an_image_root_never_lead_out_of_it(make_sandbox: SandboxFactory) -> None:
+def test_absolute_symlinks_in_an_image_root_never_lead_out_of_it(
+    make_sandbox: SandboxFactory,
+) -> None:
     """Paths in an image root are resolved as inside a chroot there. Run in the sandbox, so that
     a write that did escape would land in its private /etc/firewalld or /run, nowhere else."""
     sb = make_sandbox()
@@ -759,7 +877,11 @@ def test_every_ssh_listener_is_guarded(make_sandbox: SandboxFactory) -> None:
     sb = make_sandbox()
     sb.run("mkdir", "-p", "/run/systemd/system/ssh.socket.d")
     sb.run("sh", "-c", "printf '[Socket]\\nListenStream=2022\\n' > /run/systemd/system/ssh.socket")
-    sb.run("sh", "-c", "printf '[Socket]\\nListenStream=[::]:2023\\n' > /run/systemd/system/ssh.socket.d/more.conf")
+    sb.run(
+        "sh",
+        "-c",
+        "printf '[Socket]\\nListenStream=[::]:2023\\n' > /run/systemd/system/ssh.socket.d/more.conf",
+    )
     with listening(sb, "dropbear", 2200), listening(sb, "systemd", 2022), listening(sb, "systemd", 2023), \
             listening(sb, "socat", 22), listening(sb, "systemd", 8080):  # fmt: skip
         line = one_line(tp(sb, "install"), 10, "--exclude-inbound-ports 22,2022,2023,2200")
@@ -783,7 +905,9 @@ def firewalld_fails_with(sb: Sandbox, data: bytes) -> bool:
     return failed
 
 
-def test_a_vnet_slash_zero_never_reaches_a_file_firewalld_loads(make_sandbox: SandboxFactory) -> None:
+def test_a_vnet_slash_zero_never_reaches_a_file_firewalld_loads(
+    make_sandbox: SandboxFactory,
+) -> None:
     """What the old code wrote offline (exit 0) leaves firewalld FAILED at its next reload or
     start; now it is refused in one line and direct.xml stays as it was."""
     sb = make_sandbox()
@@ -793,14 +917,23 @@ def test_a_vnet_slash_zero_never_reaches_a_file_firewalld_loads(make_sandbox: Sa
     one_line(tp(sb, "install", "--offline", "--vnet", "docker0:172.17.0.0/0"), 2, "/0")
     template = sb.workdir / "slash0.rules.j2"
     template.write_text(SLASH_ZERO_TEMPLATE)
-    one_line(tp(sb, "install", "--offline", "--rules-template", str(template)), 4, "RULE_APPEND failed")
+    one_line(
+        tp(sb, "install", "--offline", "--rules-template", str(template)), 4, "RULE_APPEND failed"
+    )
     assert snapshot(sb) == theirs
     slash0 = Rule("ipv4", "nat", "PREROUTING", -1, ("!", "-d", "172.17.0.0/0", "-i", "docker0", "-p", "tcp",
                                                     "-j", "REDIRECT", "--to-ports", "15001"))  # fmt: skip
-    assert firewalld_fails_with(sb, render_direct_xml(parse_direct_xml(theirs[2]).merged_with(DirectConfig(rules=(slash0,)), OWNER)))
+    assert firewalld_fails_with(
+        sb,
+        render_direct_xml(
+            parse_direct_xml(theirs[2]).merged_with(DirectConfig(rules=(slash0,)), OWNER)
+        ),
+    )
 
 
-def test_an_uninstall_never_strands_a_passthrough_into_our_chains(make_sandbox: SandboxFactory) -> None:
+def test_an_uninstall_never_strands_a_passthrough_into_our_chains(
+    make_sandbox: SandboxFactory,
+) -> None:
     """Somebody's passthrough jumps into one of our chains: uninstall, offline too, refuses and
     names it (the old offline uninstall wrote a file firewalld fails to load)."""
     sb = make_sandbox()
@@ -814,13 +947,17 @@ def test_an_uninstall_never_strands_a_passthrough_into_our_chains(make_sandbox: 
         one_line(tp(sb, "uninstall", *offline), 3, "passthrough ipv4 -t nat -A OUTPUT", "KUMA_MESH")
         assert snapshot(sb) == installed
     without_ours = parse_direct_xml(installed[2]).foreign(OWNER)
-    assert firewalld_fails_with(sb, render_direct_xml(without_ours)), "what uninstall --offline wrote before"
+    assert firewalld_fails_with(sb, render_direct_xml(without_ours)), (
+        "what uninstall --offline wrote before"
+    )
 
 
 # ============================================================================ 10. a failed permanent update
 
 
-def test_a_permanent_update_firewalld_cannot_write_is_put_back(make_sandbox: SandboxFactory) -> None:
+def test_a_permanent_update_firewalld_cannot_write_is_put_back(
+    make_sandbox: SandboxFactory,
+) -> None:
     """firewalld changes its permanent configuration in memory, then fails to write direct.xml
     (read-only /etc/firewalld, inside its own mount namespace): exit 6, and its permanent
     configuration, runtime and file are what they were (before: "nothing was changed" while its
@@ -856,7 +993,13 @@ def test_every_os_error_is_one_line_and_changes_nothing(make_sandbox: SandboxFac
     backup = sb.direct_xml.with_name("direct.xml.old")
     backup.unlink(missing_ok=True)  # firewalld's own, from add_foreign
     backup.mkdir()
-    one_line(tp(sb, "install", "--offline"), 11, "direct.xml.old", "Is a directory", "nothing was changed")
+    one_line(
+        tp(sb, "install", "--offline"),
+        11,
+        "direct.xml.old",
+        "Is a directory",
+        "nothing was changed",
+    )
     backup.rmdir()
     assert snapshot(sb) == theirs
     # /etc/firewalld read-only (EROFS), offline
@@ -872,7 +1015,12 @@ def test_every_os_error_is_one_line_and_changes_nothing(make_sandbox: SandboxFac
         dd if=/dev/zero of=/run/tiny/filler bs=4k 2>/dev/null || true
     """)  # fmt: skip
     before = sb.run("sha256sum", "/run/tiny/etc/firewalld/direct.xml").stdout
-    one_line(tp(sb, "install", "--root", "/run/tiny"), 11, "No space left on device", "nothing was changed")
+    one_line(
+        tp(sb, "install", "--root", "/run/tiny"),
+        11,
+        "No space left on device",
+        "nothing was changed",
+    )
     assert sb.run("sha256sum", "/run/tiny/etc/firewalld/direct.xml").stdout == before
     assert sb.run("sh", "-c", "ls -A /run/tiny/etc/firewalld /run/tiny/var/lib/tproxy-firewalld").stdout.split() == [
         "/run/tiny/etc/firewalld:", "direct.xml", "firewalld.conf", "/run/tiny/var/lib/tproxy-firewalld:", ".lock-" + lock_hash("/run/tiny"),
@@ -886,9 +1034,19 @@ def test_every_os_error_is_one_line_and_changes_nothing(make_sandbox: SandboxFac
     try:
         for immutable in ("/run/ext4/etc/firewalld/direct.xml", "/run/ext4/etc/firewalld"):
             sb.run("chattr", "+i", immutable)
-            one_line(tp(sb, "install", "--root", "/run/ext4"), 11, "Operation not permitted", "lsattr")
+            one_line(
+                tp(sb, "install", "--root", "/run/ext4"), 11, "Operation not permitted", "lsattr"
+            )
             sb.run("chattr", "-i", immutable)
-            assert sb.run("cmp", "/run/ext4/etc/firewalld/direct.xml", "/etc/firewalld/direct.xml", check=False).returncode == 0
+            assert (
+                sb.run(
+                    "cmp",
+                    "/run/ext4/etc/firewalld/direct.xml",
+                    "/etc/firewalld/direct.xml",
+                    check=False,
+                ).returncode
+                == 0
+            )
     finally:
         sb.run("chattr", "-R", "-i", "/run/ext4", check=False)
         sb.run("umount", "/run/ext4", check=False)
@@ -902,8 +1060,14 @@ def test_every_os_error_is_one_line_and_changes_nothing(make_sandbox: SandboxFac
     )  # fmt: skip
     one_line(result, 7, "/run/rootimg", "Permission denied", "run as root")
     # a bad number in the environment
-    one_line(tp(sb, "install", env={"TPROXY_FIREWALLD_LOCK_TIMEOUT": "abc"}), 2, "TPROXY_FIREWALLD_LOCK_TIMEOUT")
-    one_line(tp(sb, "install", env={"TPROXY_FIREWALLD_TIMEOUT": "abc"}), 2, "TPROXY_FIREWALLD_TIMEOUT")
+    one_line(
+        tp(sb, "install", env={"TPROXY_FIREWALLD_LOCK_TIMEOUT": "abc"}),
+        2,
+        "TPROXY_FIREWALLD_LOCK_TIMEOUT",
+    )
+    one_line(
+        tp(sb, "install", env={"TPROXY_FIREWALLD_TIMEOUT": "abc"}), 2, "TPROXY_FIREWALLD_TIMEOUT"
+    )
     assert snapshot(sb) == theirs
 
 
@@ -939,7 +1103,9 @@ asyncio.run(main())
 """
 
 
-def test_a_firewalld_still_starting_is_waited_for_never_written_behind(make_sandbox: SandboxFactory) -> None:
+def test_a_firewalld_still_starting_is_waited_for_never_written_behind(
+    make_sandbox: SandboxFactory,
+) -> None:
     sb = make_sandbox()
     sb.stop_firewalld()
     before = sb.direct_xml.read_bytes() if sb.direct_xml.exists() else None

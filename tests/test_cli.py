@@ -9,8 +9,6 @@ from typing import Any
 import pytest
 from helpers import cli_runner, ready_root
 
-
-
 from tproxy_firewalld.cli import app
 from tproxy_firewalld.directxml import parse_direct_xml
 from tproxy_firewalld.kuma import OWNER, KumaSettings
@@ -134,7 +132,9 @@ def test_offline_install_json_and_diff_exit_codes(tmp_path: Path) -> None:
     assert runner.invoke(app, ["--version"]).stdout.startswith("tproxy-firewalld ")
 
 
-@pytest.mark.parametrize("field", [f for f in KumaSettings.flag_fields() if f.kind == "bool"], ids=lambda f: f.flag)
+@pytest.mark.parametrize(
+    "field", [f for f in KumaSettings.flag_fields() if f.kind == "bool"], ids=lambda f: f.flag
+)
 def test_every_boolean_flag_takes_kumactls_false_spelling(field: Any, tmp_path: Path) -> None:
     args = ["render", "--direct-xml", str(tmp_path / "none.xml"), "--kuma-dp-user", "0"]
     off = runner.invoke(app, [*args, f"{field.flag}=false"])
@@ -163,7 +163,16 @@ def test_a_relative_rules_template_is_read_from_the_working_directory(
         '-A KUMA_MESH_OUTBOUND -m comment --comment "{{ comment("mine") }}" -j RETURN\nCOMMIT\n'
     )
     result = runner.invoke(
-        app, ["render", "--direct-xml", "none.xml", "--rules-template", "./my.j2", "--ip-family-mode", "ipv4"]
+        app,
+        [
+            "render",
+            "--direct-xml",
+            "none.xml",
+            "--rules-template",
+            "./my.j2",
+            "--ip-family-mode",
+            "ipv4",
+        ],
     )
     assert result.exit_code == 0, result.stderr
     rules = parse_direct_xml(result.stdout.encode()).rules
@@ -174,8 +183,33 @@ def test_an_ignored_environment_variable_is_not_a_setting_given(tmp_path: Path) 
     """diff compares against the record unless settings are given; kumactl's KUMA_..._WAIT
     (accepted and ignored) gives none."""
     root = ready_root(tmp_path / "img")
-    assert runner.invoke(app, ["install", "--root", str(root), "--kuma-dp-user", "0", "--redirect-outbound-port", "15002"]).exit_code == 0
-    result = runner.invoke(app, ["diff", "--root", str(root)], env={"KUMA_TRANSPARENT_PROXY_WAIT": "5"})
-    assert result.exit_code == 0 and result.stdout.startswith(f"desired: {root}/var/lib/tproxy-firewalld/installed.json")
-    given = runner.invoke(app, ["diff", "--root", str(root)], env={"KUMA_TRANSPARENT_PROXY_REDIRECT_OUTBOUND_PORT": "15002", "KUMA_TRANSPARENT_PROXY_KUMA_DP_USER": "0"})
+    assert (
+        runner.invoke(
+            app,
+            [
+                "install",
+                "--root",
+                str(root),
+                "--kuma-dp-user",
+                "0",
+                "--redirect-outbound-port",
+                "15002",
+            ],
+        ).exit_code
+        == 0
+    )
+    result = runner.invoke(
+        app, ["diff", "--root", str(root)], env={"KUMA_TRANSPARENT_PROXY_WAIT": "5"}
+    )
+    assert result.exit_code == 0 and result.stdout.startswith(
+        f"desired: {root}/var/lib/tproxy-firewalld/installed.json"
+    )
+    given = runner.invoke(
+        app,
+        ["diff", "--root", str(root)],
+        env={
+            "KUMA_TRANSPARENT_PROXY_REDIRECT_OUTBOUND_PORT": "15002",
+            "KUMA_TRANSPARENT_PROXY_KUMA_DP_USER": "0",
+        },
+    )
     assert given.stdout.startswith("desired: settings") and given.exit_code == 0

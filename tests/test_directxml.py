@@ -386,7 +386,9 @@ def test_a_utf16_file_is_read_as_firewalld_reads_it() -> None:
     # firewalld (expat) loads a UTF-16 direct.xml's rules (seen in the sandbox); so do we
     text = f'<?xml version="1.0" encoding="utf-16"?>\n<direct>\n  {FOREIGN_RULE}\n</direct>\n'
     config = parse_direct_xml(text.encode("utf-16"))
-    assert config.rules == (Rule("ipv4", "filter", "INPUT", 0, ("-p", "tcp", "--dport", "7777", "-j", "ACCEPT")),)
+    assert config.rules == (
+        Rule("ipv4", "filter", "INPUT", 0, ("-p", "tcp", "--dport", "7777", "-j", "ACCEPT")),
+    )
 
 
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
@@ -1003,7 +1005,9 @@ BUILTINS = ["INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING"]
 FOREIGN_NAMES = {
     quote: st.one_of(
         st.sampled_from(["OUTPUT", "PREROUTING"]),
-        st.sampled_from([*BUILTINS, "X", "MY_CHAIN", "KUMA", "kuma_mesh_x", "KUMA_MESH", "KUMA_MESHCTL_ALLOW"]),
+        st.sampled_from(
+            [*BUILTINS, "X", "MY_CHAIN", "KUMA", "kuma_mesh_x", "KUMA_MESH", "KUMA_MESHCTL_ALLOW"]
+        ),
         _text(0, 10, quote),
     ).filter(lambda n: not n.startswith(OUR_CHAIN))
     for quote in (True, False)
@@ -1024,7 +1028,9 @@ LOOKALIKE_ARGS = st.one_of(
     # looks a bit like ours, but is not: jump/comment to something else
     st.tuples(
         st.sampled_from(JUMPS),
-        st.sampled_from(["ACCEPT", "KUMA", "kuma_mesh", "KUMA_MES", "KUMA_MESH", "KUMA_MESHCTL_ALLOW"]),
+        st.sampled_from(
+            ["ACCEPT", "KUMA", "kuma_mesh", "KUMA_MES", "KUMA_MESH", "KUMA_MESHCTL_ALLOW"]
+        ),
     ),
     st.tuples(
         st.just("--comment"),

@@ -17,7 +17,10 @@ from tproxy_firewalld.kuma import KumaSettings
 def test_the_generated_docs_are_up_to_date() -> None:
     """README's settings table and the Ansible module's option docs (scripts/gen-docs)."""
     check = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "gen-docs"), "--check"], capture_output=True, text=True, check=False
+        [sys.executable, str(REPO / "scripts" / "gen-docs"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert check.returncode == 0, check.stderr
     readme = (REPO / "README.md").read_text()
@@ -34,7 +37,10 @@ def test_the_cli_options_are_the_table_flags() -> None:
         assert flags <= shown, (command, flags - shown)
         for f in KumaSettings.flag_fields():
             if f.kind != "list" or f.default:
-                assert f"(default: {f.default_text})" in " ".join(help_text.split()), (command, f.flag)
+                assert f"(default: {f.default_text})" in " ".join(help_text.split()), (
+                    command,
+                    f.flag,
+                )
 
 
 def test_every_exit_code_is_documented() -> None:

@@ -78,12 +78,23 @@ def files_of(root: Path) -> dict[str, bytes]:
 
 def test_the_file_is_read_and_edited_as_firewalld_reads_it() -> None:
     text = "# RFC3964_IPv4=no\n;RFC3964_IPv4=no\n RFC3964_IPv4 = Yes \nRFC3964_IPv4=no\nX=a=b\n"
-    assert parse_conf(text) == {"RFC3964_IPv4": "Yes"}, "comments skipped, the first definition wins"
+    assert parse_conf(text) == {"RFC3964_IPv4": "Yes"}, (
+        "comments skipped, the first definition wins"
+    )
     edited = set_in_conf(text, "RFC3964_IPv4", "no")
-    assert edited == text.replace(" RFC3964_IPv4 = Yes \n", "RFC3964_IPv4=no\n"), "that line, nothing else"
-    assert set_in_conf("A=1\r\nRFC3964_IPv4=yes\r\n", "RFC3964_IPv4", "no") == "A=1\r\nRFC3964_IPv4=no\r\n"
-    assert set_in_conf("A=1", "StrictForwardPorts", "no") == "A=1\nStrictForwardPorts=no\n", "appended"
-    assert set_in_conf("RFC3964_IPv4=\n", "RFC3964_IPv4", "no").endswith("RFC3964_IPv4=\nRFC3964_IPv4=no\n")
+    assert edited == text.replace(" RFC3964_IPv4 = Yes \n", "RFC3964_IPv4=no\n"), (
+        "that line, nothing else"
+    )
+    assert (
+        set_in_conf("A=1\r\nRFC3964_IPv4=yes\r\n", "RFC3964_IPv4", "no")
+        == "A=1\r\nRFC3964_IPv4=no\r\n"
+    )
+    assert set_in_conf("A=1", "StrictForwardPorts", "no") == "A=1\nStrictForwardPorts=no\n", (
+        "appended"
+    )
+    assert set_in_conf("RFC3964_IPv4=\n", "RFC3964_IPv4", "no").endswith(
+        "RFC3964_IPv4=\nRFC3964_IPv4=no\n"
+    )
     # firewalld: no/false (any case) off, yes/true on, anything else the default
     assert [is_on(v, "yes") for v in ("no", "FALSE", "yes", "True", "maybe", "", None)] == [
         False, False, True, True, True, True, True,
@@ -125,15 +136,26 @@ def test_with_consent_offline_the_file_is_changed_recorded_and_put_back(tmp_path
 
     dry = run_tp("install", "--root", str(root), CONSENT, "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert "firewalld.conf: RFC3964_IPv4=no (was yes, applied at firewalld's next start)" in dry.stdout
-    assert files_of(root) == before, "--dry-run changes nothing"
-    doc = json.loads(run_tp("install", "--root", str(root), CONSENT, "--dry-run", "-o", "json").stdout)
-    assert doc["changed"] is True
-    assert {"step": "firewalld-conf", "name": "RFC3964_IPv4", "before": "yes", "after": "no"}.items() <= (
-        next(s for s in doc["steps"] if s["step"] == "firewalld-conf").items()
+    assert (
+        "firewalld.conf: RFC3964_IPv4=no (was yes, applied at firewalld's next start)" in dry.stdout
     )
-    assert [s["step"] for s in doc["steps"]] == ["file", "firewalld-conf", "record"], "no reload offline"
-    assert {"name": "RFC3964_IPv4", "value": "yes", "wanted": "no", "in_sync": False} in doc["firewalld_conf"]
+    assert files_of(root) == before, "--dry-run changes nothing"
+    doc = json.loads(
+        run_tp("install", "--root", str(root), CONSENT, "--dry-run", "-o", "json").stdout
+    )
+    assert doc["changed"] is True
+    assert {
+        "step": "firewalld-conf",
+        "name": "RFC3964_IPv4",
+        "before": "yes",
+        "after": "no",
+    }.items() <= (next(s for s in doc["steps"] if s["step"] == "firewalld-conf").items())
+    assert [s["step"] for s in doc["steps"]] == ["file", "firewalld-conf", "record"], (
+        "no reload offline"
+    )
+    assert {"name": "RFC3964_IPv4", "value": "yes", "wanted": "no", "in_sync": False} in doc[
+        "firewalld_conf"
+    ]
 
     out = run_tp("install", "--root", str(root), CONSENT)
     assert out.returncode == 0, out.stderr
@@ -144,17 +166,28 @@ def test_with_consent_offline_the_file_is_changed_recorded_and_put_back(tmp_path
     assert conf.read_text() == STOCK_CONF.replace("RFC3964_IPv4=yes", "RFC3964_IPv4=no"), "one line"
     info = os.stat(conf)
     assert (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) == (0o640, 1234, 1235)
-    assert conf.with_name("firewalld.conf.old").read_text() == STOCK_CONF, "firewalld-style .old backup"
+    assert conf.with_name("firewalld.conf.old").read_text() == STOCK_CONF, (
+        "firewalld-style .old backup"
+    )
     record = read_record(root / "var/lib/tproxy-firewalld/installed.json")
-    assert record is not None and record.firewalld_conf == (ConfChange("RFC3964_IPv4", "yes", "no"),)
-    assert run_tp("install", "--root", str(root), CONSENT).stdout.strip() == "install: nothing to do"
+    assert record is not None and record.firewalld_conf == (
+        ConfChange("RFC3964_IPv4", "yes", "no"),
+    )
+    assert (
+        run_tp("install", "--root", str(root), CONSENT).stdout.strip() == "install: nothing to do"
+    )
     diff = run_tp("diff", "--root", str(root))
     assert diff.returncode == 0 and "firewalld.conf: RFC3964_IPv4=no: in sync" in diff.stdout
     status = run_tp("status", "--root", str(root)).stdout
-    assert "firewalld.conf: RFC3964_IPv4=no (set by install, was yes; uninstall puts it back)" in status
+    assert (
+        "firewalld.conf: RFC3964_IPv4=no (set by install, was yes; uninstall puts it back)"
+        in status
+    )
 
     out = run_tp("uninstall", "--root", str(root)).stdout
-    assert "firewalld.conf: RFC3964_IPv4=yes (was no, applied at firewalld's next start)" in out, out
+    assert "firewalld.conf: RFC3964_IPv4=yes (was no, applied at firewalld's next start)" in out, (
+        out
+    )
     assert conf.read_text() == STOCK_CONF
     assert file_config_of(root).ours(OWNER).is_empty()
 
@@ -183,12 +216,18 @@ def test_uninstall_leaves_a_setting_somebody_changed_since(tmp_path: Path) -> No
     assert "RFC3964_IPv4=yes" in conf.read_text()
 
 
-def test_a_missing_firewalld_conf_means_firewalld_defaults_and_is_never_created(tmp_path: Path) -> None:
+def test_a_missing_firewalld_conf_means_firewalld_defaults_and_is_never_created(
+    tmp_path: Path,
+) -> None:
     root = tmp_path / "root"
     result = run_tp("install", "--root", str(root))
     assert result.returncode == 12 and "firewalld has RFC3964_IPv4=yes" in result.stderr
     result = run_tp("install", "--root", str(root), CONSENT)
-    assert result.returncode == 12 and "does not exist" in result.stderr and "install firewalld first" in result.stderr
+    assert (
+        result.returncode == 12
+        and "does not exist" in result.stderr
+        and "install firewalld first" in result.stderr
+    )
     assert files_of(root) == {}, "nothing created"
 
 
@@ -216,14 +255,21 @@ def test_consent_from_the_config_file_and_the_environment(tmp_path: Path) -> Non
     root = stock_root(tmp_path)
     config = tmp_path / "tp.yaml"
     config.write_text("configureFirewalld: true\n")
-    assert run_tp("install", "--root", str(root), "--config", str(config), "--dry-run").returncode == 0
+    assert (
+        run_tp("install", "--root", str(root), "--config", str(config), "--dry-run").returncode == 0
+    )
     env = {"KUMA_TRANSPARENT_PROXY_CONFIGURE_FIREWALLD": "true"}
     assert run_tp("install", "--root", str(root), "--dry-run", env=env).returncode == 0
     assert run_tp("install", "--root", str(root), "--dry-run").returncode == 12
-    assert KumaSettings.field("configure_firewalld").env == "KUMA_TRANSPARENT_PROXY_CONFIGURE_FIREWALLD"
+    assert (
+        KumaSettings.field("configure_firewalld").env
+        == "KUMA_TRANSPARENT_PROXY_CONFIGURE_FIREWALLD"
+    )
 
 
-def test_the_record_without_firewalld_conf_still_reads_and_a_bad_one_is_refused(tmp_path: Path) -> None:
+def test_the_record_without_firewalld_conf_still_reads_and_a_bad_one_is_refused(
+    tmp_path: Path,
+) -> None:
     root = stock_root(tmp_path)
     assert run_tp("install", "--root", str(root), CONSENT).returncode == 0
     path = root / "var/lib/tproxy-firewalld/installed.json"
@@ -235,7 +281,11 @@ def test_the_record_without_firewalld_conf_still_reads_and_a_bad_one_is_refused(
     path.write_text(json.dumps(old))  # as an install before this change wrote it
     record = read_record(path)
     assert record is not None and record.firewalld_conf == ()
-    for bad in ([{"name": "LogDenied", "before": "off", "after": "all"}], [{"name": "RFC3964_IPv4", "before": "yes\n", "after": "no; x"}], "yes"):
+    for bad in (
+        [{"name": "LogDenied", "before": "off", "after": "all"}],
+        [{"name": "RFC3964_IPv4", "before": "yes\n", "after": "no; x"}],
+        "yes",
+    ):
         path.write_text(json.dumps({**doc, "firewalld_conf": bad}))
         with pytest.raises(RecordError):
             read_record(path)
@@ -256,8 +306,12 @@ def test_live_steps_in_order_and_uninstall_puts_it_back(tmp_path: Path) -> None:
         api.install(load({"--kuma-dp-user": "5678"}), target=target, client=fake.factory())
     message = refused.value.message
     assert "RFC3964_IPv4=yes" in message and "StrictForwardPorts=yes" in message
-    assert "--ip-family-mode" not in message, "IPv4 rules would still be defeated by StrictForwardPorts"
-    assert "it changes firewalld.conf through firewalld's D-Bus API and reloads firewalld" in message
+    assert "--ip-family-mode" not in message, (
+        "IPv4 rules would still be defeated by StrictForwardPorts"
+    )
+    assert (
+        "it changes firewalld.conf through firewalld's D-Bus API and reloads firewalld" in message
+    )
     assert fake.changes == []
 
     result = api.install(consented(), target=target, client=fake.factory())
@@ -277,7 +331,11 @@ def test_live_steps_in_order_and_uninstall_puts_it_back(tmp_path: Path) -> None:
 
     fake.changes.clear()
     result = api.uninstall(target=target, client=fake.factory())
-    assert fake.changes[-3:] == ["config.Set RFC3964_IPv4=yes", "config.Set StrictForwardPorts=yes", "reload"]
+    assert fake.changes[-3:] == [
+        "config.Set RFC3964_IPv4=yes",
+        "config.Set StrictForwardPorts=yes",
+        "reload",
+    ]
     assert fake.applied == {"RFC3964_IPv4": "yes", "StrictForwardPorts": "yes"}
     assert fake.runtime().ours(OWNER).is_empty() and fake.permanent() == FOREIGN
 
@@ -326,7 +384,9 @@ def test_live_uninstall_leaves_a_setting_somebody_changed_since(tmp_path: Path) 
     fake.conf["RFC3964_IPv4"] = "true"  # an admin turned it back on (another spelling of yes)
     fake.changes.clear()
     result = api.uninstall(target=target, client=fake.factory())
-    assert not [c for c in fake.changes if c.startswith("config.Set") or c == "reload"], fake.changes
+    assert not [c for c in fake.changes if c.startswith("config.Set") or c == "reload"], (
+        fake.changes
+    )
     assert [w.code for w in result.warnings] == ["firewalld-conf-kept"]
     assert result.warnings[0].message.startswith("RFC3964_IPv4 is true now, not the no install set")
     assert fake.conf["RFC3964_IPv4"] == "true"
@@ -389,14 +449,24 @@ def test_stock_firewalld_refuses_then_consent_makes_ipv6_redirects_work_and_unin
         with watch_bus(sb) as members:
             refused = tpfw(sb, "install", check=False)
         assert refused.returncode == 12 and refused.stdout == ""
-        assert refused.stderr.startswith("Error: firewalld has RFC3964_IPv4=yes: ") and refused.stderr.count("\n") == 1
-        assert "getAllRules" in members and not CHANGING_MEMBERS & set(members) and "Set" not in members
+        assert (
+            refused.stderr.startswith("Error: firewalld has RFC3964_IPv4=yes: ")
+            and refused.stderr.count("\n") == 1
+        )
+        assert (
+            "getAllRules" in members
+            and not CHANGING_MEMBERS & set(members)
+            and "Set" not in members
+        )
         assert sandbox_state(sb) == before
         assert ipv6_served(sb, peer) == direct
 
         # --dry-run with consent shows the change and makes none.
         dry = tpfw(sb, "install", "--configure-firewalld", "--dry-run").stdout
-        assert "firewalld.conf: RFC3964_IPv4=no (was yes)\nfirewalld reloaded (applies RFC3964_IPv4)\n" in dry
+        assert (
+            "firewalld.conf: RFC3964_IPv4=no (was yes)\nfirewalld reloaded (applies RFC3964_IPv4)\n"
+            in dry
+        )
         assert sandbox_state(sb) == before
 
         # With consent: set over D-Bus, reloaded; both directions reach the proxy.
@@ -412,17 +482,27 @@ def test_stock_firewalld_refuses_then_consent_makes_ipv6_redirects_work_and_unin
         assert members.index("update") < members.index("Set") < members.index("reload"), members
         assert "RFC3964_IPv4=no" in (sb.etc_dir / "firewalld.conf").read_text()
         assert ipv6_served(sb, peer) == ("proxy-out", endpoint(peer.ipv6, APP_PORT))
-        assert ipv6_served(sb, peer, inbound=True) == ("proxy-in", endpoint(peer.local_ipv6, APP_PORT))
-        assert tpfw(sb, "install", "--configure-firewalld").stdout.strip() == "install: nothing to do"
+        assert ipv6_served(sb, peer, inbound=True) == (
+            "proxy-in",
+            endpoint(peer.local_ipv6, APP_PORT),
+        )
+        assert (
+            tpfw(sb, "install", "--configure-firewalld").stdout.strip() == "install: nothing to do"
+        )
         assert tpfw(sb, "diff").stdout.count("firewalld.conf: RFC3964_IPv4=no: in sync") == 1
         # firewalld.conf, not firewalld's memory: it survives a restart
         assert sb.restart_firewalld() == "running"
         assert ipv6_served(sb, peer) == ("proxy-out", endpoint(peer.ipv6, APP_PORT))
 
         out = tpfw(sb, "uninstall").stdout
-        assert "firewalld.conf: RFC3964_IPv4=yes (was no); firewalld reloaded (applies RFC3964_IPv4)" in out
+        assert (
+            "firewalld.conf: RFC3964_IPv4=yes (was no); firewalld reloaded (applies RFC3964_IPv4)"
+            in out
+        )
         after = sandbox_state(sb)
         assert after[:2] == before[:2] and after[4:] == before[4:], "firewalld, lo and the record"
-        assert parse_conf(after[3].decode()) == parse_conf(before[3].decode()), "firewalld.conf's settings"
+        assert parse_conf(after[3].decode()) == parse_conf(before[3].decode()), (
+            "firewalld.conf's settings"
+        )
         assert ipv6_served(sb, peer) == direct
         assert ipv6_served(sb, peer, inbound=True) is None, "nothing listens on 8080 here"

@@ -9,7 +9,6 @@ import shlex
 from pathlib import Path
 
 import pytest
-
 from helpers import cli_runner, ready_root
 
 from tproxy_firewalld.cli import app
@@ -76,7 +75,18 @@ def test_kumactls_dry_run_spelling_is_ours_on_install(tmp_path: Path) -> None:
     assert code == 0 and "install: direct.xml:" in out and "would change" not in out
     assert (tmp_path / "img/etc/firewalld/direct.xml").exists()
     # elsewhere it changes nothing it would not change anyway: render still renders
-    render = runner.invoke(app, ["render", "--direct-xml", str(tmp_path / "x.xml"), "--kuma-dp-user", "0", "--dry-run", "--verbose"])
+    render = runner.invoke(
+        app,
+        [
+            "render",
+            "--direct-xml",
+            str(tmp_path / "x.xml"),
+            "--kuma-dp-user",
+            "0",
+            "--dry-run",
+            "--verbose",
+        ],
+    )
     assert render.exit_code == 0 and "<direct>" in render.stdout
 
 
@@ -84,42 +94,113 @@ def test_kumactls_dry_run_spelling_is_ours_on_install(tmp_path: Path) -> None:
     ("line", "message"),
     [
         # another release's flag, named with the releases that have it
-        ("--kuma-version 2.7 --iptables-logs", "--iptables-logs: Kuma 2.7 has no such setting (it exists in Kuma 2.11, 2.12, 2.13, 2.14)"),
-        ("--kuma-version 2.7 --exclude-outbound-ips 10.0.0.1", "--exclude-outbound-ips: Kuma 2.7 has no such setting"),
-        ("--kuma-version 2.7 --disable-comments=false", "--disable-comments: Kuma 2.7 has no such setting"),
-        ("--kuma-version 2.7 --iptables-executables iptables:/x", "--iptables-executables: Kuma 2.7 has no such"),
-        ("--redirect-inbound-port-v6 15006", "--redirect-inbound-port-v6: Kuma 2.14 has no such setting (it exists in Kuma 2.7)"),
-        ("--kuma-version 2.13 --exclude-outbound-tcp-ports-for-uids 53:1", "Kuma 2.13 has no such setting (it exists in Kuma 2.7)"),
-        ("--kuma-version 2.12 --redirect-dns-upstream-target-chain RETURN", "Kuma 2.12 has no such setting"),
-        ("--kuma-version 2.10", "--kuma-version: value '2.10' is not a supported Kuma release: one of 2.7, 2.11, 2.12, 2.13, 2.14"),
+        (
+            "--kuma-version 2.7 --iptables-logs",
+            "--iptables-logs: Kuma 2.7 has no such setting (it exists in Kuma 2.11, 2.12, 2.13, 2.14)",
+        ),
+        (
+            "--kuma-version 2.7 --exclude-outbound-ips 10.0.0.1",
+            "--exclude-outbound-ips: Kuma 2.7 has no such setting",
+        ),
+        (
+            "--kuma-version 2.7 --disable-comments=false",
+            "--disable-comments: Kuma 2.7 has no such setting",
+        ),
+        (
+            "--kuma-version 2.7 --iptables-executables iptables:/x",
+            "--iptables-executables: Kuma 2.7 has no such",
+        ),
+        (
+            "--redirect-inbound-port-v6 15006",
+            "--redirect-inbound-port-v6: Kuma 2.14 has no such setting (it exists in Kuma 2.7)",
+        ),
+        (
+            "--kuma-version 2.13 --exclude-outbound-tcp-ports-for-uids 53:1",
+            "Kuma 2.13 has no such setting (it exists in Kuma 2.7)",
+        ),
+        (
+            "--kuma-version 2.12 --redirect-dns-upstream-target-chain RETURN",
+            "Kuma 2.12 has no such setting",
+        ),
+        (
+            "--kuma-version 2.10",
+            "--kuma-version: value '2.10' is not a supported Kuma release: one of 2.7, 2.11, 2.12, 2.13, 2.14",
+        ),
         # kumactl's own refusals of its operational flags
-        ("--disable-comments", "--disable-comments: is not supported: the comments are how tproxy-firewalld"),
-        ("--ebpf-enabled", "--ebpf-enabled: is not supported: eBPF mode installs no iptables rules"),
+        (
+            "--disable-comments",
+            "--disable-comments: is not supported: the comments are how tproxy-firewalld",
+        ),
+        (
+            "--ebpf-enabled",
+            "--ebpf-enabled: is not supported: eBPF mode installs no iptables rules",
+        ),
         ("--wait x", "--wait: value 'x' is not a valid unsigned integer"),
         ("--wait -1", "--wait: value '-1' is not a valid unsigned integer"),
         ("--wait-interval 1.5", "--wait-interval: value '1.5' is not a valid unsigned integer"),
-        ("--max-retries -1", "--max-retries: value '-1' is not a valid unsigned integer (kumactl 2.14 takes a uint)"),
-        ("--sleep-between-retries 2s", "--sleep-between-retries: value '2s' is refused, as kumactl 2.14 refuses it"),
-        ("--kuma-version 2.7 --sleep-between-retries 5", "value '5' is not a Go duration (kumactl 2.7 takes e.g. 2s"),
+        (
+            "--max-retries -1",
+            "--max-retries: value '-1' is not a valid unsigned integer (kumactl 2.14 takes a uint)",
+        ),
+        (
+            "--sleep-between-retries 2s",
+            "--sleep-between-retries: value '2s' is refused, as kumactl 2.14 refuses it",
+        ),
+        (
+            "--kuma-version 2.7 --sleep-between-retries 5",
+            "value '5' is not a Go duration (kumactl 2.7 takes e.g. 2s",
+        ),
         ("--verbose=maybe", "--verbose: value 'maybe' is not a valid boolean"),
-        ("--iptables-executables iptables", "invalid format in 'iptables': expected '<name>:<path>'"),
-        ("--iptables-executables iptable:/usr/sbin/iptables", "unsupported executable name 'iptable'"),
+        (
+            "--iptables-executables iptables",
+            "invalid format in 'iptables': expected '<name>:<path>'",
+        ),
+        (
+            "--iptables-executables iptable:/usr/sbin/iptables",
+            "unsupported executable name 'iptable'",
+        ),
         # pflag's `--flag false` is --flag (true): refused, not reproduced
-        ("--redirect-inbound false", "--redirect-inbound false: kumactl reads this as --redirect-inbound (true) and ignores 'false'; write --redirect-inbound=false"),
+        (
+            "--redirect-inbound false",
+            "--redirect-inbound false: kumactl reads this as --redirect-inbound (true) and ignores 'false'; write --redirect-inbound=false",
+        ),
         ("--dry-run true", "--dry-run true: kumactl reads this as --dry-run (true)"),
         # kumactl's refusals of values
-        ("--exclude-outbound-ips ''", "--exclude-outbound-ips: invalid exclusion rule: the rule cannot be empty"),
-        ("--exclude-inbound-ips 10.0.0.1 --exclude-inbound-ips ''", "--exclude-inbound-ips: invalid exclusion rule: the rule cannot be empty"),
-        ("--exclude-outbound-ports-for-uids ''", "an empty UID is refused: kumactl 2.9+ turns it into a RETURN without an owner match"),
+        (
+            "--exclude-outbound-ips ''",
+            "--exclude-outbound-ips: invalid exclusion rule: the rule cannot be empty",
+        ),
+        (
+            "--exclude-inbound-ips 10.0.0.1 --exclude-inbound-ips ''",
+            "--exclude-inbound-ips: invalid exclusion rule: the rule cannot be empty",
+        ),
+        (
+            "--exclude-outbound-ports-for-uids ''",
+            "an empty UID is refused: kumactl 2.9+ turns it into a RETURN without an owner match",
+        ),
         ("--exclude-outbound-ports-for-uids tcp:80:", "an empty UID is refused"),
-        ("--ip-family-mode IPv4", "--ip-family-mode: value 'IPv4' is refused: kumactl accepts it but compares case-sensitively, so it means dualstack there"),
+        (
+            "--ip-family-mode IPv4",
+            "--ip-family-mode: value 'IPv4' is refused: kumactl accepts it but compares case-sensitively, so it means dualstack there",
+        ),
         ("--ip-family-mode ipv6", "must be one of 'dualstack' or 'ipv4'"),
-        ("--exclude-outbound-ips ::ffff:10.1.2.0/120", "'::ffff:10.1.2.0/120' is refused: kumactl counts an IPv4-mapped address as IPv4 and writes it verbatim into its IPv4 rules, where iptables refuses the prefix (invalid mask), so kumactl's install fails; write it as IPv4 (10.1.2.0/24)"),
-        ("--vnet br0:::ffff:10.0.0.0/104", "'br0:::ffff:10.0.0.0/104' is refused: kumactl counts an IPv4-mapped network as IPv4"),
-        ("--kuma-version 2.7 --exclude-outbound-ports 1 --exclude-outbound-udp-ports-for-uids 53:1", "you can't use --exclude-outbound-tcp-ports-for-uids and --exclude-outbound-udp-ports-for-uids anymore"),
+        (
+            "--exclude-outbound-ips ::ffff:10.1.2.0/120",
+            "'::ffff:10.1.2.0/120' is refused: kumactl counts an IPv4-mapped address as IPv4 and writes it verbatim into its IPv4 rules, where iptables refuses the prefix (invalid mask), so kumactl's install fails; write it as IPv4 (10.1.2.0/24)",
+        ),
+        (
+            "--vnet br0:::ffff:10.0.0.0/104",
+            "'br0:::ffff:10.0.0.0/104' is refused: kumactl counts an IPv4-mapped network as IPv4",
+        ),
+        (
+            "--kuma-version 2.7 --exclude-outbound-ports 1 --exclude-outbound-udp-ports-for-uids 53:1",
+            "you can't use --exclude-outbound-tcp-ports-for-uids and --exclude-outbound-udp-ports-for-uids anymore",
+        ),
     ],
 )
-def test_what_kumactl_refuses_is_refused_with_a_reason(tmp_path: Path, line: str, message: str) -> None:
+def test_what_kumactl_refuses_is_refused_with_a_reason(
+    tmp_path: Path, line: str, message: str
+) -> None:
     code, out, err = install_dry_run(tmp_path, "--kuma-dp-user 0 " + line)
     assert code == 2, (out, err)
     assert err.startswith("Error: ") and err.count("\n") == 1, err
@@ -128,11 +209,17 @@ def test_what_kumactl_refuses_is_refused_with_a_reason(tmp_path: Path, line: str
 
 
 def test_repeated_flags_and_the_help_that_says_which_add_up() -> None:
-    help_text = " ".join(runner.invoke(app, ["install", "--help"], terminal_width=300).stdout.split())
+    help_text = " ".join(
+        runner.invoke(app, ["install", "--help"], terminal_width=300).stdout.split()
+    )
     for f in KumaSettings.flag_fields():
         if f.kind != "list":
             continue
-        said = "a repeated flag replaces the list" if f.repeat == "replace" else "repeated flags add up"
+        said = (
+            "a repeated flag replaces the list"
+            if f.repeat == "replace"
+            else "repeated flags add up"
+        )
         assert f"{f.flag} " in help_text and said in f.help, f.flag
     s = KumaSettings.load(
         flags={
@@ -145,7 +232,12 @@ def test_repeated_flags_and_the_help_that_says_which_add_up() -> None:
     )
     assert s.exclude_inbound_ports == (2000,)
     # kumactl 2.7 puts the deprecated tcp, then udp entries after the others
-    assert [x.to_text() for x in s.uid_exclusions] == ["tcp,udp:1-65535:7", "tcp:1:2", "tcp:3:4", "udp:5:6"]
+    assert [x.to_text() for x in s.uid_exclusions] == [
+        "tcp,udp:1-65535:7",
+        "tcp:1:2",
+        "tcp:3:4",
+        "udp:5:6",
+    ]
 
 
 def test_ipv4_mapped_exclusions_become_ipv4_rules_as_in_kumactl() -> None:
@@ -187,11 +279,22 @@ def test_nameservers_duplicates_once_mapped_as_ipv4_and_capped(tmp_path: Path) -
     # unparsable entries as unrestricted IPv6 redirects. Here: each once, mapped as IPv4, the
     # unparsable skipped (README, "Where it differs").
     assert read_nameservers(str(conf)) == ("10.0.0.2", "10.0.0.9")
-    s = KumaSettings.load(flags={"--redirect-dns": True, "--kuma-dp-user": "0"}, resolv_conf_path=str(conf))
-    rules = [r for r in build_ruleset(s).rules if "REDIRECT" in r.args and "udp" in r.args and r.chain == "OUTPUT"]
-    assert sorted((r.ipv, r.args[r.args.index("-d") + 1]) for r in rules) == [("ipv4", "10.0.0.2"), ("ipv4", "10.0.0.9")]
+    s = KumaSettings.load(
+        flags={"--redirect-dns": True, "--kuma-dp-user": "0"}, resolv_conf_path=str(conf)
+    )
+    rules = [
+        r
+        for r in build_ruleset(s).rules
+        if "REDIRECT" in r.args and "udp" in r.args and r.chain == "OUTPUT"
+    ]
+    assert sorted((r.ipv, r.args[r.args.index("-d") + 1]) for r in rules) == [
+        ("ipv4", "10.0.0.2"),
+        ("ipv4", "10.0.0.9"),
+    ]
     many = tmp_path / "many.conf"
-    many.write_text("nameserver 10.0.0.1\n" * 2000 + "".join(f"nameserver 10.1.0.{i}\n" for i in range(40)))
+    many.write_text(
+        "nameserver 10.0.0.1\n" * 2000 + "".join(f"nameserver 10.1.0.{i}\n" for i in range(40))
+    )
     with pytest.raises(SettingsError, match="lists 41 nameservers; at most 32"):
         read_nameservers(str(many))
 
@@ -205,16 +308,24 @@ def test_kuma_version_from_flag_config_and_environment(tmp_path: Path) -> None:
     assert KumaSettings.load(env=env, flags={"--kuma-version": "2.7"}).kuma_version == "2.7"
     assert KumaSettings.load().kuma_version == "2.14"
     conf.write_text("kumaVersion: 2.10\n")
-    with pytest.raises(SettingsError, match=re.escape("give it as a string: YAML reads 2.10 as the number 2.1")):
+    with pytest.raises(
+        SettingsError, match=re.escape("give it as a string: YAML reads 2.10 as the number 2.1")
+    ):
         KumaSettings.load(config_files=[str(conf)])
     # a 2.9+ setting from a config file is refused for 2.7 too
     conf.write_text("kumaVersion: '2.7'\ndropInvalidPackets: true\n")
-    with pytest.raises(SettingsError, match=re.escape("dropInvalidPackets: Kuma 2.7 has no such setting")):
+    with pytest.raises(
+        SettingsError, match=re.escape("dropInvalidPackets: Kuma 2.7 has no such setting")
+    ):
         KumaSettings.load(config_files=[str(conf)])
     # and a library value or a record with one
-    with pytest.raises(SettingsError, match=re.escape("iptables_logs: Kuma 2.7 has no such setting")):
+    with pytest.raises(
+        SettingsError, match=re.escape("iptables_logs: Kuma 2.7 has no such setting")
+    ):
         KumaSettings(kuma_version="2.7", iptables_logs=True)
-    with pytest.raises(SettingsError, match=re.escape("redirect_inbound_port_v6: Kuma 2.13 has no such setting")):
+    with pytest.raises(
+        SettingsError, match=re.escape("redirect_inbound_port_v6: Kuma 2.13 has no such setting")
+    ):
         KumaSettings.from_json({"kuma_version": "2.13", "redirect_inbound_port_v6": 1})
 
 
@@ -223,7 +334,12 @@ def test_2_7_flags_mean_what_they_mean_in_kumactl_2_7(tmp_path: Path) -> None:
     s = KumaSettings.load(flags=base)
     assert (s.inbound_port("ipv4"), s.inbound_port("ipv6")) == (12346, 15006)
     assert [w.code for w in s.warnings] == ["ipv6-inbound-port"]
-    assert KumaSettings.load(flags={**base, "--redirect-inbound-port-v6": "15010"}).inbound_port("ipv6") == 12346
+    assert (
+        KumaSettings.load(flags={**base, "--redirect-inbound-port-v6": "15010"}).inbound_port(
+            "ipv6"
+        )
+        == 12346
+    )
     assert KumaSettings.load(flags={**base, "--redirect-inbound-port-v6": "0"}).ipvs == ("ipv4",)
     assert KumaSettings.load(flags={"--kuma-version": "2.7", "--kuma-dp-uid": "4321"}).uid == 4321
     root = KumaSettings.load(flags={"--kuma-dp-uid": "root"})
@@ -239,4 +355,21 @@ def test_render_for_a_pasted_2_7_line_is_2_7s_rule_set(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stderr
     config = parse_direct_xml(result.stdout.encode())
     assert not any("comment" in r.args for r in config.rules)
-    assert any(r.args == ("-m", "multiport", "-p", "tcp", "--dport", "53", "-m", "owner", "--uid-owner", "106", "-j", "RETURN") for r in config.rules)
+    assert any(
+        r.args
+        == (
+            "-m",
+            "multiport",
+            "-p",
+            "tcp",
+            "--dport",
+            "53",
+            "-m",
+            "owner",
+            "--uid-owner",
+            "106",
+            "-j",
+            "RETURN",
+        )
+        for r in config.rules
+    )

@@ -82,7 +82,13 @@ def kumactl_store(stdout: str) -> Optional[str]:
     return f'<?xml version="1.0" encoding="UTF-8"?>\n<direct>{body}\n</direct>'
 
 
-def dry_run(settings: KumaSettings, *, comments: bool = True, header: bool = True, ipvs: Optional[tuple[str, ...]] = None) -> str:
+def dry_run(
+    settings: KumaSettings,
+    *,
+    comments: bool = True,
+    header: bool = True,
+    ipvs: Optional[tuple[str, ...]] = None,
+) -> str:
     """A release's dry-run stdout from tproxy-firewalld's render (equal to Kuma's goldens)."""
     parts = []
     for ipv in ipvs or settings.ipvs:
@@ -129,7 +135,9 @@ def istio_1_2(prefix: str = "MESH_", ipv6: bool = False) -> str:
 -A {prefix}OUTPUT -d 127.0.0.1/32 -j RETURN
 -A {prefix}OUTPUT -j {prefix}REDIRECT
 """
-    out = f"Writing following contents to rules file: /tmp/iptables-rules-1.txt\n* nat\n{v4}COMMIT\n"
+    out = (
+        f"Writing following contents to rules file: /tmp/iptables-rules-1.txt\n* nat\n{v4}COMMIT\n"
+    )
     if ipv6:
         v6 = (
             v4.replace("127.0.0.6/32", "::6/128")
@@ -217,7 +225,9 @@ def generations() -> dict[str, str]:
         .read_text()
         .replace("ifPlaceholder", "lo")
         .replace("--uid-owner 0", f"--uid-owner {UID}"),
-        "2.11-golden-overrides": (goldens / "2.11" / "install-transparent-proxy.overrides.golden.txt")
+        "2.11-golden-overrides": (
+            goldens / "2.11" / "install-transparent-proxy.overrides.golden.txt"
+        )
         .read_text()
         .replace("ifPlaceholder", "lo")
         .replace("--uid-owner 0", f"--uid-owner {UID}"),
@@ -320,7 +330,9 @@ def test_every_generation_offline_listed_removed_replaced(tmp_path: Path, name: 
 
         code, out, _ = cli("uninstall", *args)
         assert code == 0, out
-        assert file_config_at(path).entries() == foreign_config().entries(), "exactly the foreign entries are left"
+        assert file_config_at(path).entries() == foreign_config().entries(), (
+            "exactly the foreign entries are left"
+        )
 
         code, out, _ = cli("uninstall", *args, "--remove-suspected")
         assert code == 0
@@ -367,11 +379,16 @@ def test_2_7_ownership_by_exact_match_with_the_record(tmp_path: Path) -> None:
     code, out, err = cli("install", "--root", str(root), *line)
     assert code == 0, err
     installed = file_config_at(path)
-    unmarked = [r for r in installed.rules if not KUMA.owner.marks(r) and r not in foreign_config().rules]
+    unmarked = [
+        r for r in installed.rules if not KUMA.owner.marks(r) and r not in foreign_config().rules
+    ]
     assert len(unmarked) > 10 and all(r.chain in ("PREROUTING", "OUTPUT") for r in unmarked)
     assert cli("diff", "--root", str(root))[0] == 0
     code, out, _ = cli("status", "--root", str(root))
-    assert "kumactl leftovers" not in out and f"file: {len(installed) - len(foreign_config())} of our entries" in out
+    assert (
+        "kumactl leftovers" not in out
+        and f"file: {len(installed) - len(foreign_config())} of our entries" in out
+    )
     assert "recorded: Kuma 2.7 rule set, installed " in out, out
     # the record goes: the rules for UID 4321 are no longer known, so only suspected
     (root / "var/lib/tproxy-firewalld/installed.json").unlink()
@@ -397,19 +414,29 @@ def test_a_bare_drop_invalid_rule_is_kumactls_only_for_settings_that_drop(tmp_pa
     path.write_text(with_foreign(xml))
     drop = "rule ipv4 mangle PREROUTING 3 -m conntrack --ctstate INVALID -j DROP"
     code, out, _ = cli("status", "--root", str(root))
-    assert f"  ? {drop}" in out and "kumactl's --drop-invalid-packets rule without its comment" in out, out
+    assert (
+        f"  ? {drop}" in out and "kumactl's --drop-invalid-packets rule without its comment" in out
+    ), out
     assert cli("uninstall", "--root", str(root))[0] == 0
     assert drop in {e.describe() for e in file_config_at(path).rules}, "left: only suspected"
     path.write_text(with_foreign(xml))
-    code, out, err = cli("install", "--root", str(root), "--kuma-dp-user", str(UID), "--drop-invalid-packets")
+    code, out, err = cli(
+        "install", "--root", str(root), "--kuma-dp-user", str(UID), "--drop-invalid-packets"
+    )
     assert code == 0, err
-    assert drop not in {e.describe() for e in file_config_at(path).rules}, "replaced: exact for the given settings"
+    assert drop not in {e.describe() for e in file_config_at(path).rules}, (
+        "replaced: exact for the given settings"
+    )
     assert _only_ours(file_config_at(path), ["--drop-invalid-packets", "true"])
 
 
 # -- property: nothing foreign is ever removed ------------------------------------------------------
 
-LEFTOVERS = {name: parse_direct_xml(xml.encode()) for name, xml in generations().items() if name not in NEEDS_SETTINGS}
+LEFTOVERS = {
+    name: parse_direct_xml(xml.encode())
+    for name, xml in generations().items()
+    if name not in NEEDS_SETTINGS
+}
 _names = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ_", min_size=1, max_size=12)
 _tables = st.sampled_from(["filter", "nat", "mangle", "raw"])
 _builtin = st.sampled_from(["INPUT", "OUTPUT", "PREROUTING", "POSTROUTING", "FORWARD"])
@@ -432,18 +459,41 @@ def foreign_entry(draw: st.DrawFn) -> Entry:
             name = "X" + name
         return Chain(draw(st.sampled_from(["ipv4", "ipv6"])), draw(_tables), name)
     if kind == "rule":
-        rule = Rule(draw(st.sampled_from(["ipv4", "ipv6"])), draw(_tables), draw(_builtin), draw(st.integers(-5, 5)), tuple(draw(_tokens)))
+        rule = Rule(
+            draw(st.sampled_from(["ipv4", "ipv6"])),
+            draw(_tables),
+            draw(_builtin),
+            draw(st.integers(-5, 5)),
+            tuple(draw(_tokens)),
+        )
         return rule
     source = draw(st.sampled_from(sorted(LEFTOVERS)))
     base = draw(st.sampled_from(sorted(LEFTOVERS[source].rules)))
     change = draw(st.sampled_from(["priority", "ipv", "value", "extra"]))
     if change == "priority":
-        return Rule(base.ipv, base.table, base.chain, draw(st.sampled_from([-1, 0, 1, 2, 4, 100])), base.args)
+        return Rule(
+            base.ipv,
+            base.table,
+            base.chain,
+            draw(st.sampled_from([-1, 0, 1, 2, 4, 100])),
+            base.args,
+        )
     if change == "ipv":
         return Rule("ipv6", base.table, base.chain, base.priority, base.args)
     if change == "extra":
-        return Rule(base.ipv, base.table, base.chain, base.priority, (*base.args, "-m", "mark", "--mark", "7"))
-    values = [i for i, a in enumerate(base.args) if a in ("5678", "15053", "15001", "15006", "53", "22", "15008") or a.startswith(("MESH_", "KUMA_"))]
+        return Rule(
+            base.ipv,
+            base.table,
+            base.chain,
+            base.priority,
+            (*base.args, "-m", "mark", "--mark", "7"),
+        )
+    values = [
+        i
+        for i, a in enumerate(base.args)
+        if a in ("5678", "15053", "15001", "15006", "53", "22", "15008")
+        or a.startswith(("MESH_", "KUMA_"))
+    ]
     if not values:
         return Rule(base.ipv, base.table, base.chain, 7, base.args)
     i = draw(st.sampled_from(values))
@@ -501,7 +551,12 @@ def test_nothing_foreign_is_ever_removed(source: str, foreign: list[Entry]) -> N
 #: rounds of several generations at once (kumactl rewrote the whole file, so a real direct.xml
 #: holds one; a mix is the harder case for recognition, and it keeps the sandbox time low)
 LIVE_ROUNDS = [
-    ["1.2-istio", "translator-testdata-KUMA_", "1.8-kuma-net-dns-conntrack", "1.8-kuma-net-dns-verbose"],
+    [
+        "1.2-istio",
+        "translator-testdata-KUMA_",
+        "1.8-kuma-net-dns-conntrack",
+        "1.8-kuma-net-dns-verbose",
+    ],
     ["2.7-ipv4-host", "2.7-verbose", "2.14-ipv4-comments", "2.14-golden-defaults"],
 ]
 
@@ -512,7 +567,9 @@ def merged(names: list[str]) -> str:
 
 
 @pytest.mark.parametrize("backend", ["nftables", "iptables"])
-def test_leftovers_live_listed_removed_replaced(make_sandbox: SandboxFactory, backend: Backend) -> None:
+def test_leftovers_live_listed_removed_replaced(
+    make_sandbox: SandboxFactory, backend: Backend
+) -> None:
     """Loaded by firewalld, listed by status, shown by uninstall --dry-run, removed by
     uninstall (runtime, permanent, file, kernel) with every foreign entry kept; the second
     round replaced by install instead."""
@@ -539,7 +596,9 @@ def test_leftovers_live_listed_removed_replaced(make_sandbox: SandboxFactory, ba
         runtime = "\n".join(direct_lines(sb))
         for e in kumas.rules:
             if not KUMA.owner.marks(e):
-                assert f"{e.ipv} {e.table} {e.chain} {e.priority} {' '.join(e.args)}" not in runtime, e
+                assert (
+                    f"{e.ipv} {e.table} {e.chain} {e.priority} {' '.join(e.args)}" not in runtime
+                ), e
         saved = sb.iptables_save("ipv4", "nat") + sb.iptables_save("ipv4", "raw")
         for gone in ("MESH_OUTPUT", "KUMA_OUTPUT", "15053", "CT --zone"):
             assert gone not in saved, (names, gone)
@@ -552,15 +611,28 @@ def test_leftovers_live_listed_removed_replaced(make_sandbox: SandboxFactory, ba
 
 
 @pytest.mark.parametrize("backend", ["nftables"])
-def test_2_7_install_live_and_uninstall_removes_its_unmarked_rules(make_sandbox: SandboxFactory, backend: Backend, tmp_path: Path) -> None:
+def test_2_7_install_live_and_uninstall_removes_its_unmarked_rules(
+    make_sandbox: SandboxFactory, backend: Backend, tmp_path: Path
+) -> None:
     sb = make_sandbox(backend)
-    tpfw(sb, "install", "--kuma-version", "2.7", "--redirect-all-dns-traffic", "--exclude-outbound-ports-for-uids", "udp:53:99")
+    tpfw(
+        sb,
+        "install",
+        "--kuma-version",
+        "2.7",
+        "--redirect-all-dns-traffic",
+        "--exclude-outbound-ports-for-uids",
+        "udp:53:99",
+    )
     saved = sb.iptables_save("ipv4", "nat")
     assert "--to-ports 15053" in saved and "comment" not in saved
     assert tpfw(sb, "diff", check=False).returncode == 0
     status = tpfw(sb, "status").stdout
-    assert "kumactl leftovers" not in status and "suspected" not in status and "drift: none" in status
+    assert (
+        "kumactl leftovers" not in status and "suspected" not in status and "drift: none" in status
+    )
     tpfw(sb, "uninstall")
     assert [line for line in direct_lines(sb) if "53" in line or "KUMA" in line] == []
-    assert "15053" not in sb.iptables_save("ipv4", "nat") and "KUMA" not in sb.iptables_save("ipv4", "nat")
-
+    assert "15053" not in sb.iptables_save("ipv4", "nat") and "KUMA" not in sb.iptables_save(
+        "ipv4", "nat"
+    )

@@ -116,7 +116,9 @@ def test_diff_names_drift_and_install_repairs_it(firewalld_sandbox: Sandbox) -> 
     result = tpfw(sb, "diff", "--redirect-outbound-port", "15999", check=False)
     assert result.returncode == 1 and "--to-ports 15999" in result.stdout
     out = tpfw(sb, "install", "--redirect-outbound-port", "15999").stdout
-    assert "runtime: +2 rules -2 rules; permanent: updated (+2 rules -2 rules); record: written" in out, out
+    assert (
+        "runtime: +2 rules -2 rules; permanent: updated (+2 rules -2 rules); record: written" in out
+    ), out
     assert tpfw(sb, "diff", check=False).returncode == 0, "diff follows the recorded settings"
     assert "--to-ports 15999" in sb.iptables_save("ipv6", "nat")
 

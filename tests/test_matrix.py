@@ -400,7 +400,9 @@ def test_offline_install_and_uninstall_apply_at_next_start(
     result = json.loads(tpfw(sb, "install", *where, "--output", "json").stdout)
     assert result["mode"] == "offline" and len(result["file"]["after"]) == len(wanted.entries())
     outcome["facts"]["offline `--root` install and uninstall"] = "applied at next start"
-    assert status_json(sb, *where[:2] if sb.root else ())["installed"] == {"file": len(wanted.entries())}
+    assert status_json(sb, *where[:2] if sb.root else ())["installed"] == {
+        "file": len(wanted.entries())
+    }
     assert sb.start_firewalld() == "running"
     assert len(ours(direct_lines(sb))) == len(wanted.entries())
     assert foreign(direct_lines(sb, permanent=True)) == permanent0
@@ -505,6 +507,7 @@ def test_firewalld_failing_on_kumas_leftover_is_recovered(
 
 # -- 4. safety -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(("version", "backend", "flush"), params())
 def test_rule_firewalld_rejects_is_rolled_back_and_firewalld_keeps_running(
     make_sandbox: SandboxFactory,
@@ -560,7 +563,9 @@ def test_status_warns_exactly_when_a_reload_flushes_other_tools_chains(
 
     def flush_warning() -> list[str]:
         sb.run("iptables", "-t", "filter", "-N", "DOCKER-USER")
-        warnings = [w["message"] for w in status_json(sb)["warnings"] if w["code"] == "iptables-flush"]
+        warnings = [
+            w["message"] for w in status_json(sb)["warnings"] if w["code"] == "iptables-flush"
+        ]
         sb.run("iptables", "-t", "filter", "-X", "DOCKER-USER")
         for warning in warnings:  # only the other tool's chain: none of firewalld's own
             assert warning.endswith(
@@ -654,7 +659,9 @@ def test_stock_firewalld_conf_is_refused_or_changed_with_consent_live_and_offlin
     destination, inbound and outbound; uninstall puts both back and traffic flows directly.
     The same offline (`--root`, firewalld stopped): firewalld.conf edited, applied at start."""
     has_strict = version.has_strict_forward_ports
-    sb = start(make_sandbox, version, backend, flush, conf={"StrictForwardPorts": "yes"}, stock=True)
+    sb = start(
+        make_sandbox, version, backend, flush, conf={"StrictForwardPorts": "yes"}, stock=True
+    )
     stock = conf_values(sb)
     assert stock == {"RFC3964_IPv4": "yes", "StrictForwardPorts": "yes"}
     defeated = ["RFC3964_IPv4", *(["StrictForwardPorts"] if has_strict else [])]
@@ -682,18 +689,32 @@ def test_stock_firewalld_conf_is_refused_or_changed_with_consent_live_and_offlin
         refused = tpfw(sb, "install", check=False)
         assert refused.returncode == 12, refused.stderr
         line = refused.stderr.strip()
-        assert line.count("\n") == 0 and "Nothing was changed" in line and "--configure-firewalld" in line
+        assert (
+            line.count("\n") == 0
+            and "Nothing was changed" in line
+            and "--configure-firewalld" in line
+        )
         for name in ("RFC3964_IPv4", "StrictForwardPorts"):
             assert (f"firewalld has {name}=yes: " in line) == (name in defeated), line
-        assert ("--ip-family-mode ipv4" in line) == (not has_strict), "IPv4 only helps without StrictForwardPorts"
-        assert (direct_lines(sb), direct_lines(sb, permanent=True), sb.direct_xml.read_bytes()) == before
-        assert conf_values(sb) == stock and "::6/128" not in sb.run("ip", "-6", "addr", "show", "lo").stdout
+        assert ("--ip-family-mode ipv4" in line) == (not has_strict), (
+            "IPv4 only helps without StrictForwardPorts"
+        )
+        assert (
+            direct_lines(sb),
+            direct_lines(sb, permanent=True),
+            sb.direct_xml.read_bytes(),
+        ) == before
+        assert (
+            conf_values(sb) == stock
+            and "::6/128" not in sb.run("ip", "-6", "addr", "show", "lo").stdout
+        )
         status = status_json(sb)
         strict_warned = [w for w in status["warnings"] if w["code"] == "strict-forward-ports"]
         assert len(strict_warned) == int(has_strict), status["warnings"]
         if has_strict:
-            assert "--configure-firewalld` sets StrictForwardPorts=no and reloads firewalld" in (
-                strict_warned[0]["message"]
+            assert (
+                "--configure-firewalld` sets StrictForwardPorts=no and reloads firewalld"
+                in (strict_warned[0]["message"])
             )
         for family in FAMILIES:
             assert_family_direct(sb, peer, family, "after the refusal")
@@ -703,7 +724,10 @@ def test_stock_firewalld_conf_is_refused_or_changed_with_consent_live_and_offlin
         for name in defeated:
             assert f"firewalld.conf: {name}=no (was yes)" in out, out
         assert f"firewalld reloaded (applies {', '.join(defeated)})" in out, out
-        assert conf_values(sb) == {"RFC3964_IPv4": "no", "StrictForwardPorts": "no" if has_strict else "yes"}
+        assert conf_values(sb) == {
+            "RFC3964_IPv4": "no",
+            "StrictForwardPorts": "no" if has_strict else "yes",
+        }
         for family in FAMILIES:
             assert_family_redirected(sb, peer, family, "after install --configure-firewalld")
         assert in_sync(sb)
@@ -726,22 +750,32 @@ def test_stock_firewalld_conf_is_refused_or_changed_with_consent_live_and_offlin
         sb.stop_firewalld()
         refused = tpfw(sb, "install", "--root", root, check=False)
         assert refused.returncode == 12 and "Nothing was changed" in refused.stderr, refused.stderr
-        assert ("StrictForwardPorts=yes" in refused.stderr) == has_strict, "the image's version decides"
+        assert ("StrictForwardPorts=yes" in refused.stderr) == has_strict, (
+            "the image's version decides"
+        )
         out = tpfw(sb, "install", "--root", root, "--configure-firewalld").stdout
         for name in defeated:
-            assert f"firewalld.conf: {name}=no (was yes, applied at firewalld's next start)" in out, out
+            assert (
+                f"firewalld.conf: {name}=no (was yes, applied at firewalld's next start)" in out
+            ), out
         assert sb.start_firewalld() == "running"
         for family in FAMILIES:
-            assert_family_redirected(sb, peer, family, "after an offline install, firewalld started")
+            assert_family_redirected(
+                sb, peer, family, "after an offline install, firewalld started"
+            )
         sb.stop_firewalld()
         out = tpfw(sb, "uninstall", "--root", root).stdout
         for name in defeated:
-            assert f"firewalld.conf: {name}=yes (was no, applied at firewalld's next start)" in out, out
+            assert (
+                f"firewalld.conf: {name}=yes (was no, applied at firewalld's next start)" in out
+            ), out
         assert conf_values(sb) == stock
         assert sb.start_firewalld() == "running"
         for family in FAMILIES:
             assert_family_direct(sb, peer, family, "after an offline uninstall, firewalld started")
-        outcome["facts"]["--configure-firewalld offline (`--root`)"] = "firewalld.conf edited, applied at next start"
+        outcome["facts"]["--configure-firewalld offline (`--root`)"] = (
+            "firewalld.conf edited, applied at next start"
+        )
 
     assert OUT_OF_BAND not in log_text(sb), "our Set calls are firewalld's own writes"
     assert [c for c in complaints(sb) if UNKNOWN_OPTION not in c] == []

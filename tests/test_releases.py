@@ -22,7 +22,9 @@ from tproxy_firewalld.kuma import KUMA, KUMA_RELEASES, KumaSettings
 from tproxy_firewalld.ruleset import build_ruleset, render_restore
 
 SINCE_2_11 = ("2.11", "2.12", "2.13", "2.14")
-TRAILER_2_7 = "# Transparent proxy set up successfully, you can now run kuma-dp using transparent-proxy.\n"
+TRAILER_2_7 = (
+    "# Transparent proxy set up successfully, you can now run kuma-dp using transparent-proxy.\n"
+)
 BOOL_FLAGS = {f.flag for f in KumaSettings.flag_fields() if f.kind == "bool"}
 
 
@@ -52,7 +54,10 @@ def dry_run_2_11(settings: KumaSettings) -> str:
     """kumactl 2.11+ `--dry-run` stdout (iptables/setup.go dryRun: a header per family)."""
     parts = []
     for ipv in settings.ipvs:
-        parts += [f"### {'IPv4' if ipv == 'ipv4' else 'IPv6'} ###", render_restore(settings, ipv).strip()]
+        parts += [
+            f"### {'IPv4' if ipv == 'ipv4' else 'IPv6'} ###",
+            render_restore(settings, ipv).strip(),
+        ]
     return "\n\n".join(parts) + "\n"
 
 
@@ -99,17 +104,32 @@ CASES_2_11 = [
         "--kuma-dp-user 0 --redirect-all-dns-traffic --redirect-dns-port 12345 --skip-dns-conntrack-zone-split",
     ),
     ("install-transparent-proxy.overrides.golden.txt", f"--kuma-dp-user root {OVERRIDES}"),
-    ("install-transparent-proxy.overrides.golden.txt", f"--kuma-dp-user root {OVERRIDES} --ip-family-mode ipv4"),
+    (
+        "install-transparent-proxy.overrides.golden.txt",
+        f"--kuma-dp-user root {OVERRIDES} --ip-family-mode ipv4",
+    ),
     ("install-transparent-proxy.excludedports.txt", f"--kuma-dp-user root {FOR_UIDS}"),
-    ("install-transparent-proxy.excludedports_wildcards.txt", "--kuma-dp-user root --exclude-outbound-ports-for-uids '*:*:0'"),
-    ("install-transparent-proxy.excludedports_allprotos.txt", "--kuma-dp-user root --exclude-outbound-ports-for-uids 'tcp:*:0'"),
-    ("install-transparent-proxy.excludedports_onlyuid.txt", "--kuma-dp-user root --exclude-outbound-ports-for-uids 123"),
+    (
+        "install-transparent-proxy.excludedports_wildcards.txt",
+        "--kuma-dp-user root --exclude-outbound-ports-for-uids '*:*:0'",
+    ),
+    (
+        "install-transparent-proxy.excludedports_allprotos.txt",
+        "--kuma-dp-user root --exclude-outbound-ports-for-uids 'tcp:*:0'",
+    ),
+    (
+        "install-transparent-proxy.excludedports_onlyuid.txt",
+        "--kuma-dp-user root --exclude-outbound-ports-for-uids 123",
+    ),
     ("install-transparent-proxy.excludedports_simpler.txt", f"--kuma-dp-user root {FOR_UIDS}"),
 ]
 CASES_2_7 = [
     ("install-transparent-proxy.defaults.golden.txt", "--kuma-dp-user root"),
     ("install-transparent-proxy.defaults.golden.txt", "--kuma-dp-uid 0"),
-    ("install-transparent-proxy.dns.golden.txt", "--kuma-dp-uid 0 --redirect-all-dns-traffic --redirect-dns-port 12345"),
+    (
+        "install-transparent-proxy.dns.golden.txt",
+        "--kuma-dp-uid 0 --redirect-all-dns-traffic --redirect-dns-port 12345",
+    ),
     (
         "install-transparent-proxy.dns.no-conntrack.golden.txt",
         "--kuma-dp-uid 0 --redirect-all-dns-traffic --redirect-dns-port 12345 --skip-dns-conntrack-zone-split",
@@ -118,16 +138,28 @@ CASES_2_7 = [
         "install-transparent-proxy.overrides.golden.txt",
         f"--kuma-dp-user root {OVERRIDES} --redirect-inbound-port-v6 12346",
     ),
-    ("install-transparent-proxy.overrides.golden.txt", f"--kuma-dp-user root {OVERRIDES} --ip-family-mode ipv4"),
+    (
+        "install-transparent-proxy.overrides.golden.txt",
+        f"--kuma-dp-user root {OVERRIDES} --ip-family-mode ipv4",
+    ),
     (
         "install-transparent-proxy.excludedports.txt",
         "--kuma-dp-user root --exclude-outbound-tcp-ports-for-uids 1900,1902,1000-2000:106-108 "
         "--exclude-outbound-tcp-ports-for-uids 2900,2902,3000-5000:203 "
         "--exclude-outbound-udp-ports-for-uids 3900,3902,4000-6000:303",
     ),
-    ("install-transparent-proxy.excludedports_wildcards.txt", "--kuma-dp-user root --exclude-outbound-ports-for-uids '*:*:0'"),
-    ("install-transparent-proxy.excludedports_allprotos.txt", "--kuma-dp-user root --exclude-outbound-ports-for-uids 'tcp:*:0'"),
-    ("install-transparent-proxy.excludedports_onlyuid.txt", "--kuma-dp-user root --exclude-outbound-ports-for-uids 123"),
+    (
+        "install-transparent-proxy.excludedports_wildcards.txt",
+        "--kuma-dp-user root --exclude-outbound-ports-for-uids '*:*:0'",
+    ),
+    (
+        "install-transparent-proxy.excludedports_allprotos.txt",
+        "--kuma-dp-user root --exclude-outbound-ports-for-uids 'tcp:*:0'",
+    ),
+    (
+        "install-transparent-proxy.excludedports_onlyuid.txt",
+        "--kuma-dp-user root --exclude-outbound-ports-for-uids 123",
+    ),
     ("install-transparent-proxy.excludedports_simpler.txt", f"--kuma-dp-user root {FOR_UIDS}"),
 ]
 PARAMS = [
@@ -168,7 +200,9 @@ def test_the_golden_cases_cover_every_golden_file() -> None:
         assert covered == files, release
 
 
-DNS_ARGS = "--ip-family-mode ipv4 --kuma-dp-user 0 --redirect-all-dns-traffic --redirect-dns-port 12345"
+DNS_ARGS = (
+    "--ip-family-mode ipv4 --kuma-dp-user 0 --redirect-all-dns-traffic --redirect-dns-port 12345"
+)
 
 
 @pytest.mark.parametrize("release", SINCE_2_11)
@@ -232,8 +266,14 @@ def test_2_11_to_2_13_differ_from_2_14_only_in_the_loopback_rules() -> None:
             assert all("(except to DNS port 53)" in t for t in texts)
             with_match = {t for t in texts if "! --dport 53" in t}
             if dns:
-                assert len(with_match) == 2 and all("127.0.0.1/32" in t or "5678 -j RETURN" in t for t in with_match)
-                assert all(r.ipv == "ipv4" for r in old.rules if r in changed and "! --dport 53" in " ".join(r.args))  # type: ignore[operator]
+                assert len(with_match) == 2 and all(
+                    "127.0.0.1/32" in t or "5678 -j RETURN" in t for t in with_match
+                )
+                assert all(
+                    r.ipv == "ipv4"
+                    for r in old.rules
+                    if r in changed and "! --dport 53" in " ".join(r.args)
+                )  # type: ignore[operator]
             else:
                 assert with_match == set()
     comment = (
@@ -243,7 +283,8 @@ def test_2_11_to_2_13_differ_from_2_14_only_in_the_loopback_rules() -> None:
     )
     rules = build_ruleset(load_resolv("2.13", common + " --redirect-dns")).rules
     assert any(
-        r.args[:4] == ("-m", "comment", "--comment", comment) and r.args[4:8] == ("-p", "tcp", "!", "--dport")
+        r.args[:4] == ("-m", "comment", "--comment", comment)
+        and r.args[4:8] == ("-p", "tcp", "!", "--dport")
         for r in rules
     )
 
@@ -323,7 +364,8 @@ def test_every_release_in_the_kernel(make_sandbox: Any, backend: str, tmp_path: 
         many = MANY_FLAGS_2_7 if release == "2.7" else MANY_FLAGS_2_11
         for case in ("--kuma-dp-user 5678", many):
             settings = KumaSettings.load(
-                flags={"--kuma-version": [release], **argv_flags(case)}, resolv_conf_path=str(resolv)
+                flags={"--kuma-version": [release], **argv_flags(case)},
+                resolv_conf_path=str(resolv),
             )
             load_into_firewalld(sb, settings)
             for ipv in FAMILIES:
@@ -332,12 +374,20 @@ def test_every_release_in_the_kernel(make_sandbox: Any, backend: str, tmp_path: 
                 sb.run("ip", "netns", "add", BARE_NETNS)
                 bare = ("ip", "netns", "exec", BARE_NETNS)
                 sb.run(*bare, RESTORE[ipv], "--noflush", input=kumactl_text(settings, ipv))
-                expected = kuma_rules("".join(sb.run(*bare, SAVE[ipv], "-t", t).stdout for t in KUMA_TABLES))
-                assert_same_rules(firewalld_kernel_rules(sb, ipv), expected, f"{release} {case[:30]} {ipv} {backend}")
+                expected = kuma_rules(
+                    "".join(sb.run(*bare, SAVE[ipv], "-t", t).stdout for t in KUMA_TABLES)
+                )
+                assert_same_rules(
+                    firewalld_kernel_rules(sb, ipv),
+                    expected,
+                    f"{release} {case[:30]} {ipv} {backend}",
+                )
                 checked += 1
             if case == many and release != "2.7":
                 nat = sb.iptables_save("ipv4", "nat")
-                assert re.search(r"-A OUTPUT(_direct)? -d 10\.1\.2\.3/32 .*-j RETURN", nat), "IPv4-mapped, as iptables reads kumactl's"
+                assert re.search(r"-A OUTPUT(_direct)? -d 10\.1\.2\.3/32 .*-j RETURN", nat), (
+                    "IPv4-mapped, as iptables reads kumactl's"
+                )
     assert checked == len(KUMA_RELEASES) * 2 * 2
 
 
@@ -353,7 +403,10 @@ def test_the_release_is_recorded_shown_and_diffed_against(tmp_path: Path) -> Non
     env = {"KUMA_TRANSPARENT_PROXY_REDIRECT_DNS_RESOLV_CONFIG_PATH": str(resolv)}
     base = ["--root", str(root)]
     line = ["--kuma-dp-user", "5678", "--redirect-dns"]
-    assert runner.invoke(app, ["install", *base, "--kuma-version", "2.12", *line], env=env).exit_code == 0
+    assert (
+        runner.invoke(app, ["install", *base, "--kuma-version", "2.12", *line], env=env).exit_code
+        == 0
+    )
     record = json.loads((root / "var/lib/tproxy-firewalld/installed.json").read_text())
     assert record["settings"]["kuma_version"] == "2.12"
     assert "recorded: Kuma 2.12 rule set" in runner.invoke(app, ["status", *base]).stdout

@@ -856,18 +856,27 @@ def test_the_macro_passes_the_consent_to_change_firewalld_conf_through(
     %tproxy_firewalld_args carries --configure-firewalld, sets RFC3964_IPv4=no and installs;
     its erase puts yes back. The same %post without it refuses (exit 12, logged, never fatal)
     and installs nothing."""
-    scene = Scene(make_sandbox("nftables", stock=True), built, tmp_path, make_tools(built, tmp_path))
+    scene = Scene(
+        make_sandbox("nftables", stock=True), built, tmp_path, make_tools(built, tmp_path)
+    )
     sb = scene.sb
     conf = sb.etc_dir / "firewalld.conf"
     stock = conf.read_text()
     assert "\nRFC3964_IPv4=yes\n" in stock
     macros = built.root / MACROS.lstrip("/")
-    without = eval_macro(macros, "%tproxy_firewalld_install", args="--kuma-dp-user 5678 --exclude-inbound-ports 22")
+    without = eval_macro(
+        macros, "%tproxy_firewalld_install", args="--kuma-dp-user 5678 --exclude-inbound-ports 22"
+    )
     result = scene.scriptlet(without, 1)
     assert result.returncode == 0 and result.stdout == "", result
     [line] = result.stderr.splitlines()
-    assert "failed (exit 12), Kuma's redirect rules were NOT installed: Error: firewalld has RFC3964_IPv4=yes: " in line
-    assert "--configure-firewalld" in line and scene.stub_log("logger")[-1].endswith(line.removeprefix(f"{NAME}: "))
+    assert (
+        "failed (exit 12), Kuma's redirect rules were NOT installed: Error: firewalld has RFC3964_IPv4=yes: "
+        in line
+    )
+    assert "--configure-firewalld" in line and scene.stub_log("logger")[-1].endswith(
+        line.removeprefix(f"{NAME}: ")
+    )
     assert conf.read_text() == stock and ours(direct_lines(sb)) == [] and not has_state(sb)
     assert not sb.direct_xml.exists()
 

@@ -193,7 +193,9 @@ def test_comment_is_cut_to_254_bytes_like_kuma() -> None:
     assert comment("a", COMMENT_PREFIX) == COMMENT_PREFIX + "a"
 
 
-def test_a_cached_rendering_is_exactly_a_fresh_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_cached_rendering_is_exactly_a_fresh_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The last rendering is kept (root only) so a repeated install skips jinja2; any change of
     settings or template is a miss, and a cache file anybody else could have written is ignored."""
     from tproxy_firewalld import ruleset
@@ -203,14 +205,21 @@ def test_a_cached_rendering_is_exactly_a_fresh_one(tmp_path: Path, monkeypatch: 
     a = load({"--kuma-dp-user": "5678"})
     monkeypatch.setattr(ruleset, "_BUILT", {})  # what this process built already: not the file
     fresh = build_ruleset(a)
-    assert ruleset.RENDER_CACHE.exists() and oct(ruleset.RENDER_CACHE.stat().st_mode & 0o777) == "0o600"
+    assert (
+        ruleset.RENDER_CACHE.exists()
+        and oct(ruleset.RENDER_CACHE.stat().st_mode & 0o777) == "0o600"
+    )
     calls: list[str] = []
     real = ruleset.render_restore
-    monkeypatch.setattr(ruleset, "render_restore", lambda *x, **k: calls.append("render") or real(*x, **k))
+    monkeypatch.setattr(
+        ruleset, "render_restore", lambda *x, **k: calls.append("render") or real(*x, **k)
+    )
     ruleset._BUILT.clear()
     assert build_ruleset(a) == fresh and calls == [], "a hit renders nothing"
     b = load({"--kuma-dp-user": "5678", "--redirect-outbound-port": "15999"})
-    assert any("15999" in r.args for r in build_ruleset(b).rules) and calls, "other settings: a miss"
+    assert any("15999" in r.args for r in build_ruleset(b).rules) and calls, (
+        "other settings: a miss"
+    )
     calls.clear()
     ruleset._BUILT.clear()
     assert build_ruleset(a) == fresh and calls == [], "the earlier rendering is kept beside it"

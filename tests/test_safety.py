@@ -214,7 +214,9 @@ def test_kill_9_at_random_moments_leaves_old_or_new_file(tmp_path: Path) -> None
     rng = random.Random(4)
     kills = 0
     for run in range(30):
-        command = rng.choice([["install", "--redirect-outbound-port", "16001"], ["install"], ["uninstall"]])
+        command = rng.choice(
+            [["install", "--redirect-outbound-port", "16001"], ["install"], ["uninstall"]]
+        )
         proc = subprocess.Popen([*TP, *command, "--root", str(root)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         time.sleep(rng.uniform(0.05, 0.6))
@@ -371,9 +373,7 @@ def test_a_step_firewalld_rejects_midway_is_rolled_back(firewalld_sandbox: Sandb
     before = direct_lines(sb), direct_lines(sb, permanent=True)
     out = run_in_sandbox(sb, MIDWAY_REJECTED).stdout
     assert out.startswith("FirewalldRejected 6 ") and "COMMAND_FAILED" in out, out
-    assert re.search(
-        r"undid the \d+ change\(s\) already made, nothing was changed\n$", out
-    ), out
+    assert re.search(r"undid the \d+ change\(s\) already made, nothing was changed\n$", out), out
     assert out.count("\n") == 1, "one line"
     assert (direct_lines(sb), direct_lines(sb, permanent=True)) == before
     assert sb.state() == "running"
@@ -396,7 +396,10 @@ def test_firewalld_killed_during_install_then_a_later_run_converges(
     assert watcher.returncode == 0, "the watcher killed firewalld"
     assert result.returncode == 8, (result.returncode, result.stderr)
     assert result.stderr.startswith("Error: ") and "Traceback" not in result.stderr
-    assert "change(s) made before could not be undone" in result.stderr and "not changed: the permanent configuration" in result.stderr
+    assert (
+        "change(s) made before could not be undone" in result.stderr
+        and "not changed: the permanent configuration" in result.stderr
+    )
     sb.stop_firewalld()  # reap it
     assert sb.start_firewalld() == "running"
     assert ours(direct_lines(sb, permanent=True)) == [], (

@@ -37,7 +37,11 @@ def error_of(**kw: object) -> str:
 def test_defaults_are_kumactls() -> None:
     s = load()
     assert s == Settings()
-    assert (s.redirect_inbound_port, s.redirect_outbound_port, s.redirect_dns_port) == (15006, 15001, 15053)
+    assert (s.redirect_inbound_port, s.redirect_outbound_port, s.redirect_dns_port) == (
+        15006,
+        15001,
+        15053,
+    )
     assert s.ip_family_mode == "dualstack" and s.ipvs == ("ipv4", "ipv6")
     assert s.redirect_inbound and s.redirect_outbound
     assert s.exclude_inbound_ports == ()  # Kuma no longer excludes 22 by default
@@ -133,7 +137,11 @@ def test_flag_values(tmp_path: Path) -> None:
         }
     )
     assert s.kuma_dp_uid == 1234 and s.ip_family_mode == "ipv4" and not s.redirect_inbound
-    assert (s.redirect_inbound_port, s.redirect_outbound_port, s.redirect_dns_port) == (1001, 1002, 1053)
+    assert (s.redirect_inbound_port, s.redirect_outbound_port, s.redirect_dns_port) == (
+        1001,
+        1002,
+        1053,
+    )
     assert s.exclude_inbound_ports == (443,), "kumactl: a repeated port-list flag replaces"
     assert s.exclude_inbound_ips == ("10.0.0.0/8", "fd00::/8")
     assert s.exclude_outbound_ips == ("192.0.2.1", "2001:db8::1")
@@ -142,10 +150,14 @@ def test_flag_values(tmp_path: Path) -> None:
         UidExclusion(("udp",), ("1:65535",), "7"),
         UidExclusion(("tcp", "udp"), ("1:65535",), "9"),
     )
-    assert s.redirect_all_dns_traffic and s.dns_enabled, "capture-all implies DNS redirection, as in Kuma"
+    assert s.redirect_all_dns_traffic and s.dns_enabled, (
+        "capture-all implies DNS redirection, as in Kuma"
+    )
     assert s.vnet == (VnetNetwork("docker0", "172.17.0.0/16"), VnetNetwork("br+", "fd00::/64"))
     assert s.iptables_logs and s.drop_invalid_packets
-    assert s.redirect_inbound_insert_instead_of_append and s.redirect_outbound_insert_instead_of_append
+    assert (
+        s.redirect_inbound_insert_instead_of_append and s.redirect_outbound_insert_instead_of_append
+    )
 
 
 def test_precedence_defaults_files_env_flags(tmp_path: Path) -> None:
@@ -219,7 +231,7 @@ BAD = [
     ({"--redirect-dns-port": "-1"}, "--redirect-dns-port: value '-1' is not a valid port"),
     ({"--redirect-inbound-port": "15006 -j ACCEPT"}, "value '15006 -j ACCEPT' is not a valid port"),
     ({"--redirect-inbound-port": "+80"}, "value '+80' is not a valid port"),
-    ({"--redirect-inbound-port": "８０"}, "value '８０' is not a valid port"),  # noqa: RUF001
+    ({"--redirect-inbound-port": "８０"}, "value '８０' is not a valid port"),
     (
         {"--exclude-inbound-ports": ["22,abc"]},
         "--exclude-inbound-ports: value 'abc' is not a valid port",
@@ -345,7 +357,10 @@ def test_kuma_dp_user_resolution() -> None:
             "a.yaml: redirect.inbound.port: value '\"15006\"' is not a valid port (uint16 in the range "
             "[1, 65535]); a config file takes a number here, as kumactl's does",
         ),
-        ("redirect: {dns: {enabled: 'true'}}\n", "a.yaml: redirect.dns.enabled: value '\"true\"' is not a valid boolean"),
+        (
+            "redirect: {dns: {enabled: 'true'}}\n",
+            "a.yaml: redirect.dns.enabled: value '\"true\"' is not a valid boolean",
+        ),
         ("log: {level: '7'}\n", "a.yaml: log.level: value '\"7\"' is not a valid log level"),
         (
             "redirect: {inbound: {port: true}}\n",
@@ -423,7 +438,7 @@ def test_no_nameserver_of_a_family_warns(tmp_path: Path) -> None:
     assert (
         error_of(
             flags={"--redirect-dns": True},
-            env={"KUMA_TRANSPARENT_PROXY_REDIRECT_DNS_RESOLV_CONFIG_PATH": "/nonexistent"}
+            env={"KUMA_TRANSPARENT_PROXY_REDIRECT_DNS_RESOLV_CONFIG_PATH": "/nonexistent"},
         )
         == "unable to read file /nonexistent"
     )
@@ -462,14 +477,19 @@ def test_the_constructor_validates_every_field() -> None:
 @pytest.mark.parametrize(
     ("tampered", "message"),
     [
-        ({"redirect_outbound_port": "15001 -j ACCEPT"}, "redirect_outbound_port: value '15001 -j ACCEPT'"),
+        (
+            {"redirect_outbound_port": "15001 -j ACCEPT"},
+            "redirect_outbound_port: value '15001 -j ACCEPT'",
+        ),
         ({"exclude_outbound_ports_for_uids": ["tcp:1:1 -j X"]}, "exclude_outbound_ports_for_uids"),
         ({"vnet": ["eth0:10.0.0.0/8 -j ACCEPT"]}, "invalid CIDR definition"),
         ({"dns_nameservers": ["10.0.0.1 -j X"]}, "is not a nameserver address"),
         ({"no_such_setting": 1}, "unknown settings ['no_such_setting']"),
     ],
 )
-def test_a_tampered_state_file_never_reaches_the_template(tampered: dict[str, object], message: str) -> None:
+def test_a_tampered_state_file_never_reaches_the_template(
+    tampered: dict[str, object], message: str
+) -> None:
     data = {**load().to_json(), **tampered}
     with pytest.raises(SettingsError) as info:
         Settings.from_json(data, "installed.json: settings")
@@ -478,13 +498,19 @@ def test_a_tampered_state_file_never_reaches_the_template(tampered: dict[str, ob
 
 def test_library_values_are_keyed_by_setting_name_and_errors_name_it(tmp_path: Path) -> None:
     (tmp_path / "resolv.conf").write_text("nameserver 10.0.0.2\n")
-    s = Settings.load(exclude_inbound_ports=[22], redirect_dns=True, resolv_conf_path=str(tmp_path / "resolv.conf"))
+    s = Settings.load(
+        exclude_inbound_ports=[22],
+        redirect_dns=True,
+        resolv_conf_path=str(tmp_path / "resolv.conf"),
+    )
     assert s.exclude_inbound_ports == (22,) and s.redirect_dns
     with pytest.raises(SettingsError) as info:
         Settings.load(redirect_inbound_port="abc")
     assert info.value.setting == "redirect_inbound_port"
     assert str(info.value).startswith("redirect_inbound_port: value 'abc' is not a valid port")
-    with pytest.raises(SettingsError, match=r"^no_such: unknown setting; known: kuma_version, kuma_dp_user, "):
+    with pytest.raises(
+        SettingsError, match=r"^no_such: unknown setting; known: kuma_version, kuma_dp_user, "
+    ):
         Settings.load(no_such=1)
 
 
@@ -492,22 +518,39 @@ def test_every_field_has_help_and_each_flag_key_and_env_is_unique() -> None:
     flags = [f.flag for f in FIELDS if f.flag]
     keys = [f.key for f in FIELDS if f.key]
     envs = [f.env for f in FIELDS if f.env]
-    assert len(flags) == len(set(flags)) and len(keys) == len(set(keys)) and len(envs) == len(set(envs))
+    assert (
+        len(flags) == len(set(flags))
+        and len(keys) == len(set(keys))
+        and len(envs) == len(set(envs))
+    )
     assert all(f.help.strip() for f in FIELDS)
-    assert all(f.kind in ("bool", "scalar", "list") and f.repeat in ("replace", "accumulate") for f in FIELDS)
+    assert all(
+        f.kind in ("bool", "scalar", "list") and f.repeat in ("replace", "accumulate")
+        for f in FIELDS
+    )
 
 
 def test_repeated_flags_replace_port_lists_and_accumulate_ip_lists() -> None:
-    s = load({"--exclude-inbound-ports": ["1000", "2000"], "--exclude-outbound-ports": ["3000", ""]})
+    s = load(
+        {"--exclude-inbound-ports": ["1000", "2000"], "--exclude-outbound-ports": ["3000", ""]}
+    )
     assert s.exclude_inbound_ports == (2000,) and s.exclude_outbound_ports == ()
-    s = load({"--exclude-outbound-ips": ["10.0.0.1", "10.0.0.2,10.0.0.3"], "--vnet": ["a:10.1.0.0/16", "b:10.2.0.0/16"]})
+    s = load(
+        {
+            "--exclude-outbound-ips": ["10.0.0.1", "10.0.0.2,10.0.0.3"],
+            "--vnet": ["a:10.1.0.0/16", "b:10.2.0.0/16"],
+        }
+    )
     assert s.exclude_outbound_ips == ("10.0.0.1", "10.0.0.2", "10.0.0.3") and len(s.vnet) == 2
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("redirect: {inbound: {port: 1}}\nredirect: {outbound: {port: 2}}\n", "duplicate key 'redirect'"),
+        (
+            "redirect: {inbound: {port: 1}}\nredirect: {outbound: {port: 2}}\n",
+            "duplicate key 'redirect'",
+        ),
         (
             "a: &a [x, x, x, x, x, x, x, x, x]\n"
             + "".join(f"b{i}: &b{i} [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n" for i in range(12)),
@@ -530,7 +573,11 @@ def test_config_and_resolv_conf_reads_are_bounded(tmp_path: Path) -> None:
     big = tmp_path / "big.yaml"
     big.write_text("#" * (2 * 1024 * 1024))
     assert "larger than" in error_of(config_files=[str(big)])
-    assert "unable to read file /dev/zero" in error_of(flags={"--redirect-dns": True}, resolv_conf_path="/dev/zero")
+    assert "unable to read file /dev/zero" in error_of(
+        flags={"--redirect-dns": True}, resolv_conf_path="/dev/zero"
+    )
     many = tmp_path / "resolv.conf"
     many.write_text("".join(f"nameserver 10.0.{i // 256}.{i % 256}\n" for i in range(2000)))
-    assert "lists 2000 nameservers; at most 32" in error_of(flags={"--redirect-dns": True}, resolv_conf_path=str(many))
+    assert "lists 2000 nameservers; at most 32" in error_of(
+        flags={"--redirect-dns": True}, resolv_conf_path=str(many)
+    )

@@ -52,12 +52,19 @@ def _desired(
 
 
 def ownership(
-    observed: Observed, settings: Optional[KumaSettings], profile: Profile, remove_suspected: bool = False
+    observed: Observed,
+    settings: Optional[KumaSettings],
+    profile: Profile,
+    remove_suspected: bool = False,
 ) -> tuple[Owner, Recognition]:
     """Whose entries are ours: the profile's marks, plus what it recognises exactly for the
     recorded and given settings (its unmarked rules, kumactl's leftovers); the suspected
     entries too when asked to."""
-    given = [s for s in (settings, observed.record.settings if observed.record else None) if s is not None]
+    given = [
+        s
+        for s in (settings, observed.record.settings if observed.record else None)
+        if s is not None
+    ]
     configs = [c for c in (observed.runtime, observed.permanent, observed.file) if c is not None]
     recognition = profile.recognise(configs, given)
     return profile.owner.claiming(recognition.claimed(remove_suspected)), recognition
@@ -89,10 +96,15 @@ def _make(
             else "is removed (it cannot say whether install put ::6/128 on lo: that stays)"
         )
         warnings.append(
-            Warning_("record-unreadable", f"the record was unreadable and {what}: {observed.record_error}")
+            Warning_(
+                "record-unreadable",
+                f"the record was unreadable and {what}: {observed.record_error}",
+            )
         )
     if settings is not None and "ipv6" in settings.ipvs and observed.live and not observed.loopback:
-        warnings.append(Warning_("no-ipv6", "IPv6 is disabled on this host: ::6/128 cannot be put on lo"))
+        warnings.append(
+            Warning_("no-ipv6", "IPv6 is disabled on this host: ::6/128 cannot be put on lo")
+        )
     if recognition.suspected and not remove_suspected:
         warnings.append(
             Warning_(
@@ -127,7 +139,9 @@ def _refuse_dangling_passthroughs(plan: Plan) -> None:
             )
 
 
-def _checks(plan: Plan, settings: Optional[KumaSettings], allow_ssh_redirect: bool) -> tuple[Warning_, ...]:
+def _checks(
+    plan: Plan, settings: Optional[KumaSettings], allow_ssh_redirect: bool
+) -> tuple[Warning_, ...]:
     """Before anything changes: the kernel accepts every rule, and no admin is locked out."""
     if not plan.adds_entries():
         return ()
@@ -179,9 +193,13 @@ def apply(
     target = planned.observed.target
     settings = planned.record.settings if planned.record is not None else None
     with target.locked(), session(target, client, profile) as (observed, fw):
-        fresh = _make(settings, planned.desired, planned.record, observed, profile, planned.remove_suspected)
+        fresh = _make(
+            settings, planned.desired, planned.record, observed, profile, planned.remove_suspected
+        )
         if fresh.steps != planned.steps:
-            raise Locked("the system changed since the plan was made; make a new plan and apply that")
+            raise Locked(
+                "the system changed since the plan was made; make a new plan and apply that"
+            )
         warnings = _checks(fresh, settings, allow_ssh_redirect)
         if fresh.steps:
             apply_plan(fresh, fw)
@@ -203,7 +221,14 @@ def install(
     reload) when it runs, else into direct.xml. Only the differences are applied; kumactl's
     leftovers are replaced (and the suspected entries with ``remove_suspected``)."""
     return _converge(
-        settings, target, dry_run, rules_template, allow_ssh_redirect, client, profile, remove_suspected
+        settings,
+        target,
+        dry_run,
+        rules_template,
+        allow_ssh_redirect,
+        client,
+        profile,
+        remove_suspected,
     )
 
 

@@ -101,7 +101,9 @@ def _settings_options() -> list[Any]:
 
 _BOOL_FLAGS = frozenset(f.flag for f in KumaSettings.flag_fields() if f.kind == "bool")
 #: what Go's strconv.ParseBool takes
-_BOOL_WORDS = frozenset({"1", "t", "T", "true", "TRUE", "True", "0", "f", "F", "false", "FALSE", "False"})
+_BOOL_WORDS = frozenset(
+    {"1", "t", "T", "true", "TRUE", "True", "0", "f", "F", "false", "FALSE", "False"}
+)
 
 
 class SettingsCommand(typer.core.TyperCommand):
@@ -139,8 +141,12 @@ class SettingsCommand(typer.core.TyperCommand):
 
 def _flags(ctx: typer.Context) -> dict[str, Any]:
     given = ctx.meta.get(SETTINGS_KEY, {})
-    by_name = {f.flag.lstrip("-").replace("-", "_"): f.flag for f in KumaSettings.flag_fields() if f.flag}
-    return {by_name[name]: list(values) for name, values in given.items() if name in by_name and values}
+    by_name = {
+        f.flag.lstrip("-").replace("-", "_"): f.flag for f in KumaSettings.flag_fields() if f.flag
+    }
+    return {
+        by_name[name]: list(values) for name, values in given.items() if name in by_name and values
+    }
 
 
 def _config_files(ctx: typer.Context) -> list[str]:
@@ -220,7 +226,11 @@ def version_callback(value: bool) -> None:
 @app.callback()
 def main_callback(
     version: Optional[bool] = typer.Option(
-        None, "--version", callback=version_callback, is_eager=True, help="Show the version and exit."
+        None,
+        "--version",
+        callback=version_callback,
+        is_eager=True,
+        help="Show the version and exit.",
     ),
 ) -> None:
     """Kuma's transparent-proxy rules as a persistent, removable part of firewalld."""
@@ -236,7 +246,9 @@ def _timeout(value: Optional[str]) -> Optional[float]:
 
 DRY_RUN = typer.Option(False, "--dry-run", help="Print the plan; change nothing.")
 OFFLINE = typer.Option(
-    False, "--offline", help="Do not talk to firewalld; write direct.xml (applied at firewalld's next start)."
+    False,
+    "--offline",
+    help="Do not talk to firewalld; write direct.xml (applied at firewalld's next start).",
 )
 ROOT = typer.Option(
     None,
@@ -245,7 +257,9 @@ ROOT = typer.Option(
     help="Work on the image root DIR (DIR/etc/firewalld/direct.xml, symlinks resolved inside DIR); "
     "implies --offline. A DIR that resolves to / is the live system.",
 )
-OUTPUT = typer.Option(Output.text, "--output", "-o", help="text (for people) or json (versioned, for programs).")
+OUTPUT = typer.Option(
+    Output.text, "--output", "-o", help="text (for people) or json (versioned, for programs)."
+)
 TIMEOUT = typer.Option(
     None,
     "--timeout",
@@ -385,7 +399,10 @@ def _print_result(result: Any, output: Output) -> None:
     if output is Output.json:
         _print_json(result.to_json())
         return
-    _print_lines([f"Warning: {w.message}" for w in result.warnings if w.code != "setting-without-effect"], err=True)
+    _print_lines(
+        [f"Warning: {w.message}" for w in result.warnings if w.code != "setting-without-effect"],
+        err=True,
+    )
     _print_lines(result.text())
     if result.dry_run:
         from tproxy_firewalld.report import suspect_lines
@@ -413,7 +430,11 @@ def diff(
 
     def go() -> Any:
         settings = load(ctx, output) if settings_given(ctx) else None
-        return api.diff(settings, target=_target(root, offline, _timeout(timeout)), rules_template=rules_template)
+        return api.diff(
+            settings,
+            target=_target(root, offline, _timeout(timeout)),
+            rules_template=rules_template,
+        )
 
     report = run(output, go, min_code=2)
     if output is Output.json:

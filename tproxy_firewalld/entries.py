@@ -306,7 +306,9 @@ class DirectConfig:
                 Rule(str(r[0]), str(r[1]), str(r[2]), int(r[3]), tuple(str(a) for a in r[4]))
                 for r in rules
             ),
-            passthroughs=tuple(Passthrough(str(p[0]), tuple(str(a) for a in p[1])) for p in passthroughs),
+            passthroughs=tuple(
+                Passthrough(str(p[0]), tuple(str(a) for a in p[1])) for p in passthroughs
+            ),
         )
 
 

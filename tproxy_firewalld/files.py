@@ -105,7 +105,9 @@ def remove_file(path: Path) -> None:
         _fsync_dir(path.parent)
 
 
-def _write_temp(directory: Path, name: str, data: bytes, old: Optional[os.stat_result], mode: int) -> Path:
+def _write_temp(
+    directory: Path, name: str, data: bytes, old: Optional[os.stat_result], mode: int
+) -> Path:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
     except OSError as exc:

@@ -208,7 +208,9 @@ class DbusFirewalld:
             raise
         except Exception as exc:
             detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            raise FirewalldUnavailable(f"lost the connection to the system bus ({what}): {detail}") from None
+            raise FirewalldUnavailable(
+                f"lost the connection to the system bus ({what}): {detail}"
+            ) from None
 
     async def _call(
         self,
@@ -333,7 +335,9 @@ class DbusFirewalld:
         except asyncio.CancelledError:  # pragma: no cover - only with a broken loop
             error = FirewalldUnavailable("the D-Bus calls were cancelled")
         return [
-            r if r is not None else OpResult(False, error or FirewalldUnavailable("no answer"), unknown=True)
+            r
+            if r is not None
+            else OpResult(False, error or FirewalldUnavailable("no answer"), unknown=True)
             for r in results
         ]
 
@@ -379,7 +383,9 @@ class DbusFirewalld:
         """``firewall-cmd --reload``: firewalld re-reads firewalld.conf and its permanent
         configuration and applies them."""
         self.changes.append("reload")
-        self._run(self._call("reload", interface=IFACE, what="reload firewalld"), "reload firewalld")
+        self._run(
+            self._call("reload", interface=IFACE, what="reload firewalld"), "reload firewalld"
+        )
 
     def close(self) -> None:
         import asyncio
@@ -403,7 +409,9 @@ def _unretrieved_is_handled(loop: asyncio.AbstractEventLoop, context: dict[str, 
     loop.default_exception_handler(context)
 
 
-def connect(address: Optional[str] = None, timeout: Optional[float] = None) -> tuple[Optional[DbusFirewalld], str]:
+def connect(
+    address: Optional[str] = None, timeout: Optional[float] = None
+) -> tuple[Optional[DbusFirewalld], str]:
     """firewalld, if it runs; else ``(None, why)`` — only when it positively does not.
 
     Offline (``None``) only when the system bus itself is not there, or firewalld's name has
@@ -428,13 +436,20 @@ def connect(address: Optional[str] = None, timeout: Optional[float] = None) -> t
         bus = loop.run_until_complete(asyncio.wait_for(open_bus(), timeout))
     except (FileNotFoundError, ConnectionRefusedError) as exc:
         loop.close()
-        return None, f"the system bus is not running ({address}: {exc.strerror}), so firewalld is not"
+        return (
+            None,
+            f"the system bus is not running ({address}: {exc.strerror}), so firewalld is not",
+        )
     except asyncio.TimeoutError:
         loop.close()
-        raise FirewalldUnavailable(f"the system bus ({address}) did not answer within {timeout:g} s") from None
+        raise FirewalldUnavailable(
+            f"the system bus ({address}) did not answer within {timeout:g} s"
+        ) from None
     except PermissionError as exc:
         loop.close()
-        raise NotPermitted(f"cannot connect to the system bus ({address}): {exc.strerror}") from None
+        raise NotPermitted(
+            f"cannot connect to the system bus ({address}): {exc.strerror}"
+        ) from None
     except Exception as exc:
         loop.close()
         raise FirewalldUnavailable(

@@ -136,7 +136,9 @@ class ConfView:
 def live_view(path: Path, properties: Mapping[str, str]) -> ConfView:
     """From firewalld's config properties: a setting it does not report, it does not have
     (StrictForwardPorts before 2.3)."""
-    return ConfView("firewalld", path, {k.name: properties[k.name] for k in KNOBS if k.name in properties})
+    return ConfView(
+        "firewalld", path, {k.name: properties[k.name] for k in KNOBS if k.name in properties}
+    )
 
 
 def file_view(path: Path, version: Optional[tuple[int, ...]]) -> ConfView:

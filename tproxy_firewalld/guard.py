@@ -22,7 +22,13 @@ LISTEN = "0A"
 SSH_DAEMONS = frozenset({"sshd", "dropbear"})
 SSH_PORT = 22
 SOCKET_UNITS = ("ssh.socket", "sshd.socket", "dropbear.socket")
-UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/local/lib/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system")
+UNIT_DIRS = (
+    "/etc/systemd/system",
+    "/run/systemd/system",
+    "/usr/local/lib/systemd/system",
+    "/usr/lib/systemd/system",
+    "/lib/systemd/system",
+)
 
 
 def listening_ports(proc: Path = Path("/proc")) -> dict[int, set[str]]:
@@ -60,7 +66,10 @@ def ssh_socket_ports(unit_dirs: Iterable[str] = UNIT_DIRS) -> set[int]:
     ports: set[int] = set()
     for directory in unit_dirs:
         for unit in SOCKET_UNITS:
-            for path in [Path(directory) / unit, *sorted(Path(directory, unit + ".d").glob("*.conf"))]:
+            for path in [
+                Path(directory) / unit,
+                *sorted(Path(directory, unit + ".d").glob("*.conf")),
+            ]:
                 try:
                     text = path.read_text()
                 except OSError:
@@ -98,8 +107,12 @@ def ssh_ports(proc: Path = Path("/proc"), unit_dirs: Iterable[str] = UNIT_DIRS) 
     return found
 
 
-def check_lockout(settings: KumaSettings, proc: Path = Path("/proc"), unit_dirs: Iterable[str] = UNIT_DIRS) -> None:
-    guarded = {p: who for p, who in ssh_ports(proc, unit_dirs).items() if captured_inbound(settings, p)}
+def check_lockout(
+    settings: KumaSettings, proc: Path = Path("/proc"), unit_dirs: Iterable[str] = UNIT_DIRS
+) -> None:
+    guarded = {
+        p: who for p, who in ssh_ports(proc, unit_dirs).items() if captured_inbound(settings, p)
+    }
     if guarded:
         ports = ",".join(str(p) for p in sorted(guarded))
         holders = ", ".join(f"{p} ({guarded[p]})" for p in sorted(guarded))

@@ -30,7 +30,10 @@ _BUILTINS = ("INPUT", "FORWARD", "OUTPUT", "PREROUTING", "POSTROUTING")
 
 
 def status(
-    *, target: Optional[Target] = None, client: Optional[ClientFactory] = None, profile: Profile = KUMA
+    *,
+    target: Optional[Target] = None,
+    client: Optional[ClientFactory] = None,
+    profile: Profile = KUMA,
 ) -> Status:
     target = target or Target()
     try:
@@ -57,7 +60,9 @@ def _status(observed: Observed, reason: str, profile: Profile) -> Status:
     drift = None
     record = observed.record
     if observed.record_error:
-        warnings.append(Warning_("record-unreadable", f"the record is unreadable: {observed.record_error}"))
+        warnings.append(
+            Warning_("record-unreadable", f"the record is unreadable: {observed.record_error}")
+        )
     if record is not None:
         drift = diff_observed(observed, None, None, profile)
         warnings += _nameserver_warnings(observed)
@@ -96,7 +101,11 @@ def conf_warnings(observed: Observed) -> list[Warning_]:
     conf, record = observed.conf, observed.record
     if conf is None or conf.error is not None:
         return []
-    how = "and reloads firewalld" if observed.live else "in firewalld.conf, applied at firewalld's next start"
+    how = (
+        "and reloads firewalld"
+        if observed.live
+        else "in firewalld.conf, applied at firewalld's next start"
+    )
     out = []
     for knob in KNOBS:
         if not conf.has(knob.name) or not conf.on(knob.name):
@@ -157,14 +166,22 @@ def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in re.findall(r"\d+", text)[:3]) or (0,)
 
 
-def _daemon_warnings(daemon: DaemonInfo, observed: Observed, installed: dict[str, int]) -> list[Warning_]:
+def _daemon_warnings(
+    daemon: DaemonInfo, observed: Observed, installed: dict[str, int]
+) -> list[Warning_]:
     warnings = []
     before_2 = _version_tuple(daemon.version) < (2, 0)
     iptables_backend = daemon.backend == "iptables"  # it flushes its own tables in any version
     direct_chains = {c.key for c in observed.runtime.chains} if observed.runtime else set()
     # the kernel's tables are the live system's only
-    foreign = foreign_iptables_chains(direct_chains, KUMA.owner.chain_prefix) if observed.target.live_system else []
-    if foreign and (before_2 or iptables_backend or installed.get("runtime") or installed.get("permanent")):
+    foreign = (
+        foreign_iptables_chains(direct_chains, KUMA.owner.chain_prefix)
+        if observed.target.live_system
+        else []
+    )
+    if foreign and (
+        before_2 or iptables_backend or installed.get("runtime") or installed.get("permanent")
+    ):
         when = (
             "on every start, reload and stop (firewalld < 2.0)"
             if before_2

@@ -38,7 +38,9 @@ def has_address(iface: str, address: str) -> bool:
 def _ip(*args: str) -> None:
     ip = shutil.which("ip") or shutil.which("ip", path=SEARCH_PATH)
     if ip is None:
-        raise FileError("the ip command (iproute2) is not installed; it is needed for lo's addresses")
+        raise FileError(
+            "the ip command (iproute2) is not installed; it is needed for lo's addresses"
+        )
     try:
         proc = subprocess.run([ip, *args], capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:

@@ -44,7 +44,13 @@ _MISSING = re.compile(
 )
 #: extensions whose kernel module has another name than xt_<name> (module names keep their
 #: case: xt_REDIRECT, xt_CT, xt_LOG)
-_MODULES = {"tcp": "xt_tcpudp", "udp": "xt_tcpudp", "state": "xt_state", "icmp": "ip_tables", "icmp6": "ip6_tables"}
+_MODULES = {
+    "tcp": "xt_tcpudp",
+    "udp": "xt_tcpudp",
+    "state": "xt_state",
+    "icmp": "ip_tables",
+    "icmp6": "ip6_tables",
+}
 
 
 def module_for(extension: str) -> str:

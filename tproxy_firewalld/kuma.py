@@ -40,7 +40,13 @@ ENV_PREFIX = "KUMA_TRANSPARENT_PROXY_"
 #: The maintained Kuma release lines whose rule sets and flags are reproduced, oldest first,
 #: and the patch release each is read from (Kuma's tags; the rules changed within lines).
 KUMA_RELEASES = ("2.7", "2.11", "2.12", "2.13", "2.14")
-KUMA_TAGS = {"2.7": "2.7.29", "2.11": "2.11.18", "2.12": "2.12.14", "2.13": "2.13.10", "2.14": "2.14.3"}
+KUMA_TAGS = {
+    "2.7": "2.7.29",
+    "2.11": "2.11.18",
+    "2.12": "2.12.14",
+    "2.13": "2.13.10",
+    "2.14": "2.14.3",
+}
 NEWEST = KUMA_RELEASES[-1]
 #: The releases with kumactl's newer engine (2.9+): comments, config files, more flags.
 SINCE_2_9 = ("2.11", "2.12", "2.13", "2.14")
@@ -87,7 +93,11 @@ class UidExclusion:
 
     def to_text(self) -> str:
         return ":".join(
-            (",".join(self.protocols), ",".join(p.replace(":", "-") for p in self.ports), self.uids.replace(":", "-"))
+            (
+                ",".join(self.protocols),
+                ",".join(p.replace(":", "-") for p in self.ports),
+                self.uids.replace(":", "-"),
+            )
         )
 
 
@@ -128,7 +138,9 @@ def _uid_range(text: str) -> str:
     if text == "":
         raise Invalid(_EMPTY_UIDS)
     if "," in text:
-        raise Invalid(f"invalid UID entry: {show(text)}. It should either be a single item or a range")
+        raise Invalid(
+            f"invalid UID entry: {show(text)}. It should either be a single item or a range"
+        )
     low, sep, high = text.partition("-")
     first = parse_uint(low, 0, MAX_UID, what)
     if not sep:
@@ -232,11 +244,15 @@ def parse_vnet(raw: object) -> VnetNetwork:
     if isinstance(raw, VnetNetwork):
         raw = raw.to_text()
     if not isinstance(raw, str):
-        raise Invalid(f"invalid virtual network definition: {show(raw)} (expected <interface>:<CIDR>)")
+        raise Invalid(
+            f"invalid virtual network definition: {show(raw)} (expected <interface>:<CIDR>)"
+        )
     text = raw.strip()
     iface, sep, cidr = text.partition(":")
     if not sep:
-        raise Invalid(f"invalid virtual network definition: {show(raw)} (expected <interface>:<CIDR>)")
+        raise Invalid(
+            f"invalid virtual network definition: {show(raw)} (expected <interface>:<CIDR>)"
+        )
     if not _IFACE.fullmatch(iface) or len(iface.rstrip("+")) > 15:
         raise Invalid(
             f"invalid interface name {show(iface)} in {show(raw)}: 1-15 characters from "
@@ -247,7 +263,9 @@ def parse_vnet(raw: object) -> VnetNetwork:
             raise ValueError
         network = ipaddress.ip_network(cidr, strict=False)
     except ValueError:
-        raise Invalid(f"invalid CIDR definition for {show(raw)}: {show(cidr)} is not a CIDR") from None
+        raise Invalid(
+            f"invalid CIDR definition for {show(raw)}: {show(cidr)} is not a CIDR"
+        ) from None
     if getattr(network.network_address, "ipv4_mapped", None) is not None:
         raise Invalid(
             f"{show(raw)} is refused: kumactl counts an IPv4-mapped network as IPv4 and writes it "
@@ -320,7 +338,9 @@ def parse_uid(raw: object) -> Optional[int]:
         try:
             return pwd.getpwnam(name).pw_uid
         except KeyError:
-            raise Invalid(f"the specified UID or username ({show(name)}) does not refer to a valid user on the host") from None
+            raise Invalid(
+                f"the specified UID or username ({show(name)}) does not refer to a valid user on the host"
+            ) from None
     return parse_uint(raw, 0, MAX_UID, f"UID (an integer in the range [0, {MAX_UID}])")
 
 
@@ -429,7 +449,14 @@ def parse_duration(raw: object) -> object:
     raise Invalid(f"value {show(raw)} is not a valid duration (e.g. 2s, 500ms, 1m30s)")
 
 
-EXECUTABLES = ("iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore")
+EXECUTABLES = (
+    "iptables",
+    "iptables-save",
+    "iptables-restore",
+    "ip6tables",
+    "ip6tables-save",
+    "ip6tables-restore",
+)
 
 
 def parse_executables(raw: object) -> object:
@@ -453,7 +480,9 @@ def parse_executables(raw: object) -> object:
         raise Invalid(f"value {show(raw)} is not a list of executables (name:path[,name:path])")
     for name, path in pairs:
         if name not in EXECUTABLES:
-            raise Invalid(f"unsupported executable name {show(name)}: valid names are {', '.join(EXECUTABLES)}")
+            raise Invalid(
+                f"unsupported executable name {show(name)}: valid names are {', '.join(EXECUTABLES)}"
+            )
         if not isinstance(path, str):
             raise Invalid(f"the path of {name} ({show(path)}) is not a string")
     return raw
@@ -756,7 +785,9 @@ class KumaSettings(Settings):
             servers = read_nameservers(self.resolv_conf_path) if self.dns_enabled else ()
             object.__setattr__(self, "dns_nameservers", servers)
         for direction in ("inbound", "outbound"):
-            if getattr(self, f"include_{direction}_ports") and getattr(self, f"exclude_{direction}_ports"):
+            if getattr(self, f"include_{direction}_ports") and getattr(
+                self, f"exclude_{direction}_ports"
+            ):
                 warnings.append(
                     Warning_(
                         "setting-without-effect",
@@ -765,11 +796,16 @@ class KumaSettings(Settings):
                         f"exclude_{direction}_ports",
                     )
                 )
-        ports = {"redirect_inbound_port": self.redirect_inbound_port, "redirect_outbound_port": self.redirect_outbound_port}
+        ports = {
+            "redirect_inbound_port": self.redirect_inbound_port,
+            "redirect_outbound_port": self.redirect_outbound_port,
+        }
         if self.dns_enabled:
             ports["redirect_dns_port"] = self.redirect_dns_port
         if len(set(ports.values())) < len(ports):
-            warnings.append(Warning_("ports-not-distinct", f"the redirect ports are not distinct: {ports}"))
+            warnings.append(
+                Warning_("ports-not-distinct", f"the redirect ports are not distinct: {ports}")
+            )
         if self.kuma_version == "2.7" and "ipv6" in self.ipvs:
             v6 = self.inbound_port("ipv6")
             if v6 != self.redirect_inbound_port:
@@ -806,7 +842,9 @@ class KumaSettings(Settings):
 
     @property
     def ipvs(self) -> tuple[str, ...]:
-        if self.ip_family_mode == "ipv4" or (self.kuma_version == "2.7" and self.redirect_inbound_port_v6 == 0):
+        if self.ip_family_mode == "ipv4" or (
+            self.kuma_version == "2.7" and self.redirect_inbound_port_v6 == 0
+        ):
             return ("ipv4",)
         return ("ipv4", "ipv6")
 
@@ -853,7 +891,10 @@ class KumaSettings(Settings):
         if (
             release == "2.7"
             and flags.get("exclude_outbound_ports")
-            and (flags.get("exclude_outbound_tcp_ports_for_uids") or flags.get("exclude_outbound_udp_ports_for_uids"))
+            and (
+                flags.get("exclude_outbound_tcp_ports_for_uids")
+                or flags.get("exclude_outbound_udp_ports_for_uids")
+            )
         ):
             raise SettingsError(
                 "--exclude-outbound-ports-for-uids set you can't use --exclude-outbound-tcp-ports-for-uids "
@@ -877,7 +918,9 @@ class KumaSettings(Settings):
                         "e.g. 2s, 500ms)",
                         "sleep_between_retries",
                     )
-            elif not (re.fullmatch(r"-?[0-9]+", text) or (text[:1] == text[-1:] == '"' and len(text) >= 2)):
+            elif not (
+                re.fullmatch(r"-?[0-9]+", text) or (text[:1] == text[-1:] == '"' and len(text) >= 2)
+            ):
                 raise SettingsError(
                     f"{pause.source}: value {show(text)} is refused, as kumactl {release} refuses it: it "
                     "reads this flag as JSON, a number of nanoseconds (5) or a quoted duration ('\"2s\"')",
@@ -922,12 +965,16 @@ def read_nameservers(path: str) -> tuple[str, ...]:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         with open(fd, "rb") as f:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise SettingsError(f"unable to read file {path}: not a regular file", "resolv_conf_path")
+                raise SettingsError(
+                    f"unable to read file {path}: not a regular file", "resolv_conf_path"
+                )
             data = f.read(MAX_RESOLV_CONF + 1)
     except OSError:
         raise SettingsError(f"unable to read file {path}", "resolv_conf_path") from None
     if len(data) > MAX_RESOLV_CONF:
-        raise SettingsError(f"unable to read file {path}: larger than {MAX_RESOLV_CONF} bytes", "resolv_conf_path")
+        raise SettingsError(
+            f"unable to read file {path}: larger than {MAX_RESOLV_CONF} bytes", "resolv_conf_path"
+        )
     servers: list[str] = []
     for line in data.decode("utf-8", errors="replace").splitlines():
         words = line.split()
@@ -973,7 +1020,9 @@ class Profile:
     #: addresses the rules expect on lo, by family (added by install, removed by uninstall)
     loopback: Mapping[str, str]
 
-    def recognise(self, configs: Sequence[DirectConfig], given: Sequence[KumaSettings]) -> Recognition:
+    def recognise(
+        self, configs: Sequence[DirectConfig], given: Sequence[KumaSettings]
+    ) -> Recognition:
         """Its entries that carry no mark, recognised exactly (and the suspected ones):
         kumactl's --store-firewalld leftovers of every release, Kuma 2.7's rules."""
         from tproxy_firewalld.kuma_leftovers import recognise

@@ -135,7 +135,8 @@ def split(line: str) -> list[str]:
     """iptables-restore's words of a rendered line: blanks separate, "..." quotes (with Go's
     backslash escapes) — the form render_restore writes; shlex is ten times slower."""
     return [
-        re.sub(r"\\(.)", r"\1", quoted) if bare == "" else bare for quoted, bare in _TOKEN.findall(line)
+        re.sub(r"\\(.)", r"\1", quoted) if bare == "" else bare
+        for quoted, bare in _TOKEN.findall(line)
     ]
 
 
@@ -176,17 +177,36 @@ def istio_engine(s: KumaSettings, prefix: str, ipv6: bool, inbound_v6: int) -> f
             rules += [
                 ("PREROUTING", "-p", "tcp", "-j", inbound),
                 (inbound, "-p", "tcp", "--dport", str(ISTIO_SSH_PORT), "-j", "RETURN"),
-                *((inbound, "-p", "tcp", "--dport", str(p), "-j", "RETURN") for p in s.exclude_inbound_ports),
+                *(
+                    (inbound, "-p", "tcp", "--dport", str(p), "-j", "RETURN")
+                    for p in s.exclude_inbound_ports
+                ),
                 (inbound, "-p", "tcp", "-j", in_redirect),
             ]
         rules += [
             ("OUTPUT", "-p", "tcp", "-j", output),
-            *((output, "-p", "tcp", "--dport", str(p), "-j", "RETURN") for p in s.exclude_outbound_ports),
+            *(
+                (output, "-p", "tcp", "--dport", str(p), "-j", "RETURN")
+                for p in s.exclude_outbound_ports
+            ),
             (output, "-o", "lo", "-s", passthrough, "-j", "RETURN"),
         ]
         for owner, who in (("--uid-owner", uid), ("--gid-owner", gid)):
             rules += [
-                (output, "-o", "lo", "!", "-d", localhost, "-m", "owner", owner, who, "-j", in_redirect),
+                (
+                    output,
+                    "-o",
+                    "lo",
+                    "!",
+                    "-d",
+                    localhost,
+                    "-m",
+                    "owner",
+                    owner,
+                    who,
+                    "-j",
+                    in_redirect,
+                ),
                 (output, "-o", "lo", "-m", "owner", "!", owner, who, "-j", "RETURN"),
                 (output, "-m", "owner", owner, who, "-j", "RETURN"),
             ]
@@ -225,7 +245,9 @@ def kuma_net_appended_dns(s: KumaSettings, capture_all: bool, conntrack: bool) -
     for ipv in r.ipvs:
         text = render_restore(r, ipv)
         appended = "\n".join(
-            "-A " + " ".join(line.split(" ")[1:2] + line.split(" ")[3:]) if line.startswith("-I ") else line
+            "-A " + " ".join(line.split(" ")[1:2] + line.split(" ")[3:])
+            if line.startswith("-I ")
+            else line
             for line in text.splitlines()
         )
         run = stored([appended])
@@ -375,7 +397,9 @@ def candidates(given: Sequence[KumaSettings]) -> list[KumaSettings]:
     return out if default in out else [*out, default]
 
 
-def recognise(configs: Sequence[DirectConfig], given: Sequence[KumaSettings], profile: Profile) -> Recognition:
+def recognise(
+    configs: Sequence[DirectConfig], given: Sequence[KumaSettings], profile: Profile
+) -> Recognition:
     """Kuma's unmarked entries among ``configs`` (runtime, permanent, direct.xml), for the
     ``given`` settings (the recorded ones, those given now) and the defaults."""
     owner = profile.owner
@@ -418,7 +442,9 @@ def recognise(configs: Sequence[DirectConfig], given: Sequence[KumaSettings], pr
     # with the chains it jumps to or is jumped from: each entry of such a group must be
     # exactly kumactl's, or the whole group is only suspected (a chain must never go while a
     # kept rule is in it or jumps to it).
-    old = {(c.ipv, c.table, c.chain): c for c in left if isinstance(c, Chain) and not owner.marks(c)}
+    old = {
+        (c.ipv, c.table, c.chain): c for c in left if isinstance(c, Chain) and not owner.marks(c)
+    }
     members: dict[tuple[str, str, str], list[Entry]] = {k: [c] for k, c in old.items()}
     group = {k: k for k in old}
 
@@ -467,7 +493,9 @@ def recognise(configs: Sequence[DirectConfig], given: Sequence[KumaSettings], pr
     return Recognition(
         ours=frozenset(ours),
         leftovers=frozenset(left),
-        suspected=tuple(Suspect(e, r) for e, r in sorted(suspected.items(), key=lambda i: str(i[0]))),
+        suspected=tuple(
+            Suspect(e, r) for e, r in sorted(suspected.items(), key=lambda i: str(i[0]))
+        ),
     )
 
 
@@ -492,13 +520,35 @@ def _suspicion(entry: Entry, uids: list[int], ports: list[int]) -> str:
     dns = "53" in (pairs.get("--dport"), pairs.get("--sport"))
     if entry.table == "nat" and target == "REDIRECT" and dns:
         return f"it redirects DNS (port 53) to port {pairs.get('--to-ports', '?')} as Kuma's DNS rules do, but it is {known}"
-    if entry.table == "nat" and entry.chain == "OUTPUT" and dns and "--uid-owner" in pairs and target == "RETURN":
+    if (
+        entry.table == "nat"
+        and entry.chain == "OUTPUT"
+        and dns
+        and "--uid-owner" in pairs
+        and target == "RETURN"
+    ):
         return f"it returns the DNS of UID {pairs['--uid-owner']} early as Kuma's DNS rule does, but it is {known}"
-    if entry.table == "raw" and target == "CT" and pairs.get("--zone") in ("1", "2") and "-p" in pairs:
+    if (
+        entry.table == "raw"
+        and target == "CT"
+        and pairs.get("--zone") in ("1", "2")
+        and "-p" in pairs
+    ):
         return f"it puts DNS into conntrack zone {pairs['--zone']} as Kuma's DNS rules do, but it is {known}"
-    if entry.table == "nat" and entry.chain == "OUTPUT" and target == "RETURN" and "--uid-owner" in pairs and "multiport" in args:
+    if (
+        entry.table == "nat"
+        and entry.chain == "OUTPUT"
+        and target == "RETURN"
+        and "--uid-owner" in pairs
+        and "multiport" in args
+    ):
         return f"it returns traffic of UID {pairs['--uid-owner']} as Kuma's --exclude-outbound-ports-for-uids does, but it is {known}"
-    if entry.table == "nat" and entry.chain == "PREROUTING" and target == "REDIRECT" and "-i" in pairs:
+    if (
+        entry.table == "nat"
+        and entry.chain == "PREROUTING"
+        and target == "REDIRECT"
+        and "-i" in pairs
+    ):
         return f"it redirects traffic of interface {pairs['-i']} as Kuma's --vnet does, but it is {known}"
     if (
         entry.table == "mangle"

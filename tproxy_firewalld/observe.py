@@ -79,11 +79,15 @@ def observe(target: Target, fw: Optional[Firewalld], why: str, profile: Profile 
     file = read_direct_xml(target.direct_xml)
     loopback: dict[str, bool] = {}
     if target.live_system and host.ipv6_available():
-        loopback = {address: host.has_address("lo", address) for address in profile.loopback.values()}
+        loopback = {
+            address: host.has_address("lo", address) for address in profile.loopback.values()
+        }
     conf_path = target.firewalld_dir / CONF_FILE
     if fw is None:
         conf = file_view(conf_path, firewalld_version(target.path("usr/lib")))
-        return Observed(target, "offline", why, None, None, None, file, record, record_error, loopback, conf)
+        return Observed(
+            target, "offline", why, None, None, None, file, record, record_error, loopback, conf
+        )
     daemon = fw.daemon or fw.info()
     return Observed(
         target,

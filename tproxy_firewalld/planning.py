@@ -94,7 +94,10 @@ class Diff:
         return " ".join(parts) or "in sync"
 
     def to_json(self) -> dict[str, Any]:
-        return {"add": [entry_json(e) for e in self.add], "remove": [entry_json(e) for e in self.remove]}
+        return {
+            "add": [entry_json(e) for e in self.add],
+            "remove": [entry_json(e) for e in self.remove],
+        }
 
 
 # --------------------------------------------------------------------------- steps
@@ -109,7 +112,9 @@ class RuntimeStep:
 
     def phases(self) -> list[list[Op]]:
         adds = [[Op("add", e) for e in phase] for phase in add_phases(set(self.diff.add))]
-        removes = [[Op("remove", e) for e in phase] for phase in remove_phases(set(self.diff.remove))]
+        removes = [
+            [Op("remove", e) for e in phase] for phase in remove_phases(set(self.diff.remove))
+        ]
         return adds + removes
 
     def summary(self) -> str:
@@ -206,7 +211,9 @@ class ReloadStep:
         return f"firewalld reloaded (applies {', '.join(self.names)})"
 
 
-Step = Union[RuntimeStep, PermanentStep, FileStep, LoopbackStep, FirewalldConfStep, ReloadStep, RecordStep]
+Step = Union[
+    RuntimeStep, PermanentStep, FileStep, LoopbackStep, FirewalldConfStep, ReloadStep, RecordStep
+]
 
 
 def step_json(step: Step) -> dict[str, Any]:
@@ -329,12 +336,24 @@ def make_plan(
             # firewalld's copy is right but the file is not (an edit of our entries that
             # firewalld has not read): one update() makes firewalld write it out again.
             steps.append(
-                PermanentStep(observed.permanent, merged, Diff.between(desired, observed.file, owner), file_repair=True)
+                PermanentStep(
+                    observed.permanent,
+                    merged,
+                    Diff.between(desired, observed.file, owner),
+                    file_repair=True,
+                )
             )
     else:
         file = Diff.between(desired, observed.file, owner)
         if not file.empty:
-            steps.append(FileStep(target.direct_xml, observed.file, observed.file.merged_with(desired, owner), file))
+            steps.append(
+                FileStep(
+                    target.direct_xml,
+                    observed.file,
+                    observed.file.merged_with(desired, owner),
+                    file,
+                )
+            )
     if action == "uninstall" and observed.record is not None:
         for address in observed.record.loopback_added:
             if observed.loopback.get(address):
@@ -382,7 +401,9 @@ def _install_conf(
     if conf is None:
         return (), [], ()
     if conf.error is not None and not desired.is_empty():
-        raise FileError(f"{conf.error} (firewalld.conf is read to check RFC3964_IPv4 and StrictForwardPorts)")
+        raise FileError(
+            f"{conf.error} (firewalld.conf is read to check RFC3964_IPv4 and StrictForwardPorts)"
+        )
     found = checks(desired, conf)
     bad = [c for c in found if not c.ok]
     if bad and not consent:
@@ -420,7 +441,9 @@ def refusal(bad: list[ConfCheck], conf: ConfView, live: bool) -> str:
         if live
         else f"it edits {conf.path}, which firewalld applies at its next start"
     )
-    consent = f"let tproxy-firewalld set {names} (--configure-firewalld: {how}; uninstall puts it back)"
+    consent = (
+        f"let tproxy-firewalld set {names} (--configure-firewalld: {how}; uninstall puts it back)"
+    )
     if all(BY_NAME[c.name].ipv6_only for c in bad):
         return f"{what}. Nothing was changed. Either install IPv4 rules only (--ip-family-mode ipv4), or {consent}"
     return f"{what}. Nothing was changed. To go on, {consent}"
@@ -448,7 +471,11 @@ def _kept_conf_warnings(observed: Observed) -> list[Warning_]:
         if c.still_ours(conf):
             continue
         if conf is None or conf.error is not None or conf.missing or not conf.has(c.name):
-            now = f"cannot be read ({conf.error})" if conf is not None and conf.error else "is not set"
+            now = (
+                f"cannot be read ({conf.error})"
+                if conf is not None and conf.error
+                else "is not set"
+            )
         else:
             now = f"is {conf.value(c.name)} now"
         out.append(

@@ -145,13 +145,21 @@ def _from_v1(doc: dict[str, Any], source: str) -> Record:
     for name, value in old.items():
         if name == "outbound_exclude_ports_for_uids" and isinstance(value, list):
             value = [
-                ":".join((",".join(v["protocols"]), ",".join(v["ports"]).replace(":", "-"), v["uids"].replace(":", "-")))
+                ":".join(
+                    (
+                        ",".join(v["protocols"]),
+                        ",".join(v["ports"]).replace(":", "-"),
+                        v["uids"].replace(":", "-"),
+                    )
+                )
                 if isinstance(v, dict) and {"protocols", "ports", "uids"} <= set(v)
                 else v
                 for v in value
             ]
         elif name == "vnet" and isinstance(value, list):
-            value = [f"{v.get('iface')}:{v.get('cidr')}" if isinstance(v, dict) else v for v in value]
+            value = [
+                f"{v.get('iface')}:{v.get('cidr')}" if isinstance(v, dict) else v for v in value
+            ]
         new[_V1_NAMES.get(name, str(name))] = value
     if new.get("redirect_all_dns_traffic"):
         new["redirect_dns"] = False  # 0.1.0 recorded the "implied" enabled flag

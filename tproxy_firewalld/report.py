@@ -35,10 +35,15 @@ class Change:
         return cls(tuple(order_adds(before.entries())), tuple(order_adds(after.entries())))
 
     def to_json(self) -> dict[str, Any]:
-        return {"before": [entry_json(e) for e in self.before], "after": [entry_json(e) for e in self.after]}
+        return {
+            "before": [entry_json(e) for e in self.before],
+            "after": [entry_json(e) for e in self.after],
+        }
 
     def lines(self, which: str) -> str:
-        return "".join(e.describe() + "\n" for e in (self.before if which == "before" else self.after))
+        return "".join(
+            e.describe() + "\n" for e in (self.before if which == "before" else self.after)
+        )
 
 
 @dataclass(frozen=True)
@@ -90,7 +95,15 @@ class Result:
     def summary(self) -> str:
         if not self.steps:
             return "nothing to do"
-        order = {"runtime": 0, "permanent": 1, "file": 2, "firewalld-conf": 3, "reload": 4, "loopback": 5, "record": 6}
+        order = {
+            "runtime": 0,
+            "permanent": 1,
+            "file": 2,
+            "firewalld-conf": 3,
+            "reload": 4,
+            "loopback": 5,
+            "record": 6,
+        }
         return "; ".join(s.summary() for s in sorted(self.steps, key=lambda s: order[s.kind]))
 
     def to_json(self) -> dict[str, Any]:
@@ -123,7 +136,9 @@ class Result:
                 diff: Optional[Diff] = getattr(step, "diff", None)
                 if diff is not None and not getattr(step, "file_repair", False):
                     lines += [f"  + {e.describe()}" for e in diff.add]
-                    lines += [f"  - {e.describe()}{LEFTOVER if e in left else ''}" for e in diff.remove]
+                    lines += [
+                        f"  - {e.describe()}{LEFTOVER if e in left else ''}" for e in diff.remove
+                    ]
         prefix = "would change: " if self.dry_run and self.changed else ""
         lines.append(f"{self.action}: {prefix}{self.summary()}")
         if self.leftovers:
@@ -231,7 +246,9 @@ class DiffReport:
 
 def conf_line(check: ConfCheck) -> str:
     if check.ok:
-        return f"firewalld.conf: {check.name}={check.value}: in sync (the rules need {check.wanted})"
+        return (
+            f"firewalld.conf: {check.name}={check.value}: in sync (the rules need {check.wanted})"
+        )
     return (
         f"firewalld.conf: {check.name}={check.value}, the rules need {check.wanted} ({check.breaks}); "
         f"`install --configure-firewalld` sets it"
@@ -274,7 +291,9 @@ class Status:
         if fw is None:
             lines.append(f"firewalld: not available ({self.unavailable_reason})")
         else:
-            extra = f", StrictForwardPorts={fw.strict_forward_ports}" if fw.strict_forward_ports else ""
+            extra = (
+                f", StrictForwardPorts={fw.strict_forward_ports}" if fw.strict_forward_ports else ""
+            )
             lines.append(
                 f"firewalld: {fw.state}, version {fw.version}, backend {fw.backend}, "
                 f"FlushAllOnReload={fw.flush_all_on_reload}{extra}"
@@ -283,7 +302,11 @@ class Status:
             changed = {c["name"]: c for c in (self.record or {}).get("firewalld_conf", [])}
             shown = ", ".join(
                 f"{k}={v}"
-                + (f" (set by install, was {changed[k]['before']}; uninstall puts it back)" if k in changed else "")
+                + (
+                    f" (set by install, was {changed[k]['before']}; uninstall puts it back)"
+                    if k in changed
+                    else ""
+                )
                 for k, v in self.conf.values.items()
             )
             missing = " (no such file: firewalld's defaults)" if self.conf.missing else ""
@@ -294,9 +317,15 @@ class Status:
             settings = self.record.get("settings") or {}
             release = settings.get("kuma_version")
             at = self.record.get("installed_at") or "unknown time"
-            lines.append(f"recorded: Kuma {release} rule set, installed {at}" if release else f"recorded: installed {at}")
+            lines.append(
+                f"recorded: Kuma {release} rule set, installed {at}"
+                if release
+                else f"recorded: installed {at}"
+            )
         if self.drift is not None:
-            lines.append("drift: none" if self.drift.in_sync else "drift: yes (see `tproxy-firewalld diff`)")
+            lines.append(
+                "drift: none" if self.drift.in_sync else "drift: yes (see `tproxy-firewalld diff`)"
+            )
         if self.leftovers:
             lines.append(
                 f"kumactl leftovers: {len(self.leftovers)} entries kumactl --store-firewalld wrote "

@@ -92,7 +92,9 @@ def _cache_key(settings: KumaSettings, profile: Profile, template: Path) -> Opti
         source = template.read_bytes()
     except OSError:
         return None
-    blob = json.dumps([__version__, profile.name, str(template), settings.to_json()], sort_keys=True)
+    blob = json.dumps(
+        [__version__, profile.name, str(template), settings.to_json()], sort_keys=True
+    )
     return hashlib.sha256(blob.encode() + b"\0" + source).hexdigest()
 
 
@@ -117,7 +119,11 @@ def _read_render_cache() -> dict[str, dict[str, str]]:
         return {}
     out: dict[str, dict[str, str]] = {}
     for entry in entries:
-        if isinstance(entry, dict) and isinstance(entry.get("key"), str) and isinstance(entry.get("text"), dict):
+        if (
+            isinstance(entry, dict)
+            and isinstance(entry.get("key"), str)
+            and isinstance(entry.get("text"), dict)
+        ):
             out[entry["key"]] = {str(k): str(v) for k, v in entry["text"].items()}
     return out
 
@@ -369,7 +375,9 @@ def _build(settings: KumaSettings, profile: Profile, template: Optional[str]) ->
         try:
             part = parse_restore(text, ipv, profile.owner.chain_prefix)
         except ValueError as exc:
-            raise SettingsError(f"rules template {template or path.name}: {exc}", "rules_template") from None
+            raise SettingsError(
+                f"rules template {template or path.name}: {exc}", "rules_template"
+            ) from None
         chains += part.chains
         rules += part.rules
     config = DirectConfig(chains=tuple(chains), rules=tuple(rules))

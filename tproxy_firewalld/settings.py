@@ -169,7 +169,11 @@ class Settings:
             object.__setattr__(self, f.name, parsed)
         release = self.release
         for f in self.fields():
-            if not self.has_setting(f, release) and not f.ignored and getattr(self, f.name) != f.default:
+            if (
+                not self.has_setting(f, release)
+                and not f.ignored
+                and getattr(self, f.name) != f.default
+            ):
                 raise SettingsError(self._not_in_release(f, f.name, release), f.name)
         self._finish()
 
@@ -342,9 +346,7 @@ class Settings:
                 continue
             f = by_env.get(name)
             if f is None:
-                raise SettingsError(
-                    f"{name}: unknown variable; known: {', '.join(sorted(by_env))}"
-                )
+                raise SettingsError(f"{name}: unknown variable; known: {', '.join(sorted(by_env))}")
             out[f.name] = RawValue(value, name)
         return out
 
@@ -369,7 +371,9 @@ class Settings:
         return cls._flatten(data, label)
 
     @classmethod
-    def _flatten(cls, data: Mapping[Any, Any], source: str, prefix: str = "") -> dict[str, RawValue]:
+    def _flatten(
+        cls, data: Mapping[Any, Any], source: str, prefix: str = ""
+    ) -> dict[str, RawValue]:
         by_key = {f.key: f for f in cls.fields() if f.key}
         out: dict[str, RawValue] = {}
         for key, value in data.items():
@@ -460,7 +464,9 @@ def _check_file_type(f: Field, value: Any, source: str) -> None:
         problem = str(exc)
     else:  # e.g. 1 for a boolean: Go's JSON decoding refuses a number there
         problem = f"value {show(value)} is not {what}"
-    raise SettingsError(f"{source}: {problem}; a config file takes {what} here, as kumactl's does", f.name)
+    raise SettingsError(
+        f"{source}: {problem}; a config file takes {what} here, as kumactl's does", f.name
+    )
 
 
 def _jsonable(value: Any) -> Any:
@@ -543,9 +549,13 @@ def _load_yaml(text: str, label: str) -> Any:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
         problem = getattr(exc, "problem", None) or str(exc) or "not valid YAML or JSON"
-        raise SettingsError(f"parsing configuration from file '{label}' failed{at}: {problem}") from None
+        raise SettingsError(
+            f"parsing configuration from file '{label}' failed{at}: {problem}"
+        ) from None
     except RecursionError:
-        raise SettingsError(f"parsing configuration from file '{label}' failed: nested too deeply") from None
+        raise SettingsError(
+            f"parsing configuration from file '{label}' failed: nested too deeply"
+        ) from None
 
 
 # --------------------------------------------------------------------------- value parsers
@@ -616,7 +626,7 @@ def parse_ports(raw: object) -> tuple[int, ...]:
 
 
 def family(address: str) -> str:
-    """"ipv4" or "ipv6" for an address or network (already validated)."""
+    """ "ipv4" or "ipv6" for an address or network (already validated)."""
     return "ipv6" if ipaddress.ip_network(address, strict=False).version == 6 else "ipv4"
 
 

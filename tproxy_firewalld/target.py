@@ -136,11 +136,7 @@ def _private_dir(directory: Path) -> Path:
     except OSError as exc:
         raise os_error(directory, exc, "create") from None
     info = os.lstat(directory)
-    if (
-        not stat.S_ISDIR(info.st_mode)
-        or info.st_uid != os.geteuid()
-        or info.st_mode & 0o022
-    ):
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
         raise Locked(
             f"{directory} is not a directory of ours (it must be a directory owned by uid "
             f"{os.geteuid()} that nobody else can write to); remove it and run this again"
@@ -151,19 +147,27 @@ def _private_dir(directory: Path) -> Path:
 @contextlib.contextmanager
 def _flock(path: Path, timeout: float) -> Iterator[None]:
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
+        fd = os.open(
+            path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o600
+        )
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise Locked(f"the lock {path} is a symbolic link; refusing to follow it") from None
         if exc.errno in (errno.EACCES, errno.EPERM) and os.geteuid() != 0:
-            raise NotPermitted(f"cannot take the lock {path}: permission denied; run as root") from None
+            raise NotPermitted(
+                f"cannot take the lock {path}: permission denied; run as root"
+            ) from None
         if exc.errno in (errno.EISDIR, errno.ENXIO):  # a directory, a socket
-            raise Locked(f"the lock {path} is not a regular file of ours; remove it and run this again") from None
+            raise Locked(
+                f"the lock {path} is not a regular file of ours; remove it and run this again"
+            ) from None
         raise os_error(path, exc, "open the lock") from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
-            raise Locked(f"the lock {path} is not a regular file of ours; remove it and run this again")
+            raise Locked(
+                f"the lock {path} is not a regular file of ours; remove it and run this again"
+            )
         deadline = time.monotonic() + timeout
         while True:
             try:

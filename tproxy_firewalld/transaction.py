@@ -176,12 +176,18 @@ def _execute(step: Step, run: _Run, prepared: _Prepared) -> None:
         if step.add:
             host.add_address(step.iface, step.address)
             run.undo.append(
-                Undo(f"remove {step.address} from {step.iface}", call=lambda: host.remove_address(step.iface, step.address))
+                Undo(
+                    f"remove {step.address} from {step.iface}",
+                    call=lambda: host.remove_address(step.iface, step.address),
+                )
             )
         else:
             host.remove_address(step.iface, step.address)
             run.undo.append(
-                Undo(f"add {step.address} to {step.iface}", call=lambda: host.add_address(step.iface, step.address))
+                Undo(
+                    f"add {step.address} to {step.iface}",
+                    call=lambda: host.add_address(step.iface, step.address),
+                )
             )
     elif isinstance(step, FirewalldConfStep):
         _firewalld_conf(step, run)
@@ -214,7 +220,11 @@ def _firewalld_conf(step: FirewalldConfStep, run: _Run) -> None:
         fw = run.fw
         fw.set_conf(step.name, step.after)
         run.undo.append(
-            Undo(f"set {step.name}={step.before} again", call=lambda: fw.set_conf(step.name, step.before), firewalld=True)
+            Undo(
+                f"set {step.name}={step.before} again",
+                call=lambda: fw.set_conf(step.name, step.before),
+                firewalld=True,
+            )
         )
         return
     path = step.path
@@ -273,7 +283,11 @@ def _permanent(step: PermanentStep, run: _Run) -> None:
         exc.args = (exc.message,)
         raise
     run.undo.append(
-        Undo("restore the permanent configuration", call=lambda: fw.update_permanent(step.before), firewalld=True)
+        Undo(
+            "restore the permanent configuration",
+            call=lambda: fw.update_permanent(step.before),
+            firewalld=True,
+        )
     )
 
 
@@ -350,7 +364,11 @@ def _rollback(run: _Run, exc: TproxyError) -> None:
             f"{exc}; undoing the {made} change(s) already made failed for {len(failed)}: "
             f"{_shown(failed)}. {advice}{not_changed}"
         ) from None
-    note = f"undid the {made} change(s) already made, nothing was changed" if made else "nothing was changed"
+    note = (
+        f"undid the {made} change(s) already made, nothing was changed"
+        if made
+        else "nothing was changed"
+    )
     exc.message = f"{exc.message}; {note}"
     exc.args = (exc.message,)
 
@@ -366,7 +384,11 @@ def _undo_batch(run: _Run, batch: list[Op], failed: list[str], maybe: list[Op]) 
         return
     assert run.fw is not None
     if run.hung and run.asked_after_hang:
-        failed += [f"{op.describe()} (not tried: firewalld is not answering)" for op in batch if op not in maybe]
+        failed += [
+            f"{op.describe()} (not tried: firewalld is not answering)"
+            for op in batch
+            if op not in maybe
+        ]
         run.silent = True
         return
     run.asked_after_hang = run.hung

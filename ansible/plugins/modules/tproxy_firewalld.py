@@ -423,9 +423,13 @@ def run(module, lib):
         return lib.uninstall(target=target, dry_run=module.check_mode)
     config = params["config"] or []
     if "-" in config:
-        raise lib.SettingsError("config: '-' (standard input) cannot be used in a module; give a path", "config")
+        raise lib.SettingsError(
+            "config: '-' (standard input) cannot be used in a module; give a path", "config"
+        )
     # KUMA_TRANSPARENT_PROXY_* on the managed host are not read (env=None): the task says it all.
-    values = {f.name: params[f.name] for f in lib.Settings.option_fields() if params[f.name] is not None}
+    values = {
+        f.name: params[f.name] for f in lib.Settings.option_fields() if params[f.name] is not None
+    }
     settings = lib.Settings.load(config_files=config, **values)
     return lib.install(
         settings,
@@ -441,13 +445,18 @@ def main():
         import tproxy_firewalld as lib
     except ImportError:
         module = AnsibleModule(argument_spec={}, bypass_checks=True, supports_check_mode=True)
-        module.fail_json(msg=missing_required_lib("tproxy-firewalld"), exception=traceback.format_exc())
+        module.fail_json(
+            msg=missing_required_lib("tproxy-firewalld"), exception=traceback.format_exc()
+        )
     module = AnsibleModule(argument_spec=argument_spec(lib.Settings), supports_check_mode=True)
     try:
         result = run(module, lib)
     except lib.TproxyError as exc:
         module.fail_json(
-            msg=exc.message, error=type(exc).__name__, exit_code=int(exc.exit_code), setting=getattr(exc, "setting", None)
+            msg=exc.message,
+            error=type(exc).__name__,
+            exit_code=int(exc.exit_code),
+            setting=getattr(exc, "setting", None),
         )
     for warning in result.warnings:
         module.warn(warning.message)
