@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from helpers import ready_root
+
 from tproxy_firewalld.directxml import render_direct_xml
 from tproxy_firewalld.entries import Chain, DirectConfig, Entry, Passthrough, Rule
 from tproxy_firewalld.errors import FirewalldRejected, FirewalldUnavailable
@@ -156,3 +158,21 @@ class FakeFirewalld:
 
     def factory(self) -> Callable[[Target], tuple[FakeFirewalld, str]]:
         return lambda target: (self, "")
+
+
+#: another tool's entries, in the fake's runtime and permanent config and in direct.xml
+FOREIGN = DirectConfig(
+    chains=(Chain("ipv4", "filter", "FOREIGN"),),
+    rules=(Rule("ipv4", "filter", "FOREIGN", 0, ("-j", "RETURN")),),
+)
+
+
+def world(tmp_path: Path, **kw: object) -> tuple[Target, FakeFirewalld]:
+    """An image root at tmp_path and a fake firewalld, both holding FOREIGN and nothing else;
+    ``kw`` goes to FakeFirewalld (faults to inject)."""
+    fake = FakeFirewalld(list(FOREIGN.entries()), FOREIGN, **kw)  # type: ignore[arg-type]
+    ready_root(tmp_path)  # offline, firewalld.conf says what the fake says live
+    (tmp_path / "etc/firewalld/direct.xml").write_bytes(render_direct_xml(FOREIGN))
+    target = Target.make(tmp_path)
+    fake.file = target.direct_xml
+    return target, fake

@@ -61,6 +61,33 @@ def ready_root(root: Path, conf: str = READY_CONF) -> Path:
     return root
 
 
+# A stock firewalld.conf, as Debian 12's firewalld 1.3.3 ships it (shortened; comments kept).
+STOCK_CONF = """\
+# firewalld config file
+
+# default zone
+DefaultZone=public
+
+# FlushAllOnReload
+FlushAllOnReload=yes
+
+# RFC3964_IPv4
+# As per RFC 3964, filter IPv6 traffic with 6to4 destination addresses that
+# correspond to IPv4 addresses that should not be routed over the public
+# internet.
+# Defaults to "yes".
+RFC3964_IPv4=yes
+"""
+
+
+def stock_root(tmp_path: Path, conf: str = STOCK_CONF) -> Path:
+    """An image root at tmp_path/root whose firewalld.conf is firewalld's stock one."""
+    root = tmp_path / "root"
+    (root / "etc/firewalld").mkdir(parents=True)
+    (root / "etc/firewalld/firewalld.conf").write_text(conf)
+    return root
+
+
 # -- settings ---------------------------------------------------------------------------------
 
 

@@ -27,12 +27,14 @@ from harness import Sandbox, SandboxFactory
 from helpers import (
     CHANGING_MEMBERS,
     KUMA_COMMENT,
+    STOCK_CONF,
     add_foreign,
     direct_lines,
     file_config,
     foreign,
     ours,
     ready_root,
+    stock_root,
 )
 
 from tproxy_firewalld.directxml import parse_direct_xml
@@ -800,8 +802,6 @@ def test_the_ansible_module_passes_the_consent_through(tmp_path: Path) -> None:
     """The module (in-process, an image root with firewalld's stock firewalld.conf): without
     configure_firewalld the task fails with the library's refusal; with it the setting is
     changed, and `state: absent` puts it back."""
-    from test_firewalld_conf import STOCK_CONF, stock_root
-
     root = stock_root(tmp_path)
     conf = root / "etc/firewalld/firewalld.conf"
     refused = run_in_process({"state": "present", "root": str(root)})

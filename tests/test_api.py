@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fake_firewalld import FOREIGN, world
 from harness import Sandbox
 from helpers import REPO, load, ready_root, run_in_sandbox
-from test_apply import FOREIGN, world
 
 from tproxy_firewalld import api
 from tproxy_firewalld.errors import SettingsError

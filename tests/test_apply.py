@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 
 import pytest
-from fake_firewalld import FakeFirewalld
-from helpers import load, ready_root
+from fake_firewalld import FOREIGN, FakeFirewalld, world
+from helpers import load
 
 from tproxy_firewalld import api, files
 from tproxy_firewalld.entries import Chain, DirectConfig, Rule
@@ -31,24 +31,9 @@ from tproxy_firewalld.kuma import OWNER
 from tproxy_firewalld.ruleset import build_ruleset
 from tproxy_firewalld.target import Target
 
-FOREIGN = DirectConfig(
-    chains=(Chain("ipv4", "filter", "FOREIGN"),),
-    rules=(Rule("ipv4", "filter", "FOREIGN", 0, ("-j", "RETURN")),),
-)
 SETTINGS = load({"--kuma-dp-user": "5678"})
 OURS = build_ruleset(SETTINGS)
 N_OPS = len(OURS)  # 30: 8 chains, 22 rules
-
-
-def world(tmp_path: Path, **kw: object) -> tuple[Target, FakeFirewalld]:
-    fake = FakeFirewalld(list(FOREIGN.entries()), FOREIGN, **kw)  # type: ignore[arg-type]
-    ready_root(tmp_path)  # offline, firewalld.conf says what the fake says live
-    from tproxy_firewalld.directxml import render_direct_xml
-
-    (tmp_path / "etc/firewalld/direct.xml").write_bytes(render_direct_xml(FOREIGN))
-    target = Target.make(tmp_path)
-    fake.file = target.direct_xml
-    return target, fake
 
 
 def state(target: Target, fake: FakeFirewalld) -> tuple[object, ...]:

@@ -19,9 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fake_firewalld import FOREIGN, world
 from harness import Peer, Sandbox, SandboxFactory, endpoint
-from helpers import CHANGING_MEMBERS, TP, direct_lines, load, tpfw, watch_bus
-from test_apply import FOREIGN, world
+from helpers import (
+    CHANGING_MEMBERS,
+    STOCK_CONF,
+    TP,
+    direct_lines,
+    load,
+    stock_root,
+    tpfw,
+    watch_bus,
+)
 
 from tproxy_firewalld import api, transaction
 from tproxy_firewalld.errors import ExitCode, FileError, FirewalldConfRefused, FirewalldRejected
@@ -30,23 +39,6 @@ from tproxy_firewalld.kuma import OWNER, KumaSettings
 from tproxy_firewalld.record import RecordError, read_record
 from tproxy_firewalld.ruleset import build_ruleset
 
-# A stock firewalld.conf, as Debian 12's firewalld 1.3.3 ships it (shortened; comments kept).
-STOCK_CONF = """\
-# firewalld config file
-
-# default zone
-DefaultZone=public
-
-# FlushAllOnReload
-FlushAllOnReload=yes
-
-# RFC3964_IPv4
-# As per RFC 3964, filter IPv6 traffic with 6to4 destination addresses that
-# correspond to IPv4 addresses that should not be routed over the public
-# internet.
-# Defaults to "yes".
-RFC3964_IPv4=yes
-"""
 CONSENT = "--configure-firewalld"
 
 
@@ -55,13 +47,6 @@ def run_tp(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
         [*TP, *args], capture_output=True, text=True, timeout=120, check=False,
         env={**os.environ, **(env or {})},
     )  # fmt: skip
-
-
-def stock_root(tmp_path: Path, conf: str = STOCK_CONF) -> Path:
-    root = tmp_path / "root"
-    (root / "etc/firewalld").mkdir(parents=True)
-    (root / "etc/firewalld/firewalld.conf").write_text(conf)
-    return root
 
 
 def files_of(root: Path) -> dict[str, bytes]:

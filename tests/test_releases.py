@@ -343,7 +343,7 @@ def test_every_release_in_the_kernel(make_sandbox: Any, backend: str, tmp_path: 
     """For each release, its defaults and a many-flags case: firewalld, loading our
     direct.xml, puts exactly the rules into the kernel that kumactl of that release restores
     (both families; one sandbox, the releases loaded in turn)."""
-    from test_kernel_rules import (
+    from kernel_rules import (
         BARE_NETNS,
         FAMILIES,
         KUMA_TABLES,
