@@ -218,10 +218,3 @@ def chase(root: Path, relative: str) -> Path:
             continue
         current = candidate
     return current
-
-
-def ensure_inside(root: Path, path: Path) -> None:
-    """A last check before writing: ``path`` really lies inside ``root``."""
-    real = Path(os.path.realpath(path.parent))
-    if real != root and root not in real.parents:
-        raise NotPermitted(f"{path} leads out of the image root {root}; refusing to write there")
