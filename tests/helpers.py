@@ -28,20 +28,21 @@ CHANGING_MEMBERS = {
     "removePassthrough", "passthrough", "update", "reload", "completeReload", "runtimeToPermanent",
 }  # fmt: skip
 
-# -- Kuma's golden files: read from ../shared (never copied into the project) ------------------
+# -- Kuma's golden files: read where they are (never copied into the project) -----------------
 
 KUMA_GOLDENS_ENV = "TPFW_KUMA_GOLDENS"
 
 
 def kuma_goldens() -> Path:
-    """Kuma's golden files: $TPFW_KUMA_GOLDENS, default ../shared/kuma beside this checkout
-    (CI always has it). Tests that need them fail, with how to point them elsewhere."""
+    """Kuma's golden files: $TPFW_KUMA_GOLDENS; unset, the reference material that sits beside
+    this checkout in its development environment and CI. Tests that need them fail, with how
+    to point them elsewhere."""
     path = Path(os.environ.get(KUMA_GOLDENS_ENV, REPO.parent / "shared" / "kuma"))
     if not (path / "releases").is_dir():
         pytest.fail(
             f"Kuma's golden files are not at {path}: set {KUMA_GOLDENS_ENV} to a directory with "
             "kumactl's dry-run goldens (app/kumactl/cmd/install/testdata/ of a Kuma checkout, "
-            "laid out as ../shared/kuma is: releases/<X.Y>/, rhel-9-default.*.golden)",
+            "laid out as releases/<X.Y>/ and rhel-9-default.*.golden)",
             pytrace=False,
         )
     return path

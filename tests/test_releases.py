@@ -1,5 +1,6 @@
 """Every maintained Kuma release (2.7, 2.11, 2.12, 2.13, 2.14): its rule set against every one
-of its kumactl dry-run goldens (../shared/kuma/releases/<X.Y>/), its flags, and --kuma-version.
+of its kumactl dry-run goldens (helpers.kuma_goldens(): releases/<X.Y>/), its flags, and
+--kuma-version.
 
 Each golden is compared as Kuma's own test compares it: the dry-run output of the arguments
 Kuma's test passes (releases/README.md; v2.7.29 and v2.14.3's
