@@ -21,11 +21,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +40,7 @@ from helpers import (
     run_in_sandbox,
     tpfw,
 )
+from versions import FLUSH, Version, params
 
 from tproxy_firewalld.directxml import render_direct_xml
 from tproxy_firewalld.entries import Chain, DirectConfig, Rule
@@ -50,11 +49,7 @@ from tproxy_firewalld.kuma import OWNER
 from tproxy_firewalld.ruleset import build_ruleset
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_ROOTS_DIR = Path("/var/cache/tproxy-firewalld/roots")
-ROOT_SUITES = ("bullseye", "trixie", "forky")  # what scripts/build-roots builds
-BACKENDS: tuple[Backend, ...] = ("nftables", "iptables")
 FAMILIES: tuple[Family, ...] = ("ipv4", "ipv6")
-FLUSH: tuple[YesNo, ...] = ("yes", "no")
 
 KUMA_COMMENT = "kuma/mesh/transparent/proxy"
 KUMA_DP_UID = 5678
@@ -64,106 +59,6 @@ RUNTIME_ONLY = "ipv4 filter INPUT 5 -p tcp --dport 9999 -j ACCEPT"
 # firewalld >= 2.5 says this when a file it watches changes behind its back.
 OUT_OF_BAND = "out-of-band"
 WATCHER_DELAY = 5.0  # firewalld's watcher acts 5 s after the last change of a file
-
-
-# -- the versions ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Version:
-    suite: str  # Debian suite: bookworm is the host
-    root: Path | None  # None: the host's firewalld
-    package: str  # Debian package version of firewalld, e.g. "0.9.3-2"
-    problem: str = ""  # why the root cannot be used: its tests fail with this
-
-    @property
-    def upstream(self) -> str:
-        match = re.match(r"\d+\.\d+\.\d+", self.package)
-        return match.group(0) if match else "?"
-
-    @property
-    def number(self) -> tuple[int, ...]:
-        return (
-            tuple(int(part) for part in self.upstream.split(".")) if self.upstream != "?" else (0,)
-        )
-
-    @property
-    def id(self) -> str:
-        return f"{self.suite}-{self.upstream}"
-
-    # What differs between versions (firewalld release notes and source), as the tests expect it.
-    def flushes_iptables_without_direct_config(self, backend: Backend) -> bool:
-        """Before 2.0 every start and reload flushes all iptables tables; from 2.0 the nftables
-        backend does so only once direct config exists. The iptables backend always does."""
-        return self.number < (2, 0) or backend == "iptables"
-
-    @property
-    def has_strict_forward_ports(self) -> bool:
-        return self.number >= (2, 3)
-
-    @property
-    def rereads_direct_xml(self) -> bool:
-        """Up to 2.4 the watcher loads a changed direct.xml by itself; 2.5 only warns."""
-        return self.number < (2, 5)
-
-
-def roots_dir() -> Path:
-    return Path(os.environ.get("TPFW_ROOTS_DIR") or DEFAULT_ROOTS_DIR)
-
-
-def host_version() -> Version:
-    codename = "host"
-    try:
-        for line in Path("/etc/os-release").read_text().splitlines():
-            if line.startswith("VERSION_CODENAME="):
-                codename = line.split("=", 1)[1].strip('"') or codename
-    except OSError:
-        pass
-    try:
-        package = subprocess.run(
-            ["dpkg-query", "-W", "-f", "${Version}", "firewalld"],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError) as exc:
-        return Version(codename, None, "", f"the host's firewalld package: {exc}")
-    return Version(codename, None, package)
-
-
-def root_version(name: str) -> Version:
-    path = Path(name) if "/" in name else roots_dir() / name
-    marker = path.parent / f"{path.name}.json"
-    if not (path / "usr/sbin/firewalld").exists():
-        return Version(path.name, path, "", f"no firewalld root at {path}; run scripts/build-roots")
-    try:
-        package = str(json.loads(marker.read_text())["firewalld"])
-    except (OSError, ValueError, KeyError):
-        return Version(path.name, path, "", f"{marker} missing or unreadable: an incomplete root")
-    return Version(path.name, path, package)
-
-
-def discover() -> list[Version]:
-    wanted = os.environ.get("TPFW_FIREWALLD_ROOTS")
-    if wanted is None:
-        names = [s for s in ROOT_SUITES if (roots_dir() / f"{s}.json").exists()]
-    else:
-        names = [w for w in re.split(r"[,\s]+", wanted) if w and w != "none"]
-    versions = [host_version(), *(root_version(name) for name in names)]
-    return sorted(versions, key=lambda v: v.number)
-
-
-VERSIONS = discover()
-
-
-def params(*, backends: tuple[Backend, ...] = BACKENDS, flush: tuple[YesNo, ...] = ("yes",),
-           only: Any = None) -> list[Any]:  # fmt: skip
-    """pytest params (version, backend, flush) for every version (that `only` accepts)."""
-    return [
-        pytest.param(v, b, f, id=f"{v.id}-{b}" + (f"-flush{f}" if len(flush) > 1 else ""))
-        for v in VERSIONS
-        if only is None or only(v)
-        for b in backends
-        for f in flush
-    ]
 
 
 # -- results, for the README's table ---------------------------------------------------------
