@@ -1,0 +1,127 @@
+"""Issue 17 items 5-8: races and odd environments at the tool's boundaries.
+
+5. A firewalld whose process runs but that has not taken its D-Bus name yet is waited for,
+   never written behind. 6. ``--root`` paths are resolved fully inside the root, and a root that
+   is ``/`` (by device and inode, e.g. a bind mount of it) is the live system. 7. No ``unshare``
+   is a warning, not rejected rules. 8. A read-only or full /var/cache never fails a command.
+
+Everything that starts firewalld, mounts or changes netfilter runs in the sandbox (tests/harness);
+image-root runs touch only pytest's tmp_path. As in test_boundaries.py, the CLI runs as a
+separate process, so ``TPFW_CLI_PYTHONPATH=/an/old/checkout`` puts that checkout's CLI under
+these tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Optional
+
+from harness import Sandbox, SandboxFactory
+from helpers import TP, direct_lines, ours
+from versions import version_of
+
+from tproxy_firewalld.presence import is_firewalld
+
+#: a checkout whose CLI to run instead of this one (see the module's docstring)
+CLI_PYTHONPATH = os.environ.get("TPFW_CLI_PYTHONPATH")
+
+# -------------------------------------------------- 5. a firewalld that has no bus name yet
+
+#: imported by python at its start (PYTHONPATH), before firewalld's own code runs: the process
+#: (cmdline `python3 /usr/sbin/firewalld ...`) exists, its D-Bus name has no owner yet: the
+#: window in which firewalld 2.5 loads direct.xml, held open until the test sends SIGCONT
+HOLD_AT_START = """
+import os, signal
+with open(os.path.join(os.path.dirname(__file__), "pid"), "w") as f:
+    f.write(str(os.getpid()))
+os.kill(os.getpid(), signal.SIGSTOP)
+"""
+
+
+def tp(
+    sb: Sandbox, *args: str, env: Optional[Mapping[str, str]] = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """The CLI inside the sandbox; never raises for its exit code."""
+    extra = {"PYTHONPATH": CLI_PYTHONPATH} if CLI_PYTHONPATH else {}
+    return sb.run(*TP, *args, check=False, env={**extra, **(env or {})}, timeout=timeout)
+
+
+def described(result: subprocess.CompletedProcess[str]) -> str:
+    return f"exit {result.returncode}\n--- stdout:\n{result.stdout}--- stderr:\n{result.stderr}"
+
+
+def error_line(result: subprocess.CompletedProcess[str], code: int, *words: str) -> str:
+    """Exit ``code`` with exactly one ``Error:`` line (warnings aside) holding ``words``."""
+    assert result.returncode == code, described(result)
+    assert "Traceback" not in result.stderr, described(result)
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("Warning: ")]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), described(result)
+    for word in words:
+        assert word in lines[0], f"{word!r} missing: {described(result)}"
+    return lines[0]
+
+
+def test_what_counts_as_a_firewalld_process() -> None:
+    assert is_firewalld([b"/usr/bin/python3", b"-s", b"/usr/sbin/firewalld", b"--nofork", b""])
+    assert is_firewalld([b"/usr/bin/python3.14", b"/usr/sbin/firewalld"])
+    assert is_firewalld([b"firewalld", b"--nofork"])
+    assert not is_firewalld([b"/usr/bin/python3", b"/usr/bin/firewall-cmd", b"--state"])
+    assert not is_firewalld([b"/usr/bin/python3", b"-m", b"tproxy_firewalld", b"firewalld"])
+    assert not is_firewalld([b""])
+
+
+def test_a_firewalld_process_without_its_bus_name_is_waited_for_never_written_behind(
+    make_sandbox: SandboxFactory, tmp_path: Path
+) -> None:
+    """firewalld 2.5.2's start, frozen after its process began and before it took its name:
+    the install waits (bounded: exit 5, direct.xml untouched), and when firewalld goes on it
+    installs live. Before: offline, direct.xml written behind firewalld, exit 0."""
+    root = version_of("forky").root
+    assert root is not None
+    sb = make_sandbox(root=root)
+    sb.stop_firewalld()
+    before = sb.direct_xml.read_bytes() if sb.direct_xml.exists() else None
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    (hold / "sitecustomize.py").write_text(HOLD_AT_START)
+    firewalld = [
+        *sb._nsenter(), "timeout", "600", "chroot", str(root),
+        "env", f"PYTHONPATH={hold}", "/usr/bin/python3", "/usr/sbin/firewalld", "--nofork",
+        "--nopid",
+    ]  # fmt: skip
+    with subprocess.Popen(firewalld, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL) as proc:
+        try:
+            deadline = time.monotonic() + 30
+            while not (hold / "pid").exists() or not (hold / "pid").read_text():
+                assert time.monotonic() < deadline and proc.poll() is None, "firewalld started"
+                time.sleep(0.1)
+            pid = (hold / "pid").read_text()
+            stat = sb.run("cat", f"/proc/{pid}/stat").stdout
+            assert stat.rsplit(")", 1)[1].split()[0] == "T", stat
+            assert sb.state().startswith("not running"), "its name has no owner"
+
+            started = time.monotonic()
+            result = tp(sb, "install", env={"TPROXY_FIREWALLD_TIMEOUT": "3"})
+            error_line(result, 5, "starting or stopping", f"pid {pid}", "within 3 s")
+            assert 3 <= time.monotonic() - started < 60, "waited for its name, then gave up"
+            assert (sb.direct_xml.read_bytes() if sb.direct_xml.exists() else None) == before
+
+            with ThreadPoolExecutor(1) as pool:
+                running = pool.submit(
+                    tp, sb, "install", "-o", "json", env={"TPROXY_FIREWALLD_TIMEOUT": "120"}
+                )
+                time.sleep(1)
+                sb.run("kill", "-CONT", pid)
+                result = running.result()
+            assert result.returncode == 0, described(result)
+            assert json.loads(result.stdout)["mode"] == "live", described(result)
+            assert sb.state() == "running"
+            assert len(ours(direct_lines(sb))) == 30, "installed into the running firewalld"
+        finally:
+            proc.kill()
