@@ -125,3 +125,57 @@ def test_a_firewalld_process_without_its_bus_name_is_waited_for_never_written_be
             assert len(ours(direct_lines(sb))) == 30, "installed into the running firewalld"
         finally:
             proc.kill()
+
+
+# -------------------------------------------------- 6. --root: the last component, aliases of /
+
+IMAGE_CONF = "# the image's own firewalld.conf\nDefaultZone=public\nRFC3964_IPv4=yes\n"
+HOST_CONF = "# a file outside the image\nDefaultZone=public\nRFC3964_IPv4=no\n"
+
+
+def tp_here(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The CLI on this machine: only ever with --root (an image root under tmp_path)."""
+    assert "--root" in args, "never the live system outside the sandbox"
+    extra = {"PYTHONPATH": CLI_PYTHONPATH} if CLI_PYTHONPATH else {}
+    return subprocess.run(
+        [*TP, *args], capture_output=True, text=True, timeout=timeout, check=False,
+        env={**os.environ, **extra}, cwd="/",  # "-m" looks in the cwd first
+    )  # fmt: skip
+
+
+def test_an_image_firewalld_conf_that_is_an_absolute_symlink_is_the_images_file(
+    tmp_path: Path,
+) -> None:
+    """ROOT/etc/firewalld/firewalld.conf -> /X means ROOT/X (as in a chroot), not the host's /X.
+    Before, the last component was opened as it was, through the symlink to this machine's
+    file: RFC3964_IPv4=no there, so the install went ahead (exit 0) where the image says yes."""
+    outside = tmp_path / "outside" / "firewalld.conf"  # stands for the host's file
+    outside.parent.mkdir()
+    outside.write_text(HOST_CONF)
+    root = tmp_path / "root"
+    (root / "etc/firewalld").mkdir(parents=True)
+    inside = root / str(outside).lstrip("/")
+    inside.parent.mkdir(parents=True)
+    inside.write_text(IMAGE_CONF)
+    (root / "etc/firewalld/firewalld.conf").symlink_to(outside)
+    error_line(tp_here("install", "--root", str(root)), 12, "RFC3964_IPv4")
+    assert not (root / "etc/firewalld/direct.xml").exists()
+    assert outside.read_text() == HOST_CONF and inside.read_text() == IMAGE_CONF
+
+
+def test_a_bind_mount_of_slash_as_root_is_the_live_system(make_sandbox: SandboxFactory) -> None:
+    """`--root DIR` where DIR is `/` mounted again (a container's `-v /:/host`): the same
+    directory by device and inode, so the live system: the SSH guard holds and firewalld is
+    talked to. Before, it was an image root: no guard, direct.xml written behind firewalld."""
+    sb = make_sandbox()
+    alias = sb.workdir / "host"
+    alias.mkdir()
+    sb.run("mount", "--rbind", "/", alias)  # in the sandbox's private mount namespace
+    before = sb.direct_xml.read_bytes() if sb.direct_xml.exists() else None
+    with sb.listen(22, name="sshd"):
+        error_line(tp(sb, "install", "--root", str(alias)), 10, "port 22", "SSH")
+    assert (sb.direct_xml.read_bytes() if sb.direct_xml.exists() else None) == before
+    result = tp(sb, "install", "--root", str(alias), "-o", "json")
+    assert result.returncode == 0, described(result)
+    assert json.loads(result.stdout)["mode"] == "live", described(result)
+    assert len(ours(direct_lines(sb))) == 30 and len(ours(direct_lines(sb, permanent=True))) == 30
