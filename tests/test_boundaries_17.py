@@ -44,12 +44,15 @@ os.kill(os.getpid(), signal.SIGSTOP)
 """
 
 
+def cli_env(extra: Optional[Mapping[str, str]] = None) -> dict[str, str]:
+    return {**({"PYTHONPATH": CLI_PYTHONPATH} if CLI_PYTHONPATH else {}), **(extra or {})}
+
+
 def tp(
     sb: Sandbox, *args: str, env: Optional[Mapping[str, str]] = None, timeout: float = 180
 ) -> subprocess.CompletedProcess[str]:
     """The CLI inside the sandbox; never raises for its exit code."""
-    extra = {"PYTHONPATH": CLI_PYTHONPATH} if CLI_PYTHONPATH else {}
-    return sb.run(*TP, *args, check=False, env={**extra, **(env or {})}, timeout=timeout)
+    return sb.run(*TP, *args, check=False, env=cli_env(env), timeout=timeout)
 
 
 def described(result: subprocess.CompletedProcess[str]) -> str:
@@ -136,10 +139,9 @@ HOST_CONF = "# a file outside the image\nDefaultZone=public\nRFC3964_IPv4=no\n"
 def tp_here(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """The CLI on this machine: only ever with --root (an image root under tmp_path)."""
     assert "--root" in args, "never the live system outside the sandbox"
-    extra = {"PYTHONPATH": CLI_PYTHONPATH} if CLI_PYTHONPATH else {}
     return subprocess.run(
         [*TP, *args], capture_output=True, text=True, timeout=timeout, check=False,
-        env={**os.environ, **extra}, cwd="/",  # "-m" looks in the cwd first
+        env={**os.environ, **cli_env()}, cwd="/",  # "-m" looks in the cwd first
     )  # fmt: skip
 
 
@@ -179,3 +181,45 @@ def test_a_bind_mount_of_slash_as_root_is_the_live_system(make_sandbox: SandboxF
     assert result.returncode == 0, described(result)
     assert json.loads(result.stdout)["mode"] == "live", described(result)
     assert len(ours(direct_lines(sb))) == 30 and len(ours(direct_lines(sb, permanent=True))) == 30
+
+
+# -------------------------------------------------- 7. no unshare
+
+#: as in a container without CAP_SYS_ADMIN (Docker's default): `unshare --net` fails with
+#: "unshare failed: Operation not permitted"; iptables (CAP_NET_ADMIN) still works
+NO_SYS_ADMIN = ("setpriv", "--bounding-set=-sys_admin")
+BAD_PORT_TEMPLATE = """\
+* nat
+-N KUMA_MESH_X
+-A KUMA_MESH_X -m comment --comment "kuma/mesh/transparent/proxy/x" -p tcp --dport notaport -j RETURN
+COMMIT
+"""
+
+
+def test_no_unshare_is_a_warning_and_iptables_test_still_judges_the_rules(
+    make_sandbox: SandboxFactory,
+) -> None:
+    """Before: exit 4, "iptables-restore rejects the rendered ipv4 rules: unshare failed:
+    Operation not permitted". Now the install goes ahead with a warning that only
+    `iptables-restore --test` checked the rules, and a rule --test refuses is still exit 4."""
+    sb = make_sandbox()
+    assert "Operation not permitted" in sb.run(*NO_SYS_ADMIN, "unshare", "--net", "true",
+                                               check=False).stderr  # fmt: skip
+    result = sb.run(*NO_SYS_ADMIN, *TP, "install", check=False, env=cli_env())
+    assert result.returncode == 0, described(result)
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("Warning: ")]
+    for ipv in ("ipv4", "ipv6"):
+        assert any(
+            f"of the {ipv} rules (unshare: unshare failed: Operation not permitted); checked "
+            f"with {'ip6' if ipv == 'ipv6' else 'ip'}tables-restore --test only" in line
+            for line in warnings
+        ), described(result)
+    assert len(ours(direct_lines(sb))) == 30
+    template = sb.workdir / "bad-port.rules.j2"
+    template.write_text(BAD_PORT_TEMPLATE)
+    result = sb.run(
+        *NO_SYS_ADMIN, *TP, "render", "--direct-xml", "/nonexistent", "--rules-template",
+        str(template), check=False, env=cli_env(),
+    )  # fmt: skip
+    line = error_line(result, 4, "iptables-restore rejects the rendered ipv4 rules", "notaport")
+    assert "unshare" not in line
