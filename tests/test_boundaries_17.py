@@ -223,3 +223,39 @@ def test_no_unshare_is_a_warning_and_iptables_test_still_judges_the_rules(
     )  # fmt: skip
     line = error_line(result, 4, "iptables-restore rejects the rendered ipv4 rules", "notaport")
     assert "unshare" not in line
+
+
+# -------------------------------------------------- 8. a read-only or full /var/cache
+
+CACHE = "/var/cache/tproxy-firewalld"
+#: /var/cache/tproxy-firewalld as a fresh file system (in the sandbox's private mount namespace)
+#: with an empty bytecode directory, then made read-only, or filled up
+READ_ONLY_CACHE = f"mount -t tmpfs -o mode=0755 tmpfs {CACHE} && mkdir -m 0700 {CACHE}/templates \
+&& mount -o remount,ro {CACHE}"
+FULL_CACHE = f"umount {CACHE}; mount -t tmpfs -o mode=0755,size=64k tmpfs {CACHE} \
+&& mkdir -m 0700 {CACHE}/templates && (cat /dev/zero >{CACHE}/filler 2>/dev/null; true)"
+
+
+def test_a_read_only_or_full_cache_never_fails_a_command(make_sandbox: SandboxFactory) -> None:
+    """Before: exit 2 "rules template ...: [Errno 30] Read-only file system" (or 28, No space
+    left on device) from jinja2's bytecode cache, for render, diff and install alike. A cache
+    is only a cache. Writing our own record where that is impossible stays exit 11."""
+    sb = make_sandbox()
+    for setup, errno_text in ((READ_ONLY_CACHE, "Read-only"), (FULL_CACHE, "No space")):
+        sb.run("sh", "-c", setup)
+        probe = sb.run("sh", "-c", f"head -c 8192 /dev/zero >{CACHE}/templates/probe", check=False)
+        assert errno_text in probe.stderr, probe.stderr  # the cache cannot be written
+        result = tp(sb, "render", "--direct-xml", "/nonexistent")
+        assert result.returncode == 0 and "KUMA_MESH" in result.stdout, described(result)
+        result = tp(sb, "diff", "--kuma-version", "2.14")
+        assert result.returncode == 1, f"differences, nothing installed yet: {described(result)}"
+        result = tp(sb, "install")
+        assert result.returncode == 0, described(result)
+        assert len(ours(direct_lines(sb))) == 30
+        assert tp(sb, "diff").returncode == 0
+        result = tp(sb, "uninstall")
+        assert result.returncode == 0, described(result)
+    # our own state is not a cache: a read-only /var/lib/tproxy-firewalld is exit 11
+    sb.run("mount", "-o", "remount,ro", "/var/lib/tproxy-firewalld")
+    error_line(tp(sb, "install"), 11, "/var/lib/tproxy-firewalld", "Read-only file system")
+    assert ours(direct_lines(sb)) == [], "nothing changed"
