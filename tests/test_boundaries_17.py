@@ -252,7 +252,6 @@ def test_a_read_only_or_full_cache_never_fails_a_command(make_sandbox: SandboxFa
         result = tp(sb, "install")
         assert result.returncode == 0, described(result)
         assert len(ours(direct_lines(sb))) == 30
-        assert tp(sb, "diff").returncode == 0
         result = tp(sb, "uninstall")
         assert result.returncode == 0, described(result)
     # our own state is not a cache: a read-only /var/lib/tproxy-firewalld is exit 11
