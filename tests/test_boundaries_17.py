@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
+import pytest
 from harness import Sandbox, SandboxFactory
 from helpers import TP, direct_lines, ours
 from versions import version_of
@@ -258,3 +259,41 @@ def test_a_read_only_or_full_cache_never_fails_a_command(make_sandbox: SandboxFa
     sb.run("mount", "-o", "remount,ro", "/var/lib/tproxy-firewalld")
     error_line(tp(sb, "install"), 11, "/var/lib/tproxy-firewalld", "Read-only file system")
     assert ours(direct_lines(sb)) == [], "nothing changed"
+
+
+def fake_process(proc: Path, pid: int, argv: list[str], net: str) -> None:
+    (proc / str(pid) / "ns").mkdir(parents=True)
+    (proc / str(pid) / "cmdline").write_bytes(b"".join(a.encode() + b"\0" for a in argv))
+    (proc / str(pid) / "ns" / "net").symlink_to(net)
+
+
+def test_starting_means_its_unit_is_busy_or_its_process_runs_in_our_network_namespace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pure code over a made-up /proc and systemctl (the sandbox has no systemd)."""
+    from tproxy_firewalld import presence
+
+    proc = tmp_path / "proc"
+    (proc / "self" / "ns").mkdir(parents=True)
+    (proc / "self" / "ns" / "net").symlink_to("net:[1]")
+    fake_process(proc, 10, ["/usr/bin/python3", "/usr/bin/firewall-cmd", "--state"], "net:[1]")
+    fake_process(proc, 11, ["/usr/bin/python3", "/usr/sbin/firewalld", "--nofork"], "net:[2]")
+    monkeypatch.setattr(presence, "SYSTEMD_RUN_DIR", str(tmp_path / "no-systemd"))
+    assert presence.starting(proc) is None, "a container's firewalld is another firewall"
+    fake_process(proc, 12, ["/usr/bin/python3", "-s", "/usr/sbin/firewalld"], "net:[1]")
+    assert presence.starting(proc) == "a firewalld process (pid 12) is running"
+    # systemd: the unit's state, from systemctl
+    (tmp_path / "systemd").mkdir()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    systemctl = bin_dir / "systemctl"
+    monkeypatch.setattr(presence, "SYSTEMD_RUN_DIR", str(tmp_path / "systemd"))
+    monkeypatch.setenv("PATH", str(bin_dir))
+    empty = tmp_path / "empty-proc"
+    (empty / "self" / "ns").mkdir(parents=True)
+    for state, expected in (("activating", "firewalld.service is activating"), ("inactive", None)):
+        systemctl.write_text(
+            f"#!/bin/sh\n[ \"$*\" = 'is-active firewalld.service' ] && echo {state}\n"
+        )
+        systemctl.chmod(0o755)
+        assert presence.starting(empty) == expected

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Optional
 
 UNIT = "firewalld.service"
+#: exists when systemd is PID 1 (sd_booted())
+SYSTEMD_RUN_DIR = "/run/systemd/system"
 #: `systemctl is-active` answers that mean the unit's process is (or is about to be) there
 BUSY_UNIT_STATES = frozenset({"active", "activating", "reloading", "deactivating", "refreshing"})
 PYTHONS = ("python", "python3")
@@ -36,7 +38,7 @@ def starting(proc: Path = Path("/proc")) -> Optional[str]:
 
 def unit_state() -> Optional[str]:
     """``systemctl is-active firewalld.service`` when systemd runs this system, else None."""
-    if not os.path.isdir("/run/systemd/system"):
+    if not os.path.isdir(SYSTEMD_RUN_DIR):
         return None  # systemd is not PID 1 (a container, a chroot, a test sandbox)
     systemctl = shutil.which("systemctl") or shutil.which("systemctl", path="/usr/bin:/bin")
     if systemctl is None:
