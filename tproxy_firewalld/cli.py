@@ -255,7 +255,7 @@ ROOT = typer.Option(
     "--root",
     metavar="DIR",
     help="Work on the image root DIR (DIR/etc/firewalld/direct.xml, symlinks resolved inside DIR); "
-    "implies --offline. A DIR that resolves to / is the live system.",
+    "implies --offline. A DIR that is / (also a bind mount of it) is the live system.",
 )
 OUTPUT = typer.Option(
     Output.text, "--output", "-o", help="text (for people) or json (versioned, for programs)."

@@ -409,13 +409,32 @@ def _unretrieved_is_handled(loop: asyncio.AbstractEventLoop, context: dict[str, 
     loop.default_exception_handler(context)
 
 
+def _wait_for_name(fw: DbusFirewalld, deadline: float, timeout: float) -> bool:
+    """Whether firewalld's name has an owner, waiting (until ``deadline``) while firewalld is
+    starting or stopping; raises FirewalldUnavailable when it is still so at the deadline."""
+    from tproxy_firewalld.presence import starting
+
+    while not fw.name_has_owner():
+        why = starting()
+        if why is None:
+            return False
+        if time.monotonic() >= deadline:
+            raise FirewalldUnavailable(
+                f"firewalld is starting or stopping ({why}) but has not taken its D-Bus name "
+                f"within {timeout:g} s; run this again when `firewall-cmd --state` says running"
+            )
+        time.sleep(0.2)
+    return True
+
+
 def connect(
     address: Optional[str] = None, timeout: Optional[float] = None
 ) -> tuple[Optional[DbusFirewalld], str]:
     """firewalld, if it runs; else ``(None, why)`` — only when it positively does not.
 
     Offline (``None``) only when the system bus itself is not there, or firewalld's name has
-    no owner on it. Anything else that goes wrong (no answer, a lost connection, a state other
+    no owner on it and firewalld is not starting either (no process, its unit not active: see
+    :mod:`presence`; while it is, the name is waited for). Anything else that goes wrong (no answer, a lost connection, a state other
     than RUNNING after the wait) raises FirewalldUnavailable: writing direct.xml behind a
     live firewalld would be overwritten from its memory, or ignored (firewalld >= 2.3.3).
     Asking whether the name has an owner never starts firewalld by D-Bus activation.
@@ -457,10 +476,10 @@ def connect(
         ) from None
     fw = DbusFirewalld(loop, bus, timeout)
     try:
-        if not fw.name_has_owner():
-            fw.close()
-            return None, "firewalld is not running (its D-Bus name has no owner)"
         deadline = time.monotonic() + timeout
+        if not _wait_for_name(fw, deadline, timeout):
+            fw.close()
+            return None, "firewalld is not running (its D-Bus name has no owner, no process)"
         info = fw.info()
         while info.state == "INIT" and time.monotonic() < deadline:
             time.sleep(0.2)  # starting up (e.g. at boot): wait for RUNNING

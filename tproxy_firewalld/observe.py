@@ -16,7 +16,7 @@ from tproxy_firewalld import host
 from tproxy_firewalld.directxml import read_direct_xml
 from tproxy_firewalld.entries import DirectConfig
 from tproxy_firewalld.firewalld import DaemonInfo, Firewalld
-from tproxy_firewalld.fwconf import CONF_FILE, ConfView, file_view, firewalld_version, live_view
+from tproxy_firewalld.fwconf import ConfView, file_view, firewalld_version, live_view
 from tproxy_firewalld.kuma import KUMA, Profile
 from tproxy_firewalld.record import Record, RecordError, read_record
 from tproxy_firewalld.target import Target
@@ -82,7 +82,7 @@ def observe(target: Target, fw: Optional[Firewalld], why: str, profile: Profile 
         loopback = {
             address: host.has_address("lo", address) for address in profile.loopback.values()
         }
-    conf_path = target.firewalld_dir / CONF_FILE
+    conf_path = target.conf_file
     if fw is None:
         conf = file_view(conf_path, firewalld_version(target.path("usr/lib")))
         return Observed(

@@ -74,12 +74,22 @@ def _private_dir(path: Path) -> bool:
 
 
 def _bytecode_cache() -> Optional[Any]:
-    """jinja2's bytecode cache in a directory only root can write, if we are root."""
+    """jinja2's bytecode cache in a directory only root can write, if we are root. A cache
+    that cannot be read or written (read-only, full, ...) is as good as none: never an error."""
     import jinja2
+
+    class QuietBytecodeCache(jinja2.FileSystemBytecodeCache):
+        def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+            with contextlib.suppress(OSError, ValueError, EOFError):
+                super().load_bytecode(bucket)
+
+        def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+            with contextlib.suppress(OSError):
+                super().dump_bytecode(bucket)
 
     if not _private_dir(BYTECODE_CACHE):
         return None
-    return jinja2.FileSystemBytecodeCache(str(BYTECODE_CACHE))
+    return QuietBytecodeCache(str(BYTECODE_CACHE))
 
 
 def _cache_key(settings: KumaSettings, profile: Profile, template: Path) -> Optional[str]:
@@ -112,7 +122,7 @@ def _read_render_cache() -> dict[str, dict[str, str]]:
             return {}
         try:
             doc = json.loads(f.read(RENDER_CACHE_MAX))
-        except ValueError:
+        except (OSError, ValueError):
             return {}
     entries = doc.get("renderings") if isinstance(doc, dict) else None
     if not isinstance(entries, list):
@@ -143,7 +153,7 @@ def _remember_render(key: str, text: dict[str, str]) -> None:
         return
     kept = [{"key": k, "text": t} for k, t in _read_render_cache().items() if k != key]
     doc = {"renderings": [{"key": key, "text": text}, *kept][:RENDER_CACHE_ENTRIES]}
-    with contextlib.suppress(TproxyError):  # a cache: never a reason to fail
+    with contextlib.suppress(TproxyError, OSError):  # a cache: never a reason to fail
         atomic_write(RENDER_CACHE, json.dumps(doc).encode(), backup=False, mode=0o600)
 
 

@@ -1,8 +1,9 @@
 """Where a run works: the live system (firewalld over D-Bus, or its files when it is not
 running) or an image root (``--root DIR``: files only), and the lock that serialises runs.
 
-``--root`` is a path, not a string: it is resolved, and a root that resolves to ``/`` is the
-live system (with its SSH guard and its firewalld). Inside a real image root every path is
+``--root`` is a path, not a string: it is resolved, and a root that is ``/`` — by its device
+and inode, so a bind mount of ``/`` counts — is the live system (with its SSH guard and its
+firewalld). Inside a real image root every path is
 resolved the way ``chroot`` would see it — absolute symlinks lead to the root, not to the host,
 and ``..`` stops at the root — so no write ever leaves the image (as ``systemd-tmpfiles
 --root`` and ``firewall-offline-cmd`` resolve paths).
@@ -58,7 +59,7 @@ class Target:
         if not text or "\0" in text:
             raise SettingsError(f"--root: {text!r} is not a directory", "root")
         resolved = Path(os.path.realpath(text))
-        if resolved == Path("/"):
+        if resolved == Path("/") or is_slash(resolved):
             return cls(None, offline, bus_address, timeout)  # `--root /` is the live system
         if resolved.exists() and not resolved.is_dir():
             raise SettingsError(f"--root: {text} is not a directory", "root")
@@ -83,14 +84,21 @@ class Target:
     def firewalld_dir(self) -> Path:
         return self.path("etc/firewalld")
 
+    # Every file is chased to its last component: in an image root, etc/firewalld/direct.xml
+    # or firewalld.conf may itself be an absolute symlink, which means the image's file.
+
     @property
     def direct_xml(self) -> Path:
-        return self.firewalld_dir / "direct.xml"
+        return self.path("etc/firewalld/direct.xml")
+
+    @property
+    def conf_file(self) -> Path:
+        return self.path("etc/firewalld/firewalld.conf")
 
     @property
     def state_file(self) -> Path:
         # Documented in the README: the settings the last install applied.
-        return self.path(STATE_DIR) / "installed.json"
+        return self.path(f"{STATE_DIR}/installed.json")
 
     @contextlib.contextmanager
     def locked(self, timeout: Optional[float] = None) -> Iterator[None]:
@@ -108,6 +116,16 @@ class Target:
             path = directory / f".lock-{digest}"
         with _flock(path, lock_timeout(timeout)):
             yield
+
+
+def is_slash(path: Path) -> bool:
+    """Whether ``path`` is this system's ``/`` under another name (a bind mount of it, as in a
+    container started with ``-v /:/host``): the same directory, by device and inode."""
+    try:
+        here, slash = os.stat(path), os.stat("/")
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (slash.st_dev, slash.st_ino)
 
 
 def lock_timeout(given: Optional[float] = None) -> float:
