@@ -1,11 +1,15 @@
 """firewalld.conf settings that defeat Kuma's redirects: what they are, how firewalld reads
 them, and how they are changed (only with the admin's consent, ``--configure-firewalld``).
 
-- ``RFC3964_IPv4`` (every version; firewalld's default ``yes``): firewalld rejects IPv6
+- ``RFC3964_IPv4`` (in every version; firewalld's default ``yes``): firewalld rejects IPv6
   packets to ``::/96`` (IPv4-compatible addresses), and ``::1`` is one of them. Its filter
   OUTPUT still sees a connection REDIRECTed to ``::1`` in nat OUTPUT as leaving by its first
-  interface, so every IPv6 outbound connection sent to the proxy is rejected (seen in the
-  sandbox, both backends, every version).
+  interface, so before 2.3 every IPv6 outbound connection sent to the proxy is rejected (seen
+  in the sandbox, both backends, 0.9.3 and 1.3.3). From 2.3.0 (commit 2bcab5a7, the one that
+  brought StrictForwardPorts) firewalld's filter OUTPUT accepts DNATed connections (nftables:
+  ``ct status dnat accept``, iptables: ``--ctstate ...,DNAT -j ACCEPT``) before the RFC 3964
+  reject, unless StrictForwardPorts=yes, which defeats the rules on its own: the setting no
+  longer matters (seen in the sandbox, both backends, 2.3.1 and 2.5.2).
 - ``StrictForwardPorts`` (firewalld >= 2.3; default ``no``): ``yes`` rejects every connection
   conntrack marks as DNATed unless a forward port allows it. REDIRECT is DNAT: inbound and
   outbound connections to the proxy are rejected alike.
@@ -54,20 +58,29 @@ class Knob:
     breaks: str
     #: only IPv6 rules are affected (else: any rules)
     ipv6_only: bool
+    #: the first firewalld version where it no longer defeats the rules (None: none)
+    until: Optional[tuple[int, ...]] = None
 
     def affects(self, desired: DirectConfig) -> bool:
         if self.ipv6_only:
             return any(e.ipv == "ipv6" for e in desired.entries())
         return not desired.is_empty()
 
+    def defeats(self, version: Optional[tuple[int, ...]]) -> bool:
+        """On, it still defeats the rules on this firewalld version (whether this firewalld has
+        the setting at all is the view's: :meth:`ConfView.has`); an unknown version (None) is
+        taken to be one where it does (the safe side: refuse rather than break)."""
+        return version is None or self.until is None or version < self.until
+
 
 RFC3964 = Knob(
     "RFC3964_IPv4",
     "yes",
     (0,),
-    "firewalld rejects IPv6 packets to ::/96, which includes ::1, so every IPv6 outbound "
-    "connection REDIRECTed to the proxy fails",
+    "firewalld before 2.3 rejects IPv6 packets to ::/96, which includes ::1, so every IPv6 "
+    "outbound connection REDIRECTed to the proxy fails",
     ipv6_only=True,
+    until=(2, 3),
 )
 STRICT_FORWARD_PORTS = Knob(
     "StrictForwardPorts",
@@ -113,6 +126,9 @@ class ConfView:
     #: offline: the file is missing (firewalld then runs on its defaults) or unreadable
     missing: bool = False
     error: Optional[str] = None
+    #: the version of the firewalld that has (live) or will read (offline) these settings;
+    #: None when unknown
+    version: Optional[tuple[int, ...]] = None
 
     def has(self, name: str) -> bool:
         return name in self.values
@@ -133,26 +149,34 @@ class ConfView:
         }
 
 
-def live_view(path: Path, properties: Mapping[str, str]) -> ConfView:
+def live_view(path: Path, properties: Mapping[str, str], version: str = "") -> ConfView:
     """From firewalld's config properties: a setting it does not report, it does not have
-    (StrictForwardPorts before 2.3)."""
-    return ConfView(
-        "firewalld", path, {k.name: properties[k.name] for k in KNOBS if k.name in properties}
-    )
+    (StrictForwardPorts before 2.3). ``version``: firewalld's own (its ``version`` property)."""
+    values = {k.name: properties[k.name] for k in KNOBS if k.name in properties}
+    return ConfView("firewalld", path, values, version=parse_version(version))
+
+
+def parse_version(text: str) -> Optional[tuple[int, ...]]:
+    """firewalld's version as numbers: 2.3.1 -> (2, 3, 1), 2.5.0a1 -> (2, 5, 0); None when it
+    does not start with a number (a firewalld that did not say)."""
+    match = re.match(r"\d+(?:\.\d+)*", text.strip())
+    return tuple(int(x) for x in match.group(0).split(".")) if match else None
 
 
 def file_view(path: Path, version: Optional[tuple[int, ...]]) -> ConfView:
     """From firewalld.conf itself (firewalld not running). ``version``: the firewalld that will
     read it, when known; else every setting counts (a line firewalld ignores changes nothing)."""
     known = [k for k in KNOBS if version is None or version >= k.since]
+    defaults = {k.name: k.default for k in known}
     try:
         text = read_conf(path)
     except FileError as exc:
-        return ConfView("file", path, {k.name: k.default for k in known}, error=exc.message)
+        return ConfView("file", path, defaults, error=exc.message, version=version)
     if text is None:
-        return ConfView("file", path, {k.name: k.default for k in known}, missing=True)
+        return ConfView("file", path, defaults, missing=True, version=version)
     parsed = parse_conf(text)
-    return ConfView("file", path, {k.name: parsed.get(k.name) or k.default for k in known})
+    values = {k.name: parsed.get(k.name) or k.default for k in known}
+    return ConfView("file", path, values, version=version)
 
 
 def read_conf(path: Path) -> Optional[str]:
@@ -257,14 +281,24 @@ class ConfCheck:
 
 
 def checks(desired: DirectConfig, view: Optional[ConfView]) -> tuple[ConfCheck, ...]:
-    """The settings ``desired`` needs that this firewalld has, each against its value."""
+    """The settings ``desired`` needs that this firewalld has, each against its value: those
+    that can defeat the rules on this firewalld's version (``view.version``; unknown: all)."""
     if view is None or view.error is not None:
         return ()
     return tuple(
-        ConfCheck(k.name, view.value(k.name), WANTED, k.breaks)
+        ConfCheck(k.name, view.value(k.name), WANTED, k.breaks + _unknown(k, view))
         for k in KNOBS
-        if view.has(k.name) and k.affects(desired)
+        if view.has(k.name) and k.affects(desired) and k.defeats(view.version)
     )
+
+
+def _unknown(knob: Knob, view: ConfView) -> str:
+    """Why a setting that only older firewalld versions need is checked anyway."""
+    if view.version is not None or knob.until is None:
+        return ""
+    whose = "the running firewalld's" if view.source == "firewalld" else "the image's firewalld's"
+    until = ".".join(map(str, knob.until))
+    return f" ({whose} version is unknown, so it is taken to be older than {until})"
 
 
 @dataclass(frozen=True)
