@@ -1,4 +1,4 @@
-"""firewalld.conf settings that defeat Kuma's redirects: what they are, how firewalld reads
+r"""firewalld.conf settings that defeat Kuma's redirects: what they are, how firewalld reads
 them, and how they are changed (only with the admin's consent, ``--configure-firewalld``).
 
 - ``RFC3964_IPv4`` (in every version; firewalld's default ``yes``): firewalld rejects IPv6
@@ -21,7 +21,11 @@ holds it in memory, and ``org.freedesktop.DBus.Properties.Set`` on them (every v
 changes nothing else: firewalld applies firewalld.conf only when it starts or reloads. So a
 live change is Set, then a reload. Offline the file is edited the way firewalld reads it: the
 first definition of a key counts, ``#`` and ``;`` start comments, a value other than
-yes/no/true/false (any case) or an empty one means the default.
+yes/no/true/false (any case) or an empty one means the default. Lines end as Python's text
+files end them for firewalld's reader (``\n``, ``\r\n``, ``\r``; not ``\f``, ``\v``, ``\x85``,
+U+2028 ..., which ``str.splitlines`` would also split on), each stripped of whitespace; the
+bytes are kept as they are (non-UTF-8 ones included: surrogateescape), so an edit changes the
+one line it sets and nothing else.
 """
 
 from __future__ import annotations
@@ -180,7 +184,8 @@ def file_view(path: Path, version: Optional[tuple[int, ...]]) -> ConfView:
 
 
 def read_conf(path: Path) -> Optional[str]:
-    """firewalld.conf's text, None if there is none; FileError if it cannot be used."""
+    """firewalld.conf's text, None if there is none; FileError if it cannot be used. Bytes
+    that are not UTF-8 come as surrogates (:func:`encode_conf` gives them back unchanged)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -193,14 +198,31 @@ def read_conf(path: Path) -> Optional[str]:
         data = f.read(MAX_CONF + 1)
     if len(data) > MAX_CONF:
         raise FileError(f"{path}: larger than {MAX_CONF} bytes; not a firewalld.conf")
-    return data.decode("utf-8", errors="replace")
+    return data.decode("utf-8", errors="surrogateescape")
+
+
+def encode_conf(text: str) -> bytes:
+    """The bytes of :func:`read_conf`'s text (or an edit of it), non-UTF-8 ones as they were."""
+    return text.encode("utf-8", errors="surrogateescape")
+
+
+#: a line as Python's text files (universal newlines) give it to firewalld's reader
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
+
+
+def conf_lines(text: str) -> list[str]:
+    r"""The lines of firewalld.conf as firewalld reads them (``for line in open(path)``): each
+    ends at ``\n``, ``\r\n`` or ``\r`` only (``str.splitlines`` would also split at ``\f``,
+    ``\v``, ``\x1c``-``\x1e``, ``\x85``, U+2028/9); endings kept, so the lines join back into
+    ``text``."""
+    return _LINE.findall(text)
 
 
 def parse_conf(text: str) -> dict[str, str]:
     """KEY=VALUE pairs as firewalld's reader takes them: the first definition of a key wins,
     a line that is not exactly one KEY=VALUE, or has an empty value, is skipped."""
     out: dict[str, str] = {}
-    for line in text.splitlines():
+    for line in conf_lines(text):
         line = line.strip()
         if not line or line[0] in "#;":
             continue
@@ -216,7 +238,7 @@ def set_in_conf(text: str, name: str, value: str) -> str:
     replaced in place (everything else, comments included, stays as it is), or a line is
     appended."""
     assert is_boolean(value) and re.fullmatch(r"[A-Za-z0-9_]+", name)
-    lines = text.splitlines(keepends=True)
+    lines = conf_lines(text)
     for i, line in enumerate(lines):
         stripped = line.strip()
         if not stripped or stripped[0] in "#;":
@@ -226,7 +248,7 @@ def set_in_conf(text: str, name: str, value: str) -> str:
             ending = line[len(line.rstrip("\r\n")) :] or "\n"
             lines[i] = f"{name}={value}{ending}"
             return "".join(lines)
-    if text and not text.endswith("\n"):
+    if text and not text.endswith(("\n", "\r")):
         text += "\n"
     return f"{text}{name}={value}\n"
 
