@@ -15,12 +15,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import STOCK_CONF, TP, stock_root
-from versions import Version, discover
+from harness import SandboxFactory
+from helpers import STOCK_CONF, TP, load, stock_root, tpfw
+from versions import Version, discover, version_of
 
+from tproxy_firewalld.directxml import render_direct_xml
 from tproxy_firewalld.fwconf import parse_conf, read_conf, set_in_conf
+from tproxy_firewalld.ruleset import build_ruleset
 
 CONSENT = "--configure-firewalld"
+APP_PORT, OUTBOUND_PORT = 8080, 15001
 KEYS = ("RFC3964_IPv4", "StrictForwardPorts", "DefaultZone", "LogDenied")
 
 #: comment lines with a line break of str.splitlines (not of firewalld's reader) in them, a
@@ -128,3 +132,51 @@ def test_non_utf8_bytes_are_kept_through_an_offline_configure_and_uninstall(
     assert out.returncode == 0, out.stderr
     assert "firewalld.conf: RFC3964_IPv4=yes (was no" in out.stdout, out.stdout
     assert conf.read_bytes() == original
+
+
+def test_a_strict_forward_ports_value_other_than_no_is_on_as_firewalld_takes_it(
+    tmp_path: Path,
+) -> None:
+    """firewalld (fw.py, 2.3 to 2.5) turns StrictForwardPorts on for any value but no/false:
+    "on" defeats the rules, so install refuses; with consent it becomes no, and uninstall puts
+    back yes (what firewalld made of "on")."""
+    root = stock_root(tmp_path, STOCK_CONF.replace("RFC3964_IPv4=yes", "RFC3964_IPv4=no"))
+    conf = root / "etc/firewalld/firewalld.conf"
+    conf.write_text(conf.read_text() + "StrictForwardPorts=on\n")
+    package = root / "usr/lib/python3/dist-packages/firewall/config"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text('VERSION = "2.3.1"\n')
+    refused = run_tp("install", "--root", str(root))
+    assert refused.returncode == 12, refused.stderr
+    assert "firewalld has StrictForwardPorts=on: " in refused.stderr
+    done = run_tp("install", "--root", str(root), CONSENT)
+    assert "firewalld.conf: StrictForwardPorts=no (was on" in done.stdout, done.stdout
+    record = json.loads((root / "var/lib/tproxy-firewalld/installed.json").read_text())
+    assert record["firewalld_conf"] == [
+        {"name": "StrictForwardPorts", "before": "yes", "after": "no"}
+    ]
+    run_tp("uninstall", "--root", str(root))
+    assert conf.read_text().endswith("\nStrictForwardPorts=yes\n")
+
+
+def test_a_real_firewalld_takes_strict_forward_ports_on_as_yes(
+    make_sandbox: SandboxFactory,
+) -> None:
+    """firewalld 2.3.1 with StrictForwardPorts=on: our rules, loaded by hand, lose the IPv4
+    outbound connection (so "on" is on), and install refuses."""
+    version = version_of("trixie")
+    sb = make_sandbox("nftables", "yes", version.root, conf={"StrictForwardPorts": "on"})
+    peer = sb.add_peer()
+    with (
+        sb.listen(OUTBOUND_PORT, name="proxy-out"),
+        sb.listen(APP_PORT, name="remote", netns=peer.name),
+    ):
+        assert sb.connect(peer.ipv4, APP_PORT, timeout=2) is not None
+        refused = tpfw(sb, "install", check=False)
+        assert refused.returncode == 12, refused.stderr
+        assert "firewalld has StrictForwardPorts=on: " in refused.stderr
+        sb.direct_xml.write_bytes(
+            render_direct_xml(build_ruleset(load({"--kuma-dp-user": "5678"})))
+        )
+        sb.reload()
+        assert sb.connect(peer.ipv4, APP_PORT, timeout=2) is None, "rejected: on is on"

@@ -20,8 +20,8 @@ holds it in memory, and ``org.freedesktop.DBus.Properties.Set`` on them (every v
 ``StrictForwardPorts`` from 2.3, where it exists) validates the value, writes firewalld.conf and
 changes nothing else: firewalld applies firewalld.conf only when it starts or reloads. So a
 live change is Set, then a reload. Offline the file is edited the way firewalld reads it: the
-first definition of a key counts, ``#`` and ``;`` start comments, a value other than
-yes/no/true/false (any case) or an empty one means the default. Lines end as Python's text
+first definition of a key counts, ``#`` and ``;`` start comments, an empty value means the
+default, no/false (any case) off and any other value on (:func:`is_on`). Lines end as Python's text
 files end them for firewalld's reader (``\n``, ``\r\n``, ``\r``; not ``\f``, ``\v``, ``\x85``,
 U+2028 ..., which ``str.splitlines`` would also split on), each stripped of whitespace; the
 bytes are kept as they are (non-UTF-8 ones included: surrogateescape), so an edit changes the
@@ -99,14 +99,15 @@ BY_NAME = {k.name: k for k in KNOBS}
 
 
 def is_on(value: Optional[str], default: str) -> bool:
-    """How firewalld reads a yes/no setting: no/false (any case) is off, yes/true on,
-    anything else (or nothing) its default."""
+    """How firewalld reads these two settings: nothing (or an empty value) is the default,
+    no/false (any case) off, anything else on. (firewall/core/fw.py, 0.9 to 2.5: ``if
+    value.lower() in ["no", "false"]: off, else: on``; for RFC3964_IPv4 its reader first turns
+    a value other than yes/no/true/false into the default, yes, which is on all the same; a
+    StrictForwardPorts of "on" or "1" is on.)"""
     text = (value or "").strip().lower()
-    if text in ("no", "false"):
-        return False
-    if text in ("yes", "true"):
-        return True
-    return default == "yes"
+    if not text:
+        return default == "yes"
+    return text not in ("no", "false")
 
 
 def is_boolean(value: object) -> bool:
