@@ -573,8 +573,8 @@ def test_stock_firewalld_conf_is_refused_or_changed_with_consent_live_and_offlin
         sb.direct_xml.write_bytes(render_direct_xml(DirectConfig()))
         sb.reload()
         outcome["facts"]["firewalld's stock RFC3964_IPv4=yes"] = (
-            "harmless (DNATed connections are accepted before its reject): install goes ahead, "
-            "firewalld.conf untouched"
+            "does no harm (DNATed connections are accepted before its reject): left as it is, "
+            "IPv6 redirects work"
             if has_strict
             else "rejects IPv6 outbound redirects: install refuses, --configure-firewalld sets it to no"
         )
