@@ -13,15 +13,19 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from fake_firewalld import FakeFirewalld, world
 from harness import Backend, Peer, Sandbox, SandboxFactory, endpoint
 from helpers import STOCK_CONF, TP, load, stock_root, tpfw
 from versions import version_of
 
+from tproxy_firewalld import api
 from tproxy_firewalld.directxml import render_direct_xml
 from tproxy_firewalld.entries import DirectConfig
+from tproxy_firewalld.errors import FirewalldConfRefused
 from tproxy_firewalld.fwconf import RFC3964, STRICT_FORWARD_PORTS, parse_version
 from tproxy_firewalld.ruleset import build_ruleset
 
@@ -117,6 +121,29 @@ def test_a_change_made_on_an_older_firewalld_is_still_put_back_after_an_upgrade(
     out = run_tp("uninstall", "--root", str(root)).stdout
     assert "firewalld.conf: RFC3964_IPv4=yes (was no, applied at firewalld's next start)" in out
     assert conf.read_text() == STOCK_CONF
+
+
+@pytest.mark.parametrize(("version", "refused"), [("1.3.3", True), ("2.3.1", False), ("?", True)])
+def test_live_the_running_firewalld_s_version_decides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: str, refused: bool
+) -> None:
+    """Live, the version firewalld reports decides; one it does not tell (the CLI shows "?")
+    keeps refusing, and says so."""
+    target, fake = world(tmp_path)
+    fake.conf["RFC3964_IPv4"] = "yes"
+    info = FakeFirewalld.info
+    monkeypatch.setattr(FakeFirewalld, "info", lambda self: replace(info(self), version=version))
+    settings = load({"--kuma-dp-user": "5678"})
+    if refused:
+        with pytest.raises(FirewalldConfRefused) as error:
+            api.install(settings, target=target, client=fake.factory())
+        unknown = "the running firewalld's version is unknown, so it is taken to be older than 2.3"
+        assert (unknown in error.value.message) == (version == "?"), error.value.message
+        assert fake.changes == []
+        return
+    result = api.install(settings, target=target, client=fake.factory())
+    assert [s.kind for s in result.steps] == ["runtime", "permanent", "record"]
+    assert fake.conf == {"RFC3964_IPv4": "yes"} and "reload" not in fake.changes
 
 
 # --------------------------------------------------------------------------- a real firewalld
