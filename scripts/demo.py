@@ -27,7 +27,7 @@ def main() -> None:
             print()
 
         print(
-            f"# a private firewalld (backend {sb.backend}, its stock firewalld.conf) is running in its own namespaces\n"
+            f"# a private firewalld {sb.firewalld_version()} (backend {sb.backend}, its stock firewalld.conf) is running in its own namespaces\n"
         )
         show(
             "firewall-cmd",
@@ -47,7 +47,7 @@ def main() -> None:
         )
         sb.reload()
         print(
-            "# firewalld's stock RFC3964_IPv4=yes would reject every IPv6 connection redirected to the proxy:\n"
+            "# before 2.3, firewalld's stock RFC3964_IPv4=yes would reject every IPv6 connection redirected to the proxy:\n"
         )
         show("tproxy-firewalld", "install", "--exclude-inbound-ports", "22")
         show(

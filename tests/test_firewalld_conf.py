@@ -80,11 +80,11 @@ def test_the_file_is_read_and_edited_as_firewalld_reads_it() -> None:
     assert set_in_conf("RFC3964_IPv4=\n", "RFC3964_IPv4", "no").endswith(
         "RFC3964_IPv4=\nRFC3964_IPv4=no\n"
     )
-    # firewalld: no/false (any case) off, yes/true on, anything else the default
+    # firewalld: no/false (any case) off, nothing the default, anything else on
     assert [is_on(v, "yes") for v in ("no", "FALSE", "yes", "True", "maybe", "", None)] == [
         False, False, True, True, True, True, True,
     ]  # fmt: skip
-    assert is_on("maybe", "no") is False
+    assert is_on("maybe", "no") is True and is_on("", "no") is False
 
 
 def test_without_consent_an_ipv6_install_refuses_and_changes_nothing(tmp_path: Path) -> None:

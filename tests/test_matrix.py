@@ -546,12 +546,13 @@ def test_stock_firewalld_conf_is_refused_or_changed_with_consent_live_and_offlin
     backend: Backend,
     flush: YesNo,
 ) -> None:
-    """firewalld's stock RFC3964_IPv4=yes rejects IPv6 outbound REDIRECTs to ::1 (every
-    version); StrictForwardPorts=yes (from 2.3; older ones ignore the line) rejects every
-    REDIRECT. The evidence first (our rules put in by hand); then install refuses (exit 12)
-    and changes nothing; with --configure-firewalld it sets both to no through firewalld's
-    D-Bus API and reloads, and both families reach the proxy with the right original
-    destination, inbound and outbound; uninstall puts both back and traffic flows directly.
+    """firewalld's stock RFC3964_IPv4=yes rejects IPv6 outbound REDIRECTs to ::1 (before 2.3;
+    from 2.3 firewalld accepts DNATed connections first: tests/test_rfc3964_by_version.py);
+    StrictForwardPorts=yes (from 2.3; older ones ignore the line) rejects every REDIRECT. The
+    evidence first (our rules put in by hand); then install refuses (exit 12) and changes
+    nothing; with --configure-firewalld it sets the one that defeats the rules to no through
+    firewalld's D-Bus API and reloads, and both families reach the proxy with the right original
+    destination, inbound and outbound; uninstall puts it back and traffic flows directly.
     The same offline (`--root`, firewalld stopped): firewalld.conf edited, applied at start."""
     has_strict = version.has_strict_forward_ports
     sb = start(
@@ -559,19 +560,23 @@ def test_stock_firewalld_conf_is_refused_or_changed_with_consent_live_and_offlin
     )
     stock = conf_values(sb)
     assert stock == {"RFC3964_IPv4": "yes", "StrictForwardPorts": "yes"}
-    defeated = ["RFC3964_IPv4", *(["StrictForwardPorts"] if has_strict else [])]
+    # from 2.3 (where StrictForwardPorts came) RFC3964_IPv4 no longer defeats the rules
+    defeated = ["StrictForwardPorts"] if has_strict else ["RFC3964_IPv4"]
     with dual_stack_proxy_and_remote(sb) as peer:
         # The evidence: our rules, loaded by hand, under the stock settings.
         sb.direct_xml.write_bytes(render_direct_xml(expected_ours()))
         sb.reload()
         v4 = served(sb.connect(peer.ipv4, APP_PORT, timeout=2))
         v6 = served(sb.connect(peer.ipv6, APP_PORT, timeout=2))
-        assert v6 is None, "RFC3964_IPv4=yes rejects the IPv6 outbound redirect"
+        assert v6 is None, "RFC3964_IPv4=yes (< 2.3), StrictForwardPorts=yes (>= 2.3) reject it"
         assert v4 == (None if has_strict else ("proxy-out", f"{peer.ipv4}:{APP_PORT}")), v4
         sb.direct_xml.write_bytes(render_direct_xml(DirectConfig()))
         sb.reload()
         outcome["facts"]["firewalld's stock RFC3964_IPv4=yes"] = (
-            "rejects IPv6 outbound redirects: install refuses, --configure-firewalld sets it to no"
+            "does no harm (DNATed connections are accepted before its reject): left as it is, "
+            "IPv6 redirects work"
+            if has_strict
+            else "rejects IPv6 outbound redirects: install refuses, --configure-firewalld sets it to no"
         )
         outcome["facts"]["StrictForwardPorts=yes"] = (
             "breaks inbound and outbound redirects: install refuses, --configure-firewalld sets it to no"
@@ -620,7 +625,7 @@ def test_stock_firewalld_conf_is_refused_or_changed_with_consent_live_and_offlin
             assert f"firewalld.conf: {name}=no (was yes)" in out, out
         assert f"firewalld reloaded (applies {', '.join(defeated)})" in out, out
         assert conf_values(sb) == {
-            "RFC3964_IPv4": "no",
+            "RFC3964_IPv4": "yes" if has_strict else "no",
             "StrictForwardPorts": "no" if has_strict else "yes",
         }
         for family in FAMILIES:
@@ -628,7 +633,7 @@ def test_stock_firewalld_conf_is_refused_or_changed_with_consent_live_and_offlin
         assert in_sync(sb)
         status = status_json(sb)
         assert status["in_sync"] is True and status["warnings"] == [], status["warnings"]
-        assert status["firewalld"]["rfc3964_ipv4"] == "no"
+        assert status["firewalld"]["rfc3964_ipv4"] == ("yes" if has_strict else "no")
         assert [c["name"] for c in status["record"]["firewalld_conf"]] == defeated
         outcome["facts"]["--configure-firewalld live: set over D-Bus, applied by"] = "a reload"
 

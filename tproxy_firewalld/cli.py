@@ -334,8 +334,8 @@ def install(
     with --offline / --root) direct.xml is written and firewalld applies it at its next
     start. The settings are recorded in /var/lib/tproxy-firewalld/installed.json.
 
-    A firewalld.conf setting that would defeat the rules (RFC3964_IPv4=yes with IPv6 rules,
-    StrictForwardPorts=yes) makes install refuse, changing nothing, unless
+    A firewalld.conf setting that would defeat the rules (RFC3964_IPv4=yes with IPv6 rules on
+    firewalld < 2.3, StrictForwardPorts=yes) makes install refuse, changing nothing, unless
     --configure-firewalld lets it set that setting to no: live through firewalld's API,
     followed by a reload (reported); offline in firewalld.conf. The old value is recorded and
     uninstall puts it back.
@@ -344,8 +344,8 @@ def install(
     rejected by iptables or the kernel; 5 firewalld unavailable, hung or FAILED; 6 firewalld
     refused; 7 not permitted; 8 partially applied; 9 locked; 10 refused: inbound redirection
     would capture an SSH port (exclude it, or --allow-ssh-redirect); 11 a file error; 12 refused:
-    a firewalld.conf setting would defeat the rules (RFC3964_IPv4=yes with IPv6 rules,
-    StrictForwardPorts=yes): --ip-family-mode ipv4, or --configure-firewalld to let install
+    a firewalld.conf setting would defeat the rules (RFC3964_IPv4=yes with IPv6 rules on
+    firewalld < 2.3, StrictForwardPorts=yes): --ip-family-mode ipv4, or --configure-firewalld to let install
     change it (and reload firewalld; uninstall puts it back).
     """
     from tproxy_firewalld import api

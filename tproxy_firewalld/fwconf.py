@@ -1,11 +1,15 @@
-"""firewalld.conf settings that defeat Kuma's redirects: what they are, how firewalld reads
+r"""firewalld.conf settings that defeat Kuma's redirects: what they are, how firewalld reads
 them, and how they are changed (only with the admin's consent, ``--configure-firewalld``).
 
-- ``RFC3964_IPv4`` (every version; firewalld's default ``yes``): firewalld rejects IPv6
+- ``RFC3964_IPv4`` (in every version; firewalld's default ``yes``): firewalld rejects IPv6
   packets to ``::/96`` (IPv4-compatible addresses), and ``::1`` is one of them. Its filter
   OUTPUT still sees a connection REDIRECTed to ``::1`` in nat OUTPUT as leaving by its first
-  interface, so every IPv6 outbound connection sent to the proxy is rejected (seen in the
-  sandbox, both backends, every version).
+  interface, so before 2.3 every IPv6 outbound connection sent to the proxy is rejected (seen
+  in the sandbox, both backends, 0.9.3 and 1.3.3). From 2.3.0 (commit 2bcab5a7, the one that
+  brought StrictForwardPorts) firewalld's filter OUTPUT accepts DNATed connections (nftables:
+  ``ct status dnat accept``, iptables: ``--ctstate ...,DNAT -j ACCEPT``) before the RFC 3964
+  reject, unless StrictForwardPorts=yes, which defeats the rules on its own: the setting no
+  longer matters (seen in the sandbox, both backends, 2.3.1 and 2.5.2).
 - ``StrictForwardPorts`` (firewalld >= 2.3; default ``no``): ``yes`` rejects every connection
   conntrack marks as DNATed unless a forward port allows it. REDIRECT is DNAT: inbound and
   outbound connections to the proxy are rejected alike.
@@ -16,8 +20,12 @@ holds it in memory, and ``org.freedesktop.DBus.Properties.Set`` on them (every v
 ``StrictForwardPorts`` from 2.3, where it exists) validates the value, writes firewalld.conf and
 changes nothing else: firewalld applies firewalld.conf only when it starts or reloads. So a
 live change is Set, then a reload. Offline the file is edited the way firewalld reads it: the
-first definition of a key counts, ``#`` and ``;`` start comments, a value other than
-yes/no/true/false (any case) or an empty one means the default.
+first definition of a key counts, ``#`` and ``;`` start comments, an empty value means the
+default, no/false (any case) off and any other value on (:func:`is_on`). Lines end as Python's text
+files end them for firewalld's reader (``\n``, ``\r\n``, ``\r``; not ``\f``, ``\v``, ``\x85``,
+U+2028 ..., which ``str.splitlines`` would also split on), each stripped of whitespace; the
+bytes are kept as they are (non-UTF-8 ones included: surrogateescape), so an edit changes the
+one line it sets and nothing else.
 """
 
 from __future__ import annotations
@@ -54,20 +62,29 @@ class Knob:
     breaks: str
     #: only IPv6 rules are affected (else: any rules)
     ipv6_only: bool
+    #: the first firewalld version where it no longer defeats the rules (None: none)
+    until: Optional[tuple[int, ...]] = None
 
     def affects(self, desired: DirectConfig) -> bool:
         if self.ipv6_only:
             return any(e.ipv == "ipv6" for e in desired.entries())
         return not desired.is_empty()
 
+    def defeats(self, version: Optional[tuple[int, ...]]) -> bool:
+        """On, it still defeats the rules on this firewalld version (whether this firewalld has
+        the setting at all is the view's: :meth:`ConfView.has`); an unknown version (None) is
+        taken to be one where it does (the safe side: refuse rather than break)."""
+        return version is None or self.until is None or version < self.until
+
 
 RFC3964 = Knob(
     "RFC3964_IPv4",
     "yes",
     (0,),
-    "firewalld rejects IPv6 packets to ::/96, which includes ::1, so every IPv6 outbound "
-    "connection REDIRECTed to the proxy fails",
+    "firewalld before 2.3 rejects IPv6 packets to ::/96, which includes ::1, so every IPv6 "
+    "outbound connection REDIRECTed to the proxy fails",
     ipv6_only=True,
+    until=(2, 3),
 )
 STRICT_FORWARD_PORTS = Knob(
     "StrictForwardPorts",
@@ -82,14 +99,15 @@ BY_NAME = {k.name: k for k in KNOBS}
 
 
 def is_on(value: Optional[str], default: str) -> bool:
-    """How firewalld reads a yes/no setting: no/false (any case) is off, yes/true on,
-    anything else (or nothing) its default."""
+    """How firewalld reads these two settings: nothing (or an empty value) is the default,
+    no/false (any case) off, anything else on. (firewall/core/fw.py, 0.9 to 2.5: ``if
+    value.lower() in ["no", "false"]: off, else: on``; for RFC3964_IPv4 its reader first turns
+    a value other than yes/no/true/false into the default, yes, which is on all the same; a
+    StrictForwardPorts of "on" or "1" is on.)"""
     text = (value or "").strip().lower()
-    if text in ("no", "false"):
-        return False
-    if text in ("yes", "true"):
-        return True
-    return default == "yes"
+    if not text:
+        return default == "yes"
+    return text not in ("no", "false")
 
 
 def is_boolean(value: object) -> bool:
@@ -113,6 +131,9 @@ class ConfView:
     #: offline: the file is missing (firewalld then runs on its defaults) or unreadable
     missing: bool = False
     error: Optional[str] = None
+    #: the version of the firewalld that has (live) or will read (offline) these settings;
+    #: None when unknown
+    version: Optional[tuple[int, ...]] = None
 
     def has(self, name: str) -> bool:
         return name in self.values
@@ -133,30 +154,39 @@ class ConfView:
         }
 
 
-def live_view(path: Path, properties: Mapping[str, str]) -> ConfView:
+def live_view(path: Path, properties: Mapping[str, str], version: str = "") -> ConfView:
     """From firewalld's config properties: a setting it does not report, it does not have
-    (StrictForwardPorts before 2.3)."""
-    return ConfView(
-        "firewalld", path, {k.name: properties[k.name] for k in KNOBS if k.name in properties}
-    )
+    (StrictForwardPorts before 2.3). ``version``: firewalld's own (its ``version`` property)."""
+    values = {k.name: properties[k.name] for k in KNOBS if k.name in properties}
+    return ConfView("firewalld", path, values, version=parse_version(version))
+
+
+def parse_version(text: str) -> Optional[tuple[int, ...]]:
+    """firewalld's version as numbers: 2.3.1 -> (2, 3, 1), 2.5.0a1 -> (2, 5, 0); None when it
+    does not start with a number (a firewalld that did not say)."""
+    match = re.match(r"\d+(?:\.\d+)*", text.strip())
+    return tuple(int(x) for x in match.group(0).split(".")) if match else None
 
 
 def file_view(path: Path, version: Optional[tuple[int, ...]]) -> ConfView:
     """From firewalld.conf itself (firewalld not running). ``version``: the firewalld that will
     read it, when known; else every setting counts (a line firewalld ignores changes nothing)."""
     known = [k for k in KNOBS if version is None or version >= k.since]
+    defaults = {k.name: k.default for k in known}
     try:
         text = read_conf(path)
     except FileError as exc:
-        return ConfView("file", path, {k.name: k.default for k in known}, error=exc.message)
+        return ConfView("file", path, defaults, error=exc.message, version=version)
     if text is None:
-        return ConfView("file", path, {k.name: k.default for k in known}, missing=True)
+        return ConfView("file", path, defaults, missing=True, version=version)
     parsed = parse_conf(text)
-    return ConfView("file", path, {k.name: parsed.get(k.name) or k.default for k in known})
+    values = {k.name: parsed.get(k.name) or k.default for k in known}
+    return ConfView("file", path, values, version=version)
 
 
 def read_conf(path: Path) -> Optional[str]:
-    """firewalld.conf's text, None if there is none; FileError if it cannot be used."""
+    """firewalld.conf's text, None if there is none; FileError if it cannot be used. Bytes
+    that are not UTF-8 come as surrogates (:func:`encode_conf` gives them back unchanged)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -169,14 +199,31 @@ def read_conf(path: Path) -> Optional[str]:
         data = f.read(MAX_CONF + 1)
     if len(data) > MAX_CONF:
         raise FileError(f"{path}: larger than {MAX_CONF} bytes; not a firewalld.conf")
-    return data.decode("utf-8", errors="replace")
+    return data.decode("utf-8", errors="surrogateescape")
+
+
+def encode_conf(text: str) -> bytes:
+    """The bytes of :func:`read_conf`'s text (or an edit of it), non-UTF-8 ones as they were."""
+    return text.encode("utf-8", errors="surrogateescape")
+
+
+#: a line as Python's text files (universal newlines) give it to firewalld's reader
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
+
+
+def conf_lines(text: str) -> list[str]:
+    r"""The lines of firewalld.conf as firewalld reads them (``for line in open(path)``): each
+    ends at ``\n``, ``\r\n`` or ``\r`` only (``str.splitlines`` would also split at ``\f``,
+    ``\v``, ``\x1c``-``\x1e``, ``\x85``, U+2028/9); endings kept, so the lines join back into
+    ``text``."""
+    return _LINE.findall(text)
 
 
 def parse_conf(text: str) -> dict[str, str]:
     """KEY=VALUE pairs as firewalld's reader takes them: the first definition of a key wins,
     a line that is not exactly one KEY=VALUE, or has an empty value, is skipped."""
     out: dict[str, str] = {}
-    for line in text.splitlines():
+    for line in conf_lines(text):
         line = line.strip()
         if not line or line[0] in "#;":
             continue
@@ -192,7 +239,7 @@ def set_in_conf(text: str, name: str, value: str) -> str:
     replaced in place (everything else, comments included, stays as it is), or a line is
     appended."""
     assert is_boolean(value) and re.fullmatch(r"[A-Za-z0-9_]+", name)
-    lines = text.splitlines(keepends=True)
+    lines = conf_lines(text)
     for i, line in enumerate(lines):
         stripped = line.strip()
         if not stripped or stripped[0] in "#;":
@@ -202,7 +249,7 @@ def set_in_conf(text: str, name: str, value: str) -> str:
             ending = line[len(line.rstrip("\r\n")) :] or "\n"
             lines[i] = f"{name}={value}{ending}"
             return "".join(lines)
-    if text and not text.endswith("\n"):
+    if text and not text.endswith(("\n", "\r")):
         text += "\n"
     return f"{text}{name}={value}\n"
 
@@ -257,14 +304,24 @@ class ConfCheck:
 
 
 def checks(desired: DirectConfig, view: Optional[ConfView]) -> tuple[ConfCheck, ...]:
-    """The settings ``desired`` needs that this firewalld has, each against its value."""
+    """The settings ``desired`` needs that this firewalld has, each against its value: those
+    that can defeat the rules on this firewalld's version (``view.version``; unknown: all)."""
     if view is None or view.error is not None:
         return ()
     return tuple(
-        ConfCheck(k.name, view.value(k.name), WANTED, k.breaks)
+        ConfCheck(k.name, view.value(k.name), WANTED, k.breaks + _unknown(k, view))
         for k in KNOBS
-        if view.has(k.name) and k.affects(desired)
+        if view.has(k.name) and k.affects(desired) and k.defeats(view.version)
     )
+
+
+def _unknown(knob: Knob, view: ConfView) -> str:
+    """Why a setting that only older firewalld versions need is checked anyway."""
+    if view.version is not None or knob.until is None:
+        return ""
+    whose = "the running firewalld's" if view.source == "firewalld" else "the image's firewalld's"
+    until = ".".join(map(str, knob.until))
+    return f" ({whose} version is unknown, so it is taken to be older than {until})"
 
 
 @dataclass(frozen=True)

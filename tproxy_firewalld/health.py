@@ -97,7 +97,8 @@ CONF_WARNING = {RFC3964.name: "rfc3964-ipv4", STRICT_FORWARD_PORTS.name: "strict
 def conf_warnings(observed: Observed) -> list[Warning_]:
     """The firewalld.conf settings that defeat the rules, each with what consent would change.
     StrictForwardPorts=yes is named even with nothing installed (it defeats any install);
-    RFC3964_IPv4=yes when the recorded rules include IPv6 ones."""
+    RFC3964_IPv4=yes when the recorded rules include IPv6 ones (and firewalld is older than
+    2.3, or of an unknown version)."""
     conf, record = observed.conf, observed.record
     if conf is None or conf.error is not None:
         return []
@@ -108,7 +109,7 @@ def conf_warnings(observed: Observed) -> list[Warning_]:
     )
     out = []
     for knob in KNOBS:
-        if not conf.has(knob.name) or not conf.on(knob.name):
+        if not conf.has(knob.name) or not conf.on(knob.name) or not knob.defeats(conf.version):
             continue
         if knob.ipv6_only and not (record is not None and "ipv6" in record.settings.ipvs):
             continue

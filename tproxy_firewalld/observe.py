@@ -100,5 +100,5 @@ def observe(target: Target, fw: Optional[Firewalld], why: str, profile: Profile 
         record,
         record_error,
         loopback,
-        live_view(conf_path, daemon.config),
+        live_view(conf_path, daemon.config, daemon.version),
     )

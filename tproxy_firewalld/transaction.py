@@ -35,7 +35,7 @@ from tproxy_firewalld.files import (
     remove_file,
 )
 from tproxy_firewalld.firewalld import Firewalld, Op
-from tproxy_firewalld.fwconf import read_conf, set_in_conf
+from tproxy_firewalld.fwconf import encode_conf, read_conf, set_in_conf
 from tproxy_firewalld.planning import (
     FileStep,
     FirewalldConfStep,
@@ -133,7 +133,7 @@ def _prepare(step: Step, run: _Run) -> _Prepared:
         run.fw.check_config()
         return _Prepared()
     if isinstance(step, FirewalldConfStep) and step.path is not None:
-        tmp = prepare_write(step.path, _conf_text(step).encode())
+        tmp = prepare_write(step.path, encode_conf(_conf_text(step)))
         run.temps.append(tmp)
         discard(tmp)  # only a probe: atomic_write below keeps the .old backup and the label
         return _Prepared()
@@ -231,7 +231,7 @@ def _firewalld_conf(step: FirewalldConfStep, run: _Run) -> None:
     old = _read_bytes(path)
     # as safely as direct.xml: temp file, fsync, rename, firewalld's .old backup, mode, owner
     # and label kept
-    atomic_write(path, _conf_text(step).encode())
+    atomic_write(path, encode_conf(_conf_text(step)))
     run.undo.append(Undo(f"restore {path}", call=lambda: _restore_file(path, old)))
 
 

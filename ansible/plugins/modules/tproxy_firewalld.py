@@ -14,11 +14,11 @@ description:
     15053, the proxy's own UID exempt) in firewalld's direct configuration, runtime and
     permanent in step, without a reload.
   - A firewalld.conf setting that would defeat the rules (firewalld's default
-    C(RFC3964_IPv4=yes) with IPv6 rules, C(StrictForwardPorts=yes)) makes the task fail
-    (C(exit_code) 12), changing nothing, unless O(configure_firewalld=true) lets it set that
-    setting to C(no) (live through firewalld's API, then a reload; offline in
-    C(firewalld.conf)). O(state=absent) puts the old value back unless somebody changed it
-    since.
+    C(RFC3964_IPv4=yes) with IPv6 rules before firewalld 2.3, C(StrictForwardPorts=yes))
+    makes the task fail (C(exit_code) 12), changing nothing, unless
+    O(configure_firewalld=true) lets it set that setting to C(no) (live through firewalld's
+    API, then a reload; offline in C(firewalld.conf)). O(state=absent) puts the old value back
+    unless somebody changed it since.
   - A thin layer over the C(tproxy_firewalld) Python library, which must be installed on the
     managed host for the interpreter that runs this module (set C(ansible_python_interpreter)
     to it). The library computes a plan from the desired and the observed state; only
@@ -382,8 +382,8 @@ warnings:
   elements: dict
 firewalld_conf:
   description: >-
-    The firewalld.conf settings the rules need (C(RFC3964_IPv4) for IPv6 rules,
-    C(StrictForwardPorts) where firewalld has it), as found before the run: C(name),
+    The firewalld.conf settings the rules need (C(RFC3964_IPv4) for IPv6 rules before
+    firewalld 2.3, C(StrictForwardPorts) where firewalld has it), as found before the run: C(name),
     C(value), C(wanted) and C(in_sync); empty for O(state=absent).
   returned: success
   type: list
