@@ -80,7 +80,8 @@ def _settings_options() -> list[Any]:
             param_decls=["--config-file"],
             multiple=True,
             metavar="FILE",
-            help="kumactl 2.11-2.14's deprecated spelling of --config (read after the --config files).",
+            help="kumactl 2.11-2.14's deprecated config file flag: as there, only the last one "
+            "counts, and it is read before the --config files (which override it).",
             rich_help_panel=SETTINGS_PANEL,
         )
     )
@@ -150,8 +151,10 @@ def _flags(ctx: typer.Context) -> dict[str, Any]:
 
 
 def _config_files(ctx: typer.Context) -> list[str]:
+    """kumactl 2.11-2.14's order: the --config-file path (a plain string flag there, so the last
+    one given), then the --config values; later files override earlier ones."""
     given = ctx.meta.get(SETTINGS_KEY, {})
-    return list(given.get("config", ())) + list(given.get("config_file", ()))
+    return list(given.get("config_file", ()))[-1:] + list(given.get("config", ()))
 
 
 def _dry_run(ctx: typer.Context) -> bool:

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Optional, TextIO
 
 from tproxy_firewalld.entries import DirectConfig, Owner, Recognition
 from tproxy_firewalld.errors import SettingsError
@@ -770,7 +770,8 @@ class KumaSettings(Settings):
     kuma_dp_uid: Optional[int] = setting(
         None, parse_uid,
         "kumactl's --kuma-dp-uid: the UID as given, used even if no such user exists (as kumactl "
-        "2.7 does; 2.11-2.14 take it as --kuma-dp-user). Else resolved from kuma_dp_user.",
+        "2.7 does, except that with --kuma-dp-user too it then takes that user's UID; 2.11-2.14 "
+        "take it as --kuma-dp-user). Else resolved from kuma_dp_user.",
         derived=True, flag="--kuma-dp-uid", metavar="UID",
     )  # fmt: skip
     dns_nameservers: Optional[tuple[str, ...]] = setting(
@@ -870,6 +871,34 @@ class KumaSettings(Settings):
     def uid(self) -> int:
         assert self.kuma_dp_uid is not None  # resolved in _finish
         return self.kuma_dp_uid
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        config_files: Sequence[str] = (),
+        env: Optional[Mapping[str, str]] = None,
+        flags: Optional[Mapping[str, Any]] = None,
+        stdin: Optional[TextIO] = None,
+        **values: Any,
+    ) -> KumaSettings:
+        loaded = super().load(
+            config_files=config_files, env=env, flags=flags, stdin=stdin, **values
+        )
+        return loaded._uid_as_kumactl_2_7_finds_it()
+
+    def _uid_as_kumactl_2_7_finds_it(self) -> KumaSettings:
+        """kumactl 2.7 (findUidGid) looks ``--kuma-dp-uid`` up first and, when no user has that
+        UID, takes ``--kuma-dp-user``'s UID instead (refusing a user that does not exist); the
+        UID as given only without a user. Done once, when settings are loaded: a record keeps
+        the UID that was found."""
+        if self.kuma_version != "2.7" or not self.kuma_dp_user or self.kuma_dp_uid is None:
+            return self
+        try:
+            pwd.getpwuid(self.kuma_dp_uid)
+        except KeyError:
+            return self.replace(kuma_dp_uid=resolve_kuma_dp_user(self.kuma_dp_user))
+        return self
 
     @classmethod
     def _check_flags(cls, flags: Mapping[str, RawValue], release: Optional[str]) -> None:
