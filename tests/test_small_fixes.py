@@ -46,3 +46,33 @@ def test_status_shows_the_time_of_the_install_that_last_changed_something(
     assert installed_at(root) == "2026-01-02T03:04:05Z"
     tpfw("install", "--root", str(root), "--kuma-dp-user", "0", "--redirect-inbound-port", "15007")
     assert installed_at(root) == "2026-01-02T04:04:05Z"
+
+
+def test_temp_files_of_a_killed_run_are_removed_by_the_next_run_under_the_lock(
+    tmp_path: Path,
+) -> None:
+    from tproxy_firewalld import files
+
+    root = ready_root(tmp_path / "img")
+    tpfw("install", "--root", str(root), "--kuma-dp-user", "0")
+    state, etc = root / "var/lib/tproxy-firewalld", root / "etc/firewalld"
+    # what a run killed between writing and renaming leaves: the real temp files
+    stale = [
+        files.prepare_write(state / "installed.json", b"{}"),
+        files.prepare_write(etc / "direct.xml", b"<direct/>"),
+        files.prepare_write(etc / "direct.xml.old", b"<direct/>"),
+        files.prepare_write(etc / "firewalld.conf", b"RFC3964_IPv4=no\n"),
+    ]
+    others = [
+        etc / ".zones.abcdefgh.tmp",
+        etc / "direct.xml.Ab3dE9",
+        state / ".installed.json.x.tmp",
+    ]
+    for path in others:
+        path.write_text("somebody else's")
+    (etc / ".direct.xml.symlink1.tmp").symlink_to(etc / "firewalld.conf")
+    tpfw("install", "--root", str(root), "--kuma-dp-user", "0", "--dry-run")
+    assert all(p.exists() for p in stale), "a dry run holds no lock and removes nothing"
+    assert "nothing to do" in tpfw("install", "--root", str(root), "--kuma-dp-user", "0")
+    assert not [p for p in stale if p.exists()]
+    assert all(p.exists() for p in others) and (etc / ".direct.xml.symlink1.tmp").is_symlink()
