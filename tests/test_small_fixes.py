@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -76,3 +77,38 @@ def test_temp_files_of_a_killed_run_are_removed_by_the_next_run_under_the_lock(
     assert "nothing to do" in tpfw("install", "--root", str(root), "--kuma-dp-user", "0")
     assert not [p for p in stale if p.exists()]
     assert all(p.exists() for p in others) and (etc / ".direct.xml.symlink1.tmp").is_symlink()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["status", "-o", "json", "--bogus"], "No such option: --bogus"),
+        (["uninstall", "--output=json", "stray"], "Got unexpected extra argument(s) (stray)"),
+        (["install", "stray", "-ojson"], "Got unexpected extra argument(s) (stray)"),
+        (
+            ["install", "--output", "json", "--redirect-dns", "false"],
+            "--redirect-dns false: kumactl reads this as --redirect-dns (true) and ignores "
+            "'false'; write --redirect-dns=false",
+        ),
+        (
+            ["diff", "-o", "json", "--ip-family-mode"],
+            "Option '--ip-family-mode' requires an argument.",
+        ),
+    ],
+)
+def test_usage_errors_give_the_error_document_with_output_json(
+    args: list[str], message: str
+) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert json.loads(result.stdout) == {
+        "schema": "tproxy-firewalld/error/1",
+        "error": {"exit_code": 2, "kind": "UsageError", "message": message, "setting": None},
+    }
+    assert f"Error: {message}" in result.stderr
+
+
+def test_usage_errors_without_output_json_print_no_document() -> None:
+    for args in (["status", "--bogus"], ["status", "-o", "json", "-o", "text", "--bogus"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and result.stdout == ""
