@@ -11,6 +11,7 @@ import pytest
 from helpers import cli_runner, ready_root
 
 from tproxy_firewalld.cli import app
+from tproxy_firewalld.directxml import parse_direct_xml
 
 runner = cli_runner()
 
@@ -112,3 +113,58 @@ def test_usage_errors_without_output_json_print_no_document() -> None:
     for args in (["status", "--bogus"], ["status", "-o", "json", "-o", "text", "--bogus"]):
         result = runner.invoke(app, args)
         assert result.exit_code == 2 and result.stdout == ""
+
+
+def vnet_rules(tmp_path: Path, *args: str) -> list[tuple[str, ...]]:
+    result = runner.invoke(
+        app, ["render", "--direct-xml", str(tmp_path / "none.xml"), "--kuma-dp-user", "0", *args]
+    )
+    assert result.exit_code == 0, result.stderr
+    config = parse_direct_xml(result.stdout.encode())
+    return [(r.ipv, *r.args) for r in config.rules if r.chain == "PREROUTING" and "-i" in r.args]
+
+
+@pytest.mark.parametrize(
+    ("args", "rendered"),
+    [
+        # an IPv6 network under --ip-family-mode ipv4: no IPv6 rules at all
+        (["--ip-family-mode", "ipv4", "--vnet", "br0:fd00::/0"], set()),
+        # kumactl's map by interface: the later entry replaces the /0
+        (["--vnet", "docker0:0.0.0.0/0", "--vnet", "docker0:172.17.0.0/16"], {"172.17.0.0/16"}),
+        (["--vnet", "br0:::/0", "--vnet", "br0:fd00::/8"], {"fd00::/8"}),
+        (["--kuma-version", "2.7", "--redirect-inbound-port-v6", "0", "--vnet", "br0:::/0"], set()),
+        (
+            [
+                "--kuma-version",
+                "2.7",
+                "--vnet",
+                "docker0:0.0.0.0/0",
+                "--vnet",
+                "docker0:10.0.0.0/8",
+            ],
+            {"10.0.0.0/8"},
+        ),
+        # the other family's entry does not replace it (Kuma keeps one map per family)
+        (["--vnet", "docker0:10.0.0.0/8,docker0:fd00::/8"], {"10.0.0.0/8", "fd00::/8"}),
+    ],
+)
+def test_vnet_slash_zero_is_accepted_where_kumactl_renders_nothing_for_it(
+    tmp_path: Path, args: list[str], rendered: set[str]
+) -> None:
+    rules = vnet_rules(tmp_path, *args)
+    assert {r[r.index("-d") + 1] for r in rules if "-d" in r} == rendered
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--vnet", "docker0:172.17.0.0/16", "--vnet", "docker0:0.0.0.0/0"],
+        ["--vnet", "br0:fd00::/0"],
+        ["--ip-family-mode", "ipv4", "--vnet", "br0:fd00::/8,docker0:10.0.0.0/0"],
+    ],
+)
+def test_vnet_slash_zero_that_would_be_rendered_is_refused(tmp_path: Path, args: list[str]) -> None:
+    result = runner.invoke(app, ["render", "--direct-xml", str(tmp_path / "none.xml"), *args])
+    assert result.exit_code == 2
+    assert "a /0 network matches every address" in result.stderr
+    assert result.stderr.count("\n") == 1
