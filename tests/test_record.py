@@ -73,6 +73,7 @@ WRONG_SHAPES: list[Any] = [
         },
     },
     {"version": 1, "settings": {"vnet": [{"iface": ["docker0"], "cidr": "172.17.0.0/16"}]}},
+    {"schema": SCHEMA, "settings": {}, "installed_at": ["2026-01-02T03:04:05Z"]},
 ]
 
 

@@ -106,6 +106,8 @@ def _from_json(doc: Any, source: str) -> Record:
     if doc.get("profile", "kuma") != "kuma":
         raise RecordError(f"{source}: unknown profile {doc.get('profile')!r}")
     installed_at = doc.get("installed_at", "")
+    if not isinstance(installed_at, str) or len(installed_at) > 64:
+        raise RecordError(f"{source}: installed_at must be a time (text)")
     conf = doc.get("firewalld_conf", [])
     if not isinstance(conf, list) or len(conf) > 8:
         raise RecordError(f"{source}: firewalld_conf must be a list of changed settings")
@@ -116,7 +118,7 @@ def _from_json(doc: Any, source: str) -> Record:
         settings=KumaSettings.from_json(doc.get("settings"), f"{source}: settings"),
         loopback_added=tuple(loopback),
         template=template,
-        installed_at=installed_at if isinstance(installed_at, str) else "",
+        installed_at=installed_at,
         firewalld_conf=changes,
     )
 
