@@ -45,7 +45,6 @@ DEBIAN_MACROS = REPO / "rpm" / "debian.macros"
 TARGETS = REPO / "rpm" / "targets.toml"
 DISTROS = REPO / "tests" / "data" / "distros.toml"
 NAME = "tproxy-firewalld"
-PYPI_HOST = "https://files.pythonhosted.org/"
 STACK_FORMAT = 1  # bump to rebuild every cached stack
 
 
@@ -104,12 +103,13 @@ def spec_requires(name: str) -> list[str]:
 
 
 def bundled_sources(name: str) -> list[str]:
-    """The file names of the spec's PyPI Sources for the target (its bundled libraries)."""
+    """The file names of the spec's PyPI Sources for the target (its bundled libraries): the
+    Sources that are URLs (%pypi_source, %pypi_wheel), where the package's own are files."""
     parsed = spec_query(name, "-P")
     found = []
     for line in parsed.splitlines():
         m = re.match(r"Source\d+:\s*(\S+)", line)
-        if m and m.group(1).startswith(PYPI_HOST):
+        if m and "://" in m.group(1):
             found.append(m.group(1).rsplit("/", 1)[1])
     return found
 

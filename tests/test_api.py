@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 from fake_firewalld import FOREIGN, world
-from harness import Sandbox
 from helpers import REPO, load, ready_root, run_in_sandbox
 
 from tproxy_firewalld import api
@@ -102,8 +101,15 @@ def readme_example() -> str:
     return block
 
 
-def test_the_readme_library_example_runs_against_firewalld(firewalld_sandbox: Sandbox) -> None:
-    sb = firewalld_sandbox
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_the_readme_library_example_runs_against_a_stock_firewalld(
+    make_sandbox: Any, backend: str
+) -> None:
+    """As the README shows it, on this host's firewalld with its stock firewalld.conf
+    (RFC3964_IPv4=yes): it installs, is in sync, and uninstalls, putting firewalld.conf back."""
+    sb = make_sandbox(backend, stock=True)
+    conf = (sb.etc_dir / "firewalld.conf").read_text()
+    assert re.search(r"^RFC3964_IPv4=yes$", conf, re.M), "a stock firewalld.conf"
     out = run_in_sandbox(sb, readme_example())
     assert out.returncode == 0, out.stdout + out.stderr
     assert (
@@ -111,7 +117,9 @@ def test_the_readme_library_example_runs_against_firewalld(firewalld_sandbox: Sa
         and "in sync: True" in out.stdout
         and "removed: True" in out.stdout
     )
+    assert "firewalld.conf: RFC3964_IPv4=no" in out.stdout
     assert "KUMA_MESH" not in sb.firewall_cmd("--direct", "--get-all-chains").stdout
+    assert (sb.etc_dir / "firewalld.conf").read_text() == conf
 
 
 def test_the_exported_functions_are_functions_whatever_was_imported_first() -> None:

@@ -20,7 +20,7 @@ import typer
 import typer.core
 
 from tproxy_firewalld import __version__
-from tproxy_firewalld.errors import ExitCode, TproxyError
+from tproxy_firewalld.errors import ExitCode, SettingsError, TproxyError
 from tproxy_firewalld.kuma import KumaSettings
 from tproxy_firewalld.settings import Field
 
@@ -80,7 +80,8 @@ def _settings_options() -> list[Any]:
             param_decls=["--config-file"],
             multiple=True,
             metavar="FILE",
-            help="kumactl 2.11-2.14's deprecated spelling of --config (read after the --config files).",
+            help="kumactl 2.11-2.14's deprecated config file flag: as there, only the last one "
+            "counts, and it is read before the --config files (which override it).",
             rich_help_panel=SETTINGS_PANEL,
         )
     )
@@ -106,7 +107,55 @@ _BOOL_WORDS = frozenset(
 )
 
 
-class SettingsCommand(typer.core.TyperCommand):
+#: click's UsageError, which click raises for a command line it cannot parse: the base of
+#: typer.BadParameter (typer < 0.2x uses click, later typer its own copy of it)
+_CLICK_USAGE_ERROR: type[Exception] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError"
+)
+
+
+class UsageError(SettingsError):
+    """A command line click cannot parse (unknown option, stray argument, bad value)."""
+
+
+def _output_json(args: Sequence[str]) -> bool:
+    """Whether a command line asks for ``--output json`` (the last --output/-o counts)."""
+    wanted, i = False, 0
+    while i < len(args) and args[i] != "--":
+        arg = args[i]
+        if arg in ("-o", "--output") and i + 1 < len(args):
+            wanted, i = args[i + 1] == "json", i + 2
+            continue
+        if arg.startswith("--output="):
+            wanted = arg.partition("=")[2] == "json"
+        elif arg.startswith("-o") and not arg.startswith("--"):
+            wanted = arg[2:].lstrip("=") == "json"
+        i += 1
+    return wanted
+
+
+def _usage_error_json(args: Sequence[str], message: str) -> None:
+    """With --output json, a usage error is an error document on stdout too (the line on
+    stderr stays), like every other error."""
+    if _output_json(args):
+        from tproxy_firewalld.report import error_json
+
+        _print_json(error_json(UsageError(message)))
+
+
+class JsonUsageCommand(typer.core.TyperCommand):
+    """A command whose usage errors give the error document with --output json."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        given = list(args)  # click's parser consumes the list
+        try:
+            return super().parse_args(ctx, args)
+        except _CLICK_USAGE_ERROR as exc:
+            _usage_error_json(given, getattr(exc, "format_message", exc.__str__)())
+            raise
+
+
+class SettingsCommand(JsonUsageCommand):
     """A command that takes the settings flags; they reach it through ``ctx.meta``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -124,11 +173,12 @@ class SettingsCommand(typer.core.TyperCommand):
                 # pflag takes `--flag false` as --flag (true) and kumactl ignores the stray
                 # word: refused rather than reproduced
                 word = args[i + 1]
-                typer.echo(
-                    f"Error: {arg} {word}: kumactl reads this as {arg} (true) and ignores "
-                    f"'{word}'; write {arg}={word}",
-                    err=True,
+                message = (
+                    f"{arg} {word}: kumactl reads this as {arg} (true) and ignores "
+                    f"'{word}'; write {arg}={word}"
                 )
+                _usage_error_json(args, message)
+                typer.echo(f"Error: {message}", err=True)
                 raise typer.Exit(int(ExitCode.SETTINGS))
             rewritten.append(f"{arg}=true" if arg in _BOOL_FLAGS else arg)
         return super().parse_args(ctx, rewritten)
@@ -150,8 +200,10 @@ def _flags(ctx: typer.Context) -> dict[str, Any]:
 
 
 def _config_files(ctx: typer.Context) -> list[str]:
+    """kumactl 2.11-2.14's order: the --config-file path (a plain string flag there, so the last
+    one given), then the --config values; later files override earlier ones."""
     given = ctx.meta.get(SETTINGS_KEY, {})
-    return list(given.get("config", ())) + list(given.get("config_file", ()))
+    return list(given.get("config_file", ()))[-1:] + list(given.get("config", ()))
 
 
 def _dry_run(ctx: typer.Context) -> bool:
@@ -363,7 +415,7 @@ def install(
     _print_result(run(output, go), output)
 
 
-@app.command()
+@app.command(cls=JsonUsageCommand)
 def uninstall(
     dry_run: bool = DRY_RUN,
     offline: bool = OFFLINE,
@@ -444,7 +496,7 @@ def diff(
     raise typer.Exit(0 if report.in_sync else 1)
 
 
-@app.command()
+@app.command(cls=JsonUsageCommand)
 def status(
     root: Optional[Path] = ROOT,
     output: Output = OUTPUT,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 import tempfile
 from pathlib import Path
@@ -78,6 +79,33 @@ def probe_directory(directory: Path) -> None:
         raise os_error(directory, exc, "write to") from None
     os.close(fd)
     discard(Path(tmp))
+
+
+def remove_stale_temps(directory: Path, names: tuple[str, ...]) -> list[Path]:
+    """Remove the temp files a killed run of ours left in ``directory`` for the files
+    ``names`` (and their ``.old`` backups): ``.<name>.XXXXXXXX.tmp`` as :func:`_write_temp`
+    and :func:`probe_directory` make them, regular files owned by us. Call it only under the
+    target's lock: then no run of ours is writing one, so any there is stale. Best effort:
+    what cannot be listed or removed stays, as it would have."""
+    alternatives = "|".join(re.escape(n) for n in (*names, "probe"))
+    pattern = re.compile(rf"\.(?:{alternatives})(?:\.old)?\.[a-z0-9_]{{8}}\.tmp")
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not pattern.fullmatch(entry.name):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+                continue
+            os.unlink(entry.path)
+        except OSError:
+            continue
+        removed.append(Path(entry.path))
+    return removed
 
 
 def commit_write(tmp: Path, path: Path) -> None:

@@ -348,7 +348,8 @@ class ConfChange:
 
         if (
             not isinstance(doc, dict)
-            or doc.get("name") not in BY_NAME
+            or not isinstance(doc.get("name"), str)
+            or doc["name"] not in BY_NAME
             or not is_boolean(doc.get("before"))
             or not is_boolean(doc.get("after"))
         ):

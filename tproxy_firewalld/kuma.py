@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Optional, TextIO
 
 from tproxy_firewalld.entries import DirectConfig, Owner, Recognition
 from tproxy_firewalld.errors import SettingsError
@@ -271,15 +271,7 @@ def parse_vnet(raw: object) -> VnetNetwork:
             f"{show(raw)} is refused: kumactl counts an IPv4-mapped network as IPv4 and writes it "
             "verbatim into its IPv4 rules, where iptables refuses the prefix; write it as IPv4"
         )
-    if network.prefixlen == 0:
-        # Kuma's rule redirects what is NOT for this network (`! -d CIDR`): a /0 leaves nothing
-        # to redirect, and the kernel refuses `! -d 0.0.0.0/0` at commit (iptables-restore
-        # --test accepts it), which would leave firewalld FAILED at its next start.
-        raise Invalid(
-            f"invalid CIDR definition for {show(raw)}: a /0 network matches every address, so "
-            "traffic on the interface would never be redirected (and the kernel refuses "
-            "the rule); give the virtual network's own prefix"
-        )
+    # A /0 is refused only where it is rendered: KumaSettings._refuse_rendered_slash_zero.
     return VnetNetwork(iface=iface, cidr=cidr)
 
 
@@ -770,14 +762,41 @@ class KumaSettings(Settings):
     kuma_dp_uid: Optional[int] = setting(
         None, parse_uid,
         "kumactl's --kuma-dp-uid: the UID as given, used even if no such user exists (as kumactl "
-        "2.7 does; 2.11-2.14 take it as --kuma-dp-user). Else resolved from kuma_dp_user.",
+        "2.7 does, except that with --kuma-dp-user too it then takes that user's UID; 2.11-2.14 "
+        "take it as --kuma-dp-user). Else resolved from kuma_dp_user.",
         derived=True, flag="--kuma-dp-uid", metavar="UID",
     )  # fmt: skip
     dns_nameservers: Optional[tuple[str, ...]] = setting(
         None, parse_nameservers, "The nameservers read from resolv_conf_path.", derived=True
     )
 
+    def vnet_rendered(self, ipv: str) -> tuple[VnetNetwork, ...]:
+        """The --vnet networks a family's rules have, as kumactl picks them (VNet.Initialize,
+        2.7's builder): the family's entries in a map by interface, so a later entry for an
+        interface replaces an earlier one, walked in byte-wise sorted order (Go's sorted
+        map iteration in the golden output)."""
+        latest = {v.iface: v for v in self.vnet if v.ipv == ipv}
+        return tuple(sorted(latest.values(), key=lambda v: v.iface.encode()))
+
+    def _refuse_rendered_slash_zero(self) -> None:
+        # Kuma's rule redirects what is NOT for this network (`! -d CIDR`): a /0 leaves nothing
+        # to redirect, and the kernel refuses `! -d 0.0.0.0/0` at commit (iptables-restore
+        # --test accepts it), which would leave firewalld FAILED at its next start. A /0 that
+        # is not rendered (a family not installed, an entry a later one replaces) is harmless,
+        # as in kumactl.
+        for ipv in self.ipvs:
+            for v in self.vnet_rendered(ipv):
+                if ipaddress.ip_network(v.cidr, strict=False).prefixlen == 0:
+                    raise SettingsError(
+                        f"--vnet: invalid CIDR definition for {show(v.to_text())}: a /0 network "
+                        "matches every address, so traffic on the interface would never be "
+                        "redirected (and the kernel refuses the rule); give the virtual "
+                        "network's own prefix",
+                        "vnet",
+                    )
+
     def _finish(self) -> None:
+        self._refuse_rendered_slash_zero()
         warnings: list[Warning_] = []
         if self.kuma_dp_uid is None:
             object.__setattr__(self, "kuma_dp_uid", resolve_kuma_dp_user(self.kuma_dp_user))
@@ -870,6 +889,34 @@ class KumaSettings(Settings):
     def uid(self) -> int:
         assert self.kuma_dp_uid is not None  # resolved in _finish
         return self.kuma_dp_uid
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        config_files: Sequence[str] = (),
+        env: Optional[Mapping[str, str]] = None,
+        flags: Optional[Mapping[str, Any]] = None,
+        stdin: Optional[TextIO] = None,
+        **values: Any,
+    ) -> KumaSettings:
+        loaded = super().load(
+            config_files=config_files, env=env, flags=flags, stdin=stdin, **values
+        )
+        return loaded._uid_as_kumactl_2_7_finds_it()
+
+    def _uid_as_kumactl_2_7_finds_it(self) -> KumaSettings:
+        """kumactl 2.7 (findUidGid) looks ``--kuma-dp-uid`` up first and, when no user has that
+        UID, takes ``--kuma-dp-user``'s UID instead (refusing a user that does not exist); the
+        UID as given only without a user. Done once, when settings are loaded: a record keeps
+        the UID that was found."""
+        if self.kuma_version != "2.7" or not self.kuma_dp_user or self.kuma_dp_uid is None:
+            return self
+        try:
+            pwd.getpwuid(self.kuma_dp_uid)
+        except KeyError:
+            return self.replace(kuma_dp_uid=resolve_kuma_dp_user(self.kuma_dp_user))
+        return self
 
     @classmethod
     def _check_flags(cls, flags: Mapping[str, RawValue], release: Optional[str]) -> None:

@@ -376,10 +376,15 @@ def make_plan(
             tuple(sorted(added | kept)),
             record.template,
             record.profile,
+            installed_at=record.installed_at,
             firewalld_conf=changes,
         )
-        if record != observed.record or observed.record_error:
+        # installed_at: the time of the install that last changed something. A run with
+        # nothing else to do rewrites no record just for a timestamp: the recorded one stays.
+        if steps or record != observed.record or observed.record_error:
             steps.append(RecordStep(target.state_file, observed.record, record))
+        elif observed.record is not None:
+            record = observed.record
     elif observed.record is not None or observed.record_error:
         steps.append(RecordStep(target.state_file, observed.record, None))
     return Plan(

@@ -78,16 +78,22 @@ def read_record(path: Path) -> Optional[Record]:
         doc = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise RecordError(f"{path}: not valid JSON ({exc})") from None
+    return record_from_json(doc, str(path))
+
+
+def record_from_json(doc: Any, source: str) -> Record:
+    """A record from its JSON document: every field's type is checked, so that a document of
+    any shape is either a Record or a RecordError (never another exception)."""
     try:
-        return _from_json(doc, str(path))
+        return _from_json(doc, source)
     except SettingsError as exc:
-        raise RecordError(f"{path}: {exc.message}") from None
+        raise RecordError(exc.message) from None
 
 
 def _from_json(doc: Any, source: str) -> Record:
     if not isinstance(doc, dict):
         raise RecordError(f"{source}: expected a JSON object, got {type(doc).__name__}")
-    if doc.get("version") == 1:
+    if type(doc.get("version")) is int and doc["version"] == 1:
         return _from_v1(doc, source)
     if doc.get("schema") != SCHEMA:
         raise RecordError(f"{source}: unknown schema {doc.get('schema')!r} (expected {SCHEMA})")
@@ -100,6 +106,8 @@ def _from_json(doc: Any, source: str) -> Record:
     if doc.get("profile", "kuma") != "kuma":
         raise RecordError(f"{source}: unknown profile {doc.get('profile')!r}")
     installed_at = doc.get("installed_at", "")
+    if not isinstance(installed_at, str) or len(installed_at) > 64:
+        raise RecordError(f"{source}: installed_at must be a time (text)")
     conf = doc.get("firewalld_conf", [])
     if not isinstance(conf, list) or len(conf) > 8:
         raise RecordError(f"{source}: firewalld_conf must be a list of changed settings")
@@ -110,7 +118,7 @@ def _from_json(doc: Any, source: str) -> Record:
         settings=KumaSettings.from_json(doc.get("settings"), f"{source}: settings"),
         loopback_added=tuple(loopback),
         template=template,
-        installed_at=installed_at if isinstance(installed_at, str) else "",
+        installed_at=installed_at,
         firewalld_conf=changes,
     )
 
@@ -144,22 +152,9 @@ def _from_v1(doc: dict[str, Any], source: str) -> Record:
     new: dict[str, Any] = {}
     for name, value in old.items():
         if name == "outbound_exclude_ports_for_uids" and isinstance(value, list):
-            value = [
-                ":".join(
-                    (
-                        ",".join(v["protocols"]),
-                        ",".join(v["ports"]).replace(":", "-"),
-                        v["uids"].replace(":", "-"),
-                    )
-                )
-                if isinstance(v, dict) and {"protocols", "ports", "uids"} <= set(v)
-                else v
-                for v in value
-            ]
+            value = [_v1_uid_exclusion(v, source) if isinstance(v, dict) else v for v in value]
         elif name == "vnet" and isinstance(value, list):
-            value = [
-                f"{v.get('iface')}:{v.get('cidr')}" if isinstance(v, dict) else v for v in value
-            ]
+            value = [_v1_vnet(v, source) if isinstance(v, dict) else v for v in value]
         new[_V1_NAMES.get(name, str(name))] = value
     if new.get("redirect_all_dns_traffic"):
         new["redirect_dns"] = False  # 0.1.0 recorded the "implied" enabled flag
@@ -168,3 +163,31 @@ def _from_v1(doc: dict[str, Any], source: str) -> Record:
         settings=KumaSettings.from_json(new, f"{source}: settings"),
         loopback_added=("::6/128",) if added else (),
     )
+
+
+def _v1_uid_exclusion(entry: dict[str, Any], source: str) -> Any:
+    """0.1.0's {protocols: [..], ports: [..], uids: ".."} as the setting's text."""
+    if not {"protocols", "ports", "uids"} <= set(entry):
+        return entry  # the setting's parser refuses it
+    protocols, ports, uids = entry["protocols"], entry["ports"], entry["uids"]
+    if not (
+        _strings(protocols) and _strings(ports) and isinstance(uids, str) and protocols and ports
+    ):
+        raise RecordError(
+            f"{source}: settings: outbound_exclude_ports_for_uids entries must be "
+            "{protocols: [text], ports: [text], uids: text}"
+        )
+    return ":".join(
+        (",".join(protocols), ",".join(ports).replace(":", "-"), uids.replace(":", "-"))
+    )
+
+
+def _v1_vnet(entry: dict[str, Any], source: str) -> str:
+    iface, cidr = entry.get("iface"), entry.get("cidr")
+    if not isinstance(iface, str) or not isinstance(cidr, str):
+        raise RecordError(f"{source}: settings: vnet entries must be {{iface: text, cidr: text}}")
+    return f"{iface}:{cidr}"
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)

@@ -232,14 +232,7 @@ def family_context(settings: KumaSettings, ipv: str) -> FamilyContext:
         inbound_exclude_ips=tuple(a for a in settings.exclude_inbound_ips if family(a) == ipv),
         outbound_exclude_ips=tuple(a for a in settings.exclude_outbound_ips if family(a) == ipv),
         nameservers=() if capture_all else servers,
-        # Kuma keeps the networks in a map (a repeated interface keeps its last CIDR) and
-        # walks it in byte-wise sorted order.
-        vnet=tuple(
-            sorted(
-                {v.iface: v for v in settings.vnet if v.ipv == ipv}.values(),
-                key=lambda v: v.iface.encode(),
-            )
-        ),
+        vnet=settings.vnet_rendered(ipv),
         dns_redirect=dns_redirect,
         conntrack_zone_split=dns_redirect and not settings.skip_dns_conntrack_zone_split,
         loopback_nameservers=()

@@ -115,7 +115,17 @@ class Target:
             digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
             path = directory / f".lock-{digest}"
         with _flock(path, lock_timeout(timeout)):
+            self._remove_stale_temps()
             yield
+
+    def _remove_stale_temps(self) -> None:
+        """A run killed between writing a temp file and renaming it leaves the temp file: the
+        next run that holds the lock removes it (no other run of ours can be writing one)."""
+        from tproxy_firewalld.files import remove_stale_temps
+        from tproxy_firewalld.fwconf import CONF_FILE
+
+        remove_stale_temps(self.state_file.parent, (self.state_file.name,))
+        remove_stale_temps(self.firewalld_dir, (self.direct_xml.name, CONF_FILE))
 
 
 def is_slash(path: Path) -> bool:
