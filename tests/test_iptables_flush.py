@@ -8,11 +8,15 @@ warns about the next reload.
 The detector's reading of iptables-save first (pure), then the proof against real firewalld
 2.3.1 and 2.5.2 (Debian roots) and the host's 1.3.3, with real Docker-style rules in the
 sandbox's kernel tables.
+
+The names new with this change are imported inside the tests that use them, so that the file
+also runs against the code before it (where every test here fails).
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +25,14 @@ from helpers import TP, direct_lines, tpfw
 from versions import version_of
 
 from tproxy_firewalld.entries import Chain, DirectConfig, Passthrough, Rule
-from tproxy_firewalld.kuma import OWNER
+from tproxy_firewalld.firewalld import DaemonInfo
+from tproxy_firewalld.fwconf import ConfChange, live_view
+from tproxy_firewalld.kuma import OWNER, KumaSettings
+from tproxy_firewalld.observe import Observed
+from tproxy_firewalld.planning import Plan, make_plan
+from tproxy_firewalld.record import Record
+from tproxy_firewalld.ruleset import build_ruleset
+from tproxy_firewalld.target import Target
 
 #: what `dockerd` puts into the iptables tables (the parts that matter here)
 DOCKER = [
@@ -107,6 +118,81 @@ def test_the_detector_names_other_tools_chains_and_built_in_rules_only() -> None
         "ipv6 filter INPUT -i lo -j ACCEPT",
         "ipv6 filter INPUT -j REJECT --reject-with icmp-host-prohibited",
     ]
+
+
+def daemon(version: str, backend: str = "nftables") -> DaemonInfo:
+    return DaemonInfo("RUNNING", version, backend, "yes")
+
+
+def test_when_firewalld_flushes_by_version_backend_and_direct_config() -> None:
+    """FIREWALLD.md, "iptables flushes" (firewalld's fw_direct.py and fw.py): < 2.0 adding
+    flushes nothing, every reload does; >= 2.0 (nftables) the first runtime entry flushes, a
+    reload only while direct configuration exists; the iptables backend: every reload."""
+    from tproxy_firewalld.flush import flush_reason
+
+    first = "flushes every iptables table when the first direct entry is added"
+    assert first in flush_reason(daemon("2.0.0"), direct_before=False, adds=True)
+    assert first in flush_reason(daemon("2.5.2"), direct_before=False, adds=True)
+    for quiet in (daemon("1.3.3"), daemon("0.9.3"), daemon("2.5.2", "iptables")):
+        assert flush_reason(quiet, direct_before=False, adds=True) == "", quiet
+    assert flush_reason(daemon("2.5.2"), direct_before=True, adds=True) == ""
+    reload = ("StrictForwardPorts",)
+    for flushing, why in (
+        (daemon("1.3.3"), "(as firewalld < 2.0 does on every reload)"),
+        (daemon("2.3.1", "iptables"), "(as the iptables backend does on every reload)"),
+    ):
+        assert flush_reason(
+            flushing, direct_before=False, adds=False, reload=reload, direct_after=False
+        ).endswith(why)
+    assert "while direct configuration exists" in flush_reason(
+        daemon("2.5.2"), direct_before=True, adds=False, reload=reload
+    )
+    # an uninstall that leaves no direct configuration: the reload does not flush on >= 2.0
+    assert (
+        flush_reason(daemon("2.5.2"), direct_before=False, adds=False, reload=reload,
+                     direct_after=False) == ""
+    )  # fmt: skip
+
+
+def observed_on(version: str, **kw: Any) -> Observed:
+    empty = DirectConfig()
+    return Observed(
+        Target(), "live", "", daemon(version), kw.pop("runtime", empty), kw.pop("permanent", empty),
+        empty, kw.pop("record", None), **kw,
+    )  # fmt: skip
+
+
+def test_the_plan_refuses_without_consent_warns_with_it_and_uninstall_only_warns() -> None:
+    from tproxy_firewalld.errors import IptablesFlushRefused
+
+    settings = KumaSettings(kuma_dp_user="5678", exclude_inbound_ports=(22,))
+    desired = build_ruleset(settings)
+    docker = ("ipv4 nat DOCKER",)
+
+    def install(version: str, foreign: tuple[str, ...], consent: bool = False) -> Plan:
+        observed = observed_on(version, foreign_iptables=foreign)
+        return make_plan(
+            "install", desired, observed, OWNER, Record(settings), allow_iptables_flush=consent
+        )
+
+    with pytest.raises(IptablesFlushRefused) as info:
+        install("2.5.2", docker)
+    assert info.value.exit_code == 13 and "ipv4 nat DOCKER. Nothing was changed." in str(info.value)
+    assert [w.code for w in install("2.5.2", docker, consent=True).warnings] == ["iptables-flush"]
+    assert install("2.5.2", ()).warnings == () and install("1.3.3", docker).warnings == ()
+
+    # uninstall putting RFC3964_IPv4 back reloads: on 1.3.3 that flushes; a warning, no refusal
+    record = Record(settings, firewalld_conf=(ConfChange("RFC3964_IPv4", "yes", "no"),))
+    observed = observed_on(
+        "1.3.3", runtime=desired, permanent=desired, record=record, foreign_iptables=docker,
+        conf=live_view(Path("/etc/firewalld/firewalld.conf"), {"RFC3964_IPv4": "no"}),
+    )  # fmt: skip
+    plan = make_plan("uninstall", DirectConfig(), observed, OWNER, None)
+    assert plan.step("reload") is not None
+    [warning] = plan.warnings
+    assert warning.code == "iptables-flush" and warning.message.startswith(
+        "the reload that applies RFC3964_IPv4 makes firewalld 1.3.3 flush every iptables table"
+    )
 
 
 # --------------------------------------------------------------------------- real firewalld
