@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from harness import Sandbox, SandboxFactory
-from helpers import TP, direct_lines, tpfw
+from helpers import TP, add_foreign, direct_lines, tpfw
 from versions import version_of
 
 from tproxy_firewalld.entries import Chain, DirectConfig, Passthrough, Rule
@@ -207,6 +207,13 @@ def docker_found(text: str) -> set[str]:
     return {item for item in DOCKER_FOUND if item in text}
 
 
+def listed(line: str) -> set[str]:
+    """Everything a refusal names as other tools' state."""
+    return set(
+        line.split("chains and rules: ", 1)[1].split(". Nothing was changed.")[0].split("; ")
+    )
+
+
 def kernel_and_firewalld(sb: Sandbox) -> tuple[Any, ...]:
     return (
         sb.iptables_save("ipv4"),
@@ -261,7 +268,7 @@ def test_firewalld_2_install_refuses_to_wipe_other_tools_iptables_rules_without_
         "is added (firewalld >= 2.0), and this run adds it: that wipes other tools' iptables "
         "chains and rules: "
     ), line
-    assert docker_found(line) == DOCKER_FOUND, line
+    assert listed(line) == DOCKER_FOUND, line
     assert "Nothing was changed." in line and "--allow-iptables-flush (config key" in line
     assert "kuma" not in line.lower().replace("kuma_transparent_proxy_allow", ""), "none of ours"
     assert refused(sb, "--exclude-inbound-ports", "22", "--dry-run") == line
@@ -288,8 +295,11 @@ def test_firewalld_2_with_direct_config_adds_without_flushing_and_refuses_a_relo
 ) -> None:
     """2.5.2 with direct config already there: adding entries flushes nothing (Docker's chains
     stay, no refusal), status warns that the next reload flushes; a plan with a reload
-    (--configure-firewalld for StrictForwardPorts=yes) refuses."""
+    (--configure-firewalld for StrictForwardPorts=yes) refuses. Other tools' firewalld direct
+    entries (rules, a passthrough, a runtime-only rule) are firewalld's to put back: never
+    named, never a reason to refuse."""
     sb = start(make_sandbox, "forky", conf={"StrictForwardPorts": "yes"})
+    add_foreign(sb)
     consent = "--configure-firewalld"
     tpfw(sb, "install", consent, "--exclude-inbound-ports", "22")
     add_docker(sb)
@@ -311,7 +321,7 @@ def test_firewalld_2_with_direct_config_adds_without_flushing_and_refuses_a_relo
         "Error: the reload that applies StrictForwardPorts makes firewalld 2.5.2 flush every "
         "iptables table (as firewalld >= 2.0 does on a reload while direct configuration exists)"
     ), line
-    assert docker_found(line) == DOCKER_FOUND and "--ip-family-mode" not in line
+    assert listed(line) == DOCKER_FOUND and "--ip-family-mode" not in line
 
 
 def test_firewalld_before_2_adds_without_flushing_and_refuses_a_reload(
@@ -337,7 +347,7 @@ def test_firewalld_before_2_adds_without_flushing_and_refuses_a_reload(
         "Error: the reload that applies RFC3964_IPv4 makes firewalld 1.3.3 flush every iptables "
         "table (as firewalld < 2.0 does on every reload): that wipes other tools' iptables "
     ), line
-    assert docker_found(line) == DOCKER_FOUND and "(--ip-family-mode ipv4)" in line
+    assert listed(line) == DOCKER_FOUND and "(--ip-family-mode ipv4)" in line
 
     done = tpfw(
         sb, "install", "--configure-firewalld", "--allow-iptables-flush",
