@@ -92,6 +92,7 @@ def test_every_flag_maps_to_a_config_key_and_env_var() -> None:
         "--ebpf-cgroup-path",
         "--ebpf-tc-attach-iface",
         "--configure-firewalld",  # tproxy-firewalld's own (firewalld.conf, with consent)
+        "--allow-iptables-flush",  # tproxy-firewalld's own (consent to firewalld's flush)
     }
     # kumactl 2.7 has no config file: its own flags have no key
     assert {f.flag for f in FIELDS if f.flag and not f.key} == {

@@ -23,9 +23,10 @@ from typing import Optional
 
 from tproxy_firewalld.entries import Chain, DirectConfig, Owner, Recognition
 from tproxy_firewalld.errors import DirectXmlError, Locked
+from tproxy_firewalld.fwconf import ConfCheck
 from tproxy_firewalld.kuma import KUMA, KumaSettings, Profile
 from tproxy_firewalld.observe import ClientFactory, Observed, session
-from tproxy_firewalld.planning import FileStep, PermanentStep, Plan, RuntimeStep, make_plan
+from tproxy_firewalld.planning import Diff, FileStep, PermanentStep, Plan, RuntimeStep, make_plan
 from tproxy_firewalld.record import Record, RecordError
 from tproxy_firewalld.report import DiffReport, Result
 from tproxy_firewalld.settings import Warning_
@@ -84,7 +85,8 @@ def _make(
         loopback = tuple(("lo", a) for ipv, a in profile.loopback.items() if ipv in settings.ipvs)
     owner, recognition = ownership(observed, settings, profile, remove_suspected)
     consent = settings is not None and settings.configure_firewalld
-    plan = make_plan(action, desired, observed, owner, record, loopback, consent)
+    flush = settings is not None and settings.allow_iptables_flush
+    plan = make_plan(action, desired, observed, owner, record, loopback, consent, flush)
     _refuse_dangling_passthroughs(plan)
     warnings: list[Warning_] = list(plan.warnings)
     if settings is not None:
@@ -321,17 +323,44 @@ def diff_observed(
         )
     assert observed.runtime is not None and observed.permanent is not None
     file_entries, perm_entries = observed.file.entries(), observed.permanent.entries()
+    runtime = Diff.between(desired, observed.runtime, owner)
     return DiffReport(
         source,
         observed.mode,
-        Diff.between(desired, observed.runtime, owner),
+        runtime,
         Diff.between(desired, observed.permanent, owner),
         file,
         file_only=tuple(sorted(file_entries - perm_entries, key=str)),
         firewalld_only=tuple(sorted(perm_entries - file_entries, key=str)),
+        warnings=_flush_warnings(observed, runtime, conf),
         leftovers=leftovers,
         suspected=recognition.suspected,
         firewalld_conf=conf,
+    )
+
+
+def _flush_warnings(
+    observed: Observed, runtime: Diff, conf: tuple[ConfCheck, ...]
+) -> tuple[Warning_, ...]:
+    """What install would make firewalld flush (the refusal install makes without consent)."""
+    from tproxy_firewalld.flush import CONSENT, flush_reason, shown
+
+    if not observed.foreign_iptables or observed.daemon is None or observed.runtime is None:
+        return ()
+    why = flush_reason(
+        observed.daemon,
+        direct_before=not observed.runtime.is_empty(),
+        adds=bool(runtime.add),
+        reload=tuple(c.name for c in conf if not c.ok),  # install --configure-firewalld reloads
+    )
+    if not why:
+        return ()
+    return (
+        Warning_(
+            "iptables-flush",
+            f"install: {why}: that wipes other tools' iptables chains and rules: "
+            f"{shown(observed.foreign_iptables)}; install refuses (exit 13) unless allowed with {CONSENT}",
+        ),
     )
 
 

@@ -392,13 +392,19 @@ def install(
     followed by a reload (reported); offline in firewalld.conf. The old value is recorded and
     uninstall puts it back.
 
+    When the plan makes firewalld flush every iptables table (firewalld >= 2.0 does when the
+    first direct entry is added; every version on the reload above) while other tools keep
+    chains or rules there, install refuses, naming them, unless --allow-iptables-flush.
+
     Exit codes: 0 done or nothing to do; 2 bad settings; 3 direct.xml unusable; 4 rules
     rejected by iptables or the kernel; 5 firewalld unavailable, hung or FAILED; 6 firewalld
     refused; 7 not permitted; 8 partially applied; 9 locked; 10 refused: inbound redirection
     would capture an SSH port (exclude it, or --allow-ssh-redirect); 11 a file error; 12 refused:
     a firewalld.conf setting would defeat the rules (RFC3964_IPv4=yes with IPv6 rules on
     firewalld < 2.3, StrictForwardPorts=yes): --ip-family-mode ipv4, or --configure-firewalld to let install
-    change it (and reload firewalld; uninstall puts it back).
+    change it (and reload firewalld; uninstall puts it back); 13 refused: firewalld would flush
+    other tools' iptables chains and rules (Docker's, ...), at its first direct entry (>= 2.0)
+    or the reload --configure-firewalld makes: --allow-iptables-flush lets it.
     """
     from tproxy_firewalld import api
 
@@ -504,7 +510,7 @@ def status(
 ) -> None:
     """firewalld's state, version, backend and FlushAllOnReload; where our rules are; drift
     against the record; warnings (settings of firewalld that break the redirects, other
-    tools' iptables chains a reload would flush, nameservers that moved, missing kernel
+    tools' iptables chains and rules a reload would flush, nameservers that moved, missing kernel
     modules)."""
     from tproxy_firewalld.health import status as get_status
 

@@ -39,6 +39,9 @@ class ExitCode(IntEnum):
     #: install refused: a firewalld.conf setting would defeat the rules (RFC3964_IPv4,
     #: StrictForwardPorts) and changing it was not allowed (--configure-firewalld) or not possible
     FIREWALLD_CONF = 12
+    #: install refused: firewalld would flush other tools' iptables chains and rules (its first
+    #: direct entry on >= 2.0, or a reload) and that was not allowed (--allow-iptables-flush)
+    IPTABLES_FLUSH = 13
 
 
 class TproxyError(Exception):
@@ -105,6 +108,12 @@ class FirewalldConfRefused(TproxyError):
     """A firewalld.conf setting would defeat the rules about to be installed; nothing changed."""
 
     exit_code = ExitCode.FIREWALLD_CONF
+
+
+class IptablesFlushRefused(TproxyError):
+    """firewalld would flush other tools' iptables chains and rules; nothing changed."""
+
+    exit_code = ExitCode.IPTABLES_FLUSH
 
 
 class FileError(TproxyError):

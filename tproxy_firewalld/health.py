@@ -6,27 +6,18 @@ from __future__ import annotations
 
 import contextlib
 import re
-import shutil
-import subprocess
 from typing import Optional
 
 from tproxy_firewalld.api import diff_observed
-from tproxy_firewalld.directxml import BUILT_IN_CHAINS
 from tproxy_firewalld.errors import RulesRejected, SettingsError, TproxyError
 from tproxy_firewalld.firewalld import DaemonInfo
+from tproxy_firewalld.flush import shown
 from tproxy_firewalld.fwconf import KNOBS, RFC3964, STRICT_FORWARD_PORTS, WANTED
 from tproxy_firewalld.kuma import KUMA, Profile, read_nameservers
 from tproxy_firewalld.observe import ClientFactory, Observed, session
 from tproxy_firewalld.report import Status
 from tproxy_firewalld.settings import Warning_
 from tproxy_firewalld.target import Target
-
-_FIREWALLD_CHAIN = re.compile(
-    r"(.*_direct|.*_ZONES(_SOURCE)?|.*_POLICIES(_pre|_post)?|(IN|FWD|FWDI|FWDO|PRE|POST|OUT|FWD_IN|FWD_OUT)_.+"
-    # iptables backend: RFC3964_IPv4 (every version), <BUILTIN>_dispatch (2.5)
-    r"|RFC3964_IPv4|.*_dispatch)$"
-)
-_BUILTINS = ("INPUT", "FORWARD", "OUTPUT", "PREROUTING", "POSTROUTING")
 
 
 def status(
@@ -173,16 +164,10 @@ def _daemon_warnings(
     warnings = []
     before_2 = _version_tuple(daemon.version) < (2, 0)
     iptables_backend = daemon.backend == "iptables"  # it flushes its own tables in any version
-    direct_chains = {c.key for c in observed.runtime.chains} if observed.runtime else set()
-    # the kernel's tables are the live system's only
-    foreign = (
-        foreign_iptables_chains(direct_chains, KUMA.owner.chain_prefix)
-        if observed.target.live_system
-        else []
-    )
-    if foreign and (
-        before_2 or iptables_backend or installed.get("runtime") or installed.get("permanent")
-    ):
+    # the kernel's tables are the live system's only (read by observe)
+    foreign = observed.foreign_iptables
+    direct = any(c is not None and not c.is_empty() for c in (observed.runtime, observed.permanent))
+    if foreign and (before_2 or iptables_backend or direct):
         when = (
             "on every start, reload and stop (firewalld < 2.0)"
             if before_2
@@ -190,40 +175,14 @@ def _daemon_warnings(
             if iptables_backend
             else "on start, reload and stop once direct rules exist (firewalld >= 2.0)"
         )
+        chains = all(len(f.split()) == 3 for f in foreign)
+        rules = all(len(f.split()) > 3 for f in foreign)
+        what = "chains" if chains else "rules" if rules else "chains and rules"
         warnings.append(
             Warning_(
                 "iptables-flush",
-                f"firewalld flushes all iptables tables {when}; these chains of other tools would be "
-                f"wiped: {', '.join(foreign[:20])}{' ...' if len(foreign) > 20 else ''}",
+                f"firewalld flushes all iptables tables {when}; these {what} of other tools would be "
+                f"wiped: {shown(foreign)}",
             )
         )
     return warnings
-
-
-def foreign_iptables_chains(direct_chains: set[tuple[str, str, str]], own_prefix: str) -> list[str]:
-    """Chains in the kernel's iptables tables that neither we nor firewalld own."""
-    found: list[str] = []
-    for ipv, save in (("ipv4", "iptables-save"), ("ipv6", "ip6tables-save")):
-        binary = shutil.which(save) or shutil.which(save, path="/usr/sbin:/sbin")
-        if binary is None:
-            continue
-        try:
-            proc = subprocess.run([binary], capture_output=True, text=True, check=False, timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        table = ""
-        for line in proc.stdout.splitlines():
-            if line.startswith("*"):
-                table = line[1:]
-            elif line.startswith(":"):
-                name = line[1:].split()[0]
-                if name in BUILT_IN_CHAINS.get(table, ()) or name in _BUILTINS:
-                    continue
-                if (
-                    name.startswith(own_prefix)
-                    or _FIREWALLD_CHAIN.fullmatch(name)
-                    or (ipv, table, name) in direct_chains
-                ):
-                    continue
-                found.append(f"{ipv} {table} {name}")
-    return found

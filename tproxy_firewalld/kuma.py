@@ -689,6 +689,14 @@ class KumaSettings(Settings):
         "firewalld to apply them; uninstall puts the old values back. Without it install refuses (exit 12).",
         key="configureFirewalld", flag="--configure-firewalld", kind="bool",
     )  # fmt: skip
+    allow_iptables_flush: bool = kuma(
+        False, parse_bool,
+        "tproxy-firewalld's own, not kumactl's: install even though firewalld will then flush other "
+        "tools' iptables chains and rules (Docker's, ...): firewalld >= 2.0 when the first direct "
+        "entry is added, every version at the reload --configure-firewalld makes. Without it install "
+        "refuses (exit 13) when there are any.",
+        key="allowIptablesFlush", flag="--allow-iptables-flush", kind="bool",
+    )  # fmt: skip
     # -- kumactl's operational settings: how it runs iptables. Accepted (with kumactl's checks
     # -- of their values), without effect here.
     dry_run: Any = kuma(

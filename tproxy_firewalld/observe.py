@@ -16,6 +16,7 @@ from tproxy_firewalld import host
 from tproxy_firewalld.directxml import read_direct_xml
 from tproxy_firewalld.entries import DirectConfig
 from tproxy_firewalld.firewalld import DaemonInfo, Firewalld
+from tproxy_firewalld.flush import foreign_iptables
 from tproxy_firewalld.fwconf import ConfView, file_view, firewalld_version, live_view
 from tproxy_firewalld.kuma import KUMA, Profile
 from tproxy_firewalld.record import Record, RecordError, read_record
@@ -41,6 +42,9 @@ class Observed:
     loopback: dict[str, bool] = field(default_factory=dict)
     #: the firewalld.conf settings that can defeat the rules (RFC3964_IPv4, StrictForwardPorts)
     conf: Optional[ConfView] = None
+    #: other tools' chains and rules in the kernel's iptables tables, which a firewalld flush
+    #: would wipe (live system, firewalld running, only)
+    foreign_iptables: tuple[str, ...] = ()
 
     @property
     def live(self) -> bool:
@@ -89,16 +93,21 @@ def observe(target: Target, fw: Optional[Firewalld], why: str, profile: Profile 
             target, "offline", why, None, None, None, file, record, record_error, loopback, conf
         )
     daemon = fw.daemon or fw.info()
+    runtime = fw.runtime()
+    foreign: tuple[str, ...] = ()
+    if target.live_system:
+        foreign = foreign_iptables(runtime, profile.owner, daemon.backend == "iptables")
     return Observed(
         target,
         "live",
         "",
         daemon,
-        fw.runtime(),
+        runtime,
         fw.permanent(),
         file,
         record,
         record_error,
         loopback,
         live_view(conf_path, daemon.config, daemon.version),
+        foreign,
     )

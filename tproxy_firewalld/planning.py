@@ -23,8 +23,14 @@ from tproxy_firewalld.entries import (
     Rule,
     entry_json,
 )
-from tproxy_firewalld.errors import DirectXmlError, FileError, FirewalldConfRefused
+from tproxy_firewalld.errors import (
+    DirectXmlError,
+    FileError,
+    FirewalldConfRefused,
+    IptablesFlushRefused,
+)
 from tproxy_firewalld.firewalld import Op
+from tproxy_firewalld.flush import CONSENT, flush_reason, shown
 from tproxy_firewalld.fwconf import BY_NAME, KNOBS, ConfChange, ConfCheck, ConfView, checks
 from tproxy_firewalld.observe import Observed
 from tproxy_firewalld.record import Record
@@ -296,6 +302,7 @@ def make_plan(
     record: Optional[Record],
     loopback: tuple[tuple[str, str], ...] = (),
     configure_firewalld: bool = False,
+    allow_iptables_flush: bool = False,
 ) -> Plan:
     """What to change so that firewalld (runtime and permanent), direct.xml, lo and the
     record hold exactly ``desired`` of ours. Everyone else's entries are carried over
@@ -311,6 +318,10 @@ def make_plan(
     permanent, so whatever it re-applies (the permanent configuration, FlushAllOnReload=yes;
     the runtime as it was, =no) holds exactly ``desired`` of ours: the plan stays true. Before
     them, a reload would replace the runtime the runtime step was computed against.
+
+    ``allow_iptables_flush``: the admin's consent to a plan that makes firewalld flush other
+    tools' iptables chains and rules (``observed.foreign_iptables``); without it such an
+    install refuses (IptablesFlushRefused), uninstall warns.
     """
     steps: list[Step] = []
     target = observed.target
@@ -387,10 +398,51 @@ def make_plan(
             record = observed.record
     elif observed.record is not None or observed.record_error:
         steps.append(RecordStep(target.state_file, observed.record, None))
+    warnings += _flush_check(action, observed, owner, steps, allow_iptables_flush)
     return Plan(
         action, observed, desired, tuple(steps), tuple(warnings), record=record, owner=owner,
         firewalld_conf=conf_checks,
     )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- iptables flush
+
+
+def _flush_check(
+    action: str, observed: Observed, owner: Owner, steps: list[Step], consent: bool
+) -> list[Warning_]:
+    """A plan that makes firewalld flush every iptables table (its first direct entry on
+    >= 2.0, a reload on any version) while other tools keep chains or rules there: install
+    refuses without consent (IptablesFlushRefused); with consent, and on uninstall, a warning."""
+    if not observed.foreign_iptables or observed.daemon is None or observed.runtime is None:
+        return []
+    adds = any(isinstance(s, RuntimeStep) and s.diff.add for s in steps)
+    reload = next((s.names for s in steps if isinstance(s, ReloadStep)), ())
+    if action == "install":
+        after = True
+    else:
+        assert observed.permanent is not None
+        after = not observed.permanent.foreign(owner).is_empty()
+    why = flush_reason(
+        observed.daemon,
+        direct_before=not observed.runtime.is_empty(),
+        adds=adds,
+        reload=reload,
+        direct_after=after,
+    )
+    if not why:
+        return []
+    what = f"{why}: that wipes other tools' iptables chains and rules: {shown(observed.foreign_iptables)}"
+    if action == "install" and not consent:
+        ipv4 = ""
+        if reload and all(BY_NAME[n].ipv6_only for n in reload if n in BY_NAME):
+            ipv4 = "; or install IPv4 rules only (--ip-family-mode ipv4), which needs no reload"
+        raise IptablesFlushRefused(
+            f"{what}. Nothing was changed. Once installed, every firewalld start, reload and stop "
+            f"flushes them too, so their owners must put them back (restart them). To go on, "
+            f"allow it: {CONSENT}{ipv4}"
+        )
+    return [Warning_("iptables-flush", f"{what} (their owners must put them back: restart them)")]
 
 
 # --------------------------------------------------------------------------- firewalld.conf

@@ -240,6 +240,7 @@ class DiffReport:
             )
         lines += suspect_lines(self.suspected)
         lines += [conf_line(c) for c in self.firewalld_conf]
+        lines += warning_lines(self.warnings)
         lines.append("in sync" if self.in_sync else "differences found")
         return lines
 

@@ -19,6 +19,10 @@ description:
     O(configure_firewalld=true) lets it set that setting to C(no) (live through firewalld's
     API, then a reload; offline in C(firewalld.conf)). O(state=absent) puts the old value back
     unless somebody changed it since.
+  - When the plan makes firewalld flush every iptables table (firewalld 2.0 or later when the
+    first direct entry is added; every version at the reload of O(configure_firewalld)) while
+    other tools (Docker, ...) keep chains or rules there, the task fails (C(exit_code) 13),
+    changing nothing, unless O(allow_iptables_flush=true).
   - A thin layer over the C(tproxy_firewalld) Python library, which must be installed on the
     managed host for the interpreter that runs this module (set C(ansible_python_interpreter)
     to it). The library computes a plan from the desired and the observed state; only
@@ -273,6 +277,11 @@ options:
     description:
       - "tproxy-firewalld's own, not kumactl's: let install set the firewalld.conf settings that would defeat the rules (RFC3964_IPv4=no for IPv6 rules, StrictForwardPorts=no) and reload firewalld to apply them; uninstall puts the old values back. Without it install refuses (exit 12)."
       - "As C(--configure-firewalld) and config key C(configureFirewalld). Default C(false)."
+    type: bool
+  allow_iptables_flush:
+    description:
+      - "tproxy-firewalld's own, not kumactl's: install even though firewalld will then flush other tools' iptables chains and rules (Docker's, ...): firewalld >= 2.0 when the first direct entry is added, every version at the reload --configure-firewalld makes. Without it install refuses (exit 13) when there are any."
+      - "As C(--allow-iptables-flush) and config key C(allowIptablesFlush). Default C(false)."
     type: bool
   # settings:end
 attributes:
