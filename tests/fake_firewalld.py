@@ -136,6 +136,9 @@ class FakeFirewalld:
             raise FirewalldRejected(f"set {name}: firewalld says {code}", code)
         self.conf[name] = value
 
+    def applied_conf(self) -> dict[str, str]:
+        return dict(self.applied)
+
     def check_config(self) -> None:
         if self.fail_check is not None:
             code, self.fail_check = self.fail_check, None

@@ -8,7 +8,7 @@ The one place that decides live or offline: live when firewalld runs (see
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -45,6 +45,10 @@ class Observed:
     #: other tools' chains and rules in the kernel's iptables tables, which a firewalld flush
     #: would wipe (live system, firewalld running, only)
     foreign_iptables: tuple[str, ...] = ()
+    #: live: those settings as the kernel shows them in force (firewalld applies firewalld.conf
+    #: only at start and reload; ``conf`` is its memory, which a Set changes at once). A
+    #: setting the kernel does not show is left out (see :mod:`applied`).
+    applied: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def live(self) -> bool:
@@ -97,6 +101,8 @@ def observe(target: Target, fw: Optional[Firewalld], why: str, profile: Profile 
     foreign: tuple[str, ...] = ()
     if target.live_system:
         foreign = foreign_iptables(runtime, profile.owner, daemon.backend == "iptables")
+    conf = live_view(conf_path, daemon.config, daemon.version)
+    applied = {k: v for k, v in fw.applied_conf().items() if conf.has(k)}
     return Observed(
         target,
         "live",
@@ -108,6 +114,7 @@ def observe(target: Target, fw: Optional[Firewalld], why: str, profile: Profile 
         record,
         record_error,
         loopback,
-        live_view(conf_path, daemon.config, daemon.version),
+        conf,
         foreign,
+        applied=applied,
     )

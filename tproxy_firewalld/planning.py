@@ -8,10 +8,12 @@ install all look at the same plan. Uninstall is a plan whose desired set of ours
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from tproxy_firewalld.applied import Pending, pending_reloads
 from tproxy_firewalld.directxml import BUILT_IN_CHAINS
 from tproxy_firewalld.entries import (
     Chain,
@@ -31,7 +33,14 @@ from tproxy_firewalld.errors import (
 )
 from tproxy_firewalld.firewalld import Op
 from tproxy_firewalld.flush import CONSENT, flush_reason, shown
-from tproxy_firewalld.fwconf import BY_NAME, KNOBS, ConfChange, ConfCheck, ConfView, checks
+from tproxy_firewalld.fwconf import (
+    BY_NAME,
+    KNOBS,
+    ConfChange,
+    ConfCheck,
+    ConfView,
+    checks,
+)
 from tproxy_firewalld.observe import Observed
 from tproxy_firewalld.record import Record
 from tproxy_firewalld.settings import Warning_
@@ -371,13 +380,24 @@ def make_plan(
                 steps.append(LoopbackStep("lo", address, add=False))
     conf_checks: tuple[ConfCheck, ...] = ()
     warnings: list[Warning_] = []
+    reloads: tuple[str, ...] = ()
     if action == "install":
-        conf_checks, conf_steps, changes = _install_conf(desired, observed, configure_firewalld)
+        conf_checks, conf_steps, changes, reloads = _install_conf(
+            desired, observed, configure_firewalld
+        )
     else:
-        conf_steps, changes, warnings = _restore_conf(observed), (), _kept_conf_warnings(observed)
+        conf_steps, changes = _restore_conf(observed), ()
+        reloads = _restore_reloads(observed)
+        warnings = _kept_conf_warnings(observed)
+    # The record goes first when firewalld.conf changes: a run killed between the change and
+    # the reload (or the record) leaves a record that says what was changed and what to put
+    # back, and the next run finishes the job (issue 17, item 3).
+    conf_at = len(steps)
     steps += conf_steps
-    if conf_steps and observed.live:
-        steps.append(ReloadStep(tuple(s.name for s in conf_steps)))
+    names = tuple(s.name for s in conf_steps)
+    names += tuple(n for n in reloads if n not in names)
+    if names and observed.live:
+        steps.append(ReloadStep(names))
     if action == "install":
         assert record is not None
         added = {s.address for s in steps if isinstance(s, LoopbackStep) and s.add}
@@ -393,10 +413,16 @@ def make_plan(
         # installed_at: the time of the install that last changed something. A run with
         # nothing else to do rewrites no record just for a timestamp: the recorded one stays.
         if steps or record != observed.record or observed.record_error:
-            steps.append(RecordStep(target.state_file, observed.record, record))
+            at = conf_at if conf_steps else len(steps)
+            steps.insert(at, RecordStep(target.state_file, observed.record, record))
         elif observed.record is not None:
             record = observed.record
     elif observed.record is not None or observed.record_error:
+        if conf_steps and observed.record is not None:
+            restoring = dataclasses.replace(
+                observed.record, conf_restoring=tuple(s.name for s in conf_steps)
+            )
+            steps.insert(conf_at, RecordStep(target.state_file, observed.record, restoring))
         steps.append(RecordStep(target.state_file, observed.record, None))
     warnings += _flush_check(action, observed, owner, steps, allow_iptables_flush)
     return Plan(
@@ -450,13 +476,15 @@ def _flush_check(
 
 def _install_conf(
     desired: DirectConfig, observed: Observed, consent: bool
-) -> tuple[tuple[ConfCheck, ...], list[FirewalldConfStep], tuple[ConfChange, ...]]:
-    """The settings ``desired`` needs: the checks, the steps that fix them (with consent) and
-    what the record keeps (this run's changes, and earlier ones nobody has changed since).
-    Refuses (FirewalldConfRefused) a setting that would defeat the rules without consent."""
+) -> tuple[tuple[ConfCheck, ...], list[FirewalldConfStep], tuple[ConfChange, ...], tuple[str, ...]]:
+    """The settings ``desired`` needs: the checks, the steps that fix them (with consent),
+    what the record keeps (this run's changes, and earlier ones nobody has changed since) and
+    the settings firewalld.conf has right but firewalld has not applied (a reload applies
+    them). Refuses (FirewalldConfRefused) a setting that would defeat the rules without
+    consent."""
     conf = observed.conf
     if conf is None:
-        return (), [], ()
+        return (), [], (), ()
     if conf.error is not None and not desired.is_empty():
         raise FileError(
             f"{conf.error} (firewalld.conf is read to check RFC3964_IPv4 and StrictForwardPorts)"
@@ -476,11 +504,30 @@ def _install_conf(
     path = None if observed.live else conf.path
     steps = [FirewalldConfStep(c.name, c.value, c.wanted, path) for c in bad]
     changes = {c.name: ConfChange.of(c.name, c.value, c.wanted) for c in bad}
-    if observed.record is not None:
-        for change in observed.record.firewalld_conf:
-            if change.name not in changes and change.still_ours(conf):
-                changes[change.name] = change
-    return found, steps, tuple(changes[k.name] for k in KNOBS if k.name in changes)
+    recorded = {c.name: c for c in observed.record.firewalld_conf} if observed.record else {}
+    for change in recorded.values():
+        if change.name not in changes and change.still_ours(conf):
+            changes[change.name] = change
+    # firewalld.conf right, the value in force wrong: a Set without its reload (a run killed
+    # between the two). Our own change (recorded) or consent: reload; else refuse.
+    pending = pending_reloads(conf, observed.applied, (c.name for c in found if c.ok))
+    foreign = [p for p in pending if p.name not in changes]
+    if foreign and not consent:
+        raise FirewalldConfRefused(_pending_refusal(foreign, conf))
+    for p in foreign:
+        # what this run's reload replaces is what was in force: uninstall puts that back
+        changes[p.name] = ConfChange.of(p.name, p.applied, p.value)
+    kept = tuple(changes[k.name] for k in KNOBS if k.name in changes)
+    return found, steps, kept, tuple(p.name for p in pending)
+
+
+def _pending_refusal(pending: list[Pending], conf: ConfView) -> str:
+    what = "; ".join(f"{p.describe()}: {BY_NAME[p.name].breaks}" for p in pending)
+    return (
+        f"{what}. Nothing was changed. To go on, reload firewalld (`firewall-cmd --reload`), or let "
+        f"tproxy-firewalld reload it (--configure-firewalld; uninstall puts back "
+        f"{', '.join(f'{p.name}={p.applied}' for p in pending)} in {conf.path})"
+    )
 
 
 def _ipv4_way(bad: list[ConfCheck]) -> str:
@@ -519,6 +566,25 @@ def _restore_conf(observed: Observed) -> list[FirewalldConfStep]:
     ]
 
 
+def _restored(change: ConfChange, conf: Optional[ConfView]) -> bool:
+    """The setting means what it did before install (put back, maybe not yet applied)."""
+    return ConfChange(change.name, change.after, change.before).still_ours(conf)
+
+
+def _restore_reloads(observed: Observed) -> tuple[str, ...]:
+    """Uninstall: the recorded settings an earlier uninstall put back in firewalld.conf but
+    did not get to apply (killed before its reload): the reload applies them. A setting
+    somebody else changed is theirs to apply (see _kept_conf_warnings)."""
+    if observed.record is None:
+        return ()
+    back = [
+        c.name
+        for c in observed.record.firewalld_conf
+        if c.name in observed.record.conf_restoring and _restored(c, observed.conf)
+    ]
+    return tuple(p.name for p in pending_reloads(observed.conf, observed.applied, back))
+
+
 def _kept_conf_warnings(observed: Observed) -> list[Warning_]:
     conf = observed.conf
     if observed.record is None:
@@ -527,6 +593,8 @@ def _kept_conf_warnings(observed: Observed) -> list[Warning_]:
     for c in observed.record.firewalld_conf:
         if c.still_ours(conf):
             continue
+        if c.name in observed.record.conf_restoring and _restored(c, conf):
+            continue  # put back by an uninstall that did not finish: not somebody else
         if conf is None or conf.error is not None or conf.missing or not conf.has(c.name):
             now = (
                 f"cannot be read ({conf.error})"
