@@ -166,6 +166,33 @@ def test_uninstall_after_a_killed_install_puts_the_setting_back_in_file_and_kern
     assert record_of(sb) is None
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_a_live_change_refuses_an_unloaded_firewalld_conf_edit(
+    make_sandbox: SandboxFactory, case: Case
+) -> None:
+    """firewalld's Set writes every key from its memory: LogDenied=all, written to the file but
+    not loaded, would go back to off. Refused, naming the key, until firewalld loads it."""
+    sb = start(make_sandbox, case)
+    conf = sb.etc_dir / "firewalld.conf"
+    edited = conf.read_text().replace("LogDenied=off", "LogDenied=all")
+    assert "LogDenied=all" in edited
+    conf.write_text(edited)
+
+    refused = tpfw(sb, "install", "--configure-firewalld", check=False)
+    assert refused.returncode == 12, refused.stderr
+    line = refused.stderr.strip()
+    assert "\n" not in line and "LogDenied=all (firewalld has off)" in line, line
+    assert "`firewall-cmd --reload`" in line and "Nothing was changed" in line
+    assert conf.read_text() == edited, "the edit is still there, nothing else changed"
+    assert in_force(sb, case.name) == "yes"
+
+    sb.reload()
+    tpfw(sb, "install", "--configure-firewalld")
+    after = parse_conf(conf.read_text())
+    assert after["LogDenied"] == "all" and after[case.name] == "no"
+    assert in_force(sb, case.name) == "no"
+
+
 def test_the_kernel_shows_what_is_in_force() -> None:
     """The readers, on what firewalld 1.3.3 and 2.5.2 put in the kernel (seen in the sandbox)."""
     from tproxy_firewalld.applied import from_iptables, from_nft

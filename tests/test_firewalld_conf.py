@@ -465,7 +465,7 @@ def test_stock_firewalld_refuses_then_consent_makes_ipv6_redirects_work_and_unin
         with watch_bus(sb) as members:
             doc = json.loads(tpfw(sb, "install", "--configure-firewalld", "-o", "json").stdout)
         assert [s["step"] for s in doc["steps"]] == [
-            "loopback", "runtime", "permanent", "firewalld-conf", "reload", "record",
+            "loopback", "runtime", "permanent", "record", "firewalld-conf", "reload",
         ]  # fmt: skip
         assert doc["changed"] is True and doc["firewalld_conf"][0] == {
             "name": "RFC3964_IPv4", "value": "yes", "wanted": "no", "in_sync": False,

@@ -15,9 +15,17 @@ from typing import Callable, Optional
 from tproxy_firewalld import host
 from tproxy_firewalld.directxml import read_direct_xml
 from tproxy_firewalld.entries import DirectConfig
+from tproxy_firewalld.errors import FileError
 from tproxy_firewalld.firewalld import DaemonInfo, Firewalld
 from tproxy_firewalld.flush import foreign_iptables
-from tproxy_firewalld.fwconf import ConfView, file_view, firewalld_version, live_view
+from tproxy_firewalld.fwconf import (
+    ConfView,
+    file_view,
+    firewalld_version,
+    live_view,
+    parse_conf,
+    read_conf,
+)
 from tproxy_firewalld.kuma import KUMA, Profile
 from tproxy_firewalld.record import Record, RecordError, read_record
 from tproxy_firewalld.target import Target
@@ -49,6 +57,9 @@ class Observed:
     #: only at start and reload; ``conf`` is its memory, which a Set changes at once). A
     #: setting the kernel does not show is left out (see :mod:`applied`).
     applied: Mapping[str, str] = field(default_factory=dict)
+    #: live: firewalld.conf on disk, KEY=VALUE as firewalld reads it (None: no file, or it
+    #: cannot be read); set against ``daemon.config`` it shows edits firewalld has not loaded
+    conf_file: Optional[Mapping[str, str]] = None
 
     @property
     def live(self) -> bool:
@@ -103,6 +114,10 @@ def observe(target: Target, fw: Optional[Firewalld], why: str, profile: Profile 
         foreign = foreign_iptables(runtime, profile.owner, daemon.backend == "iptables")
     conf = live_view(conf_path, daemon.config, daemon.version)
     applied = {k: v for k, v in fw.applied_conf().items() if conf.has(k)}
+    try:
+        text = read_conf(conf_path)
+    except FileError:
+        text = None
     return Observed(
         target,
         "live",
@@ -117,4 +132,5 @@ def observe(target: Target, fw: Optional[Firewalld], why: str, profile: Profile 
         conf,
         foreign,
         applied=applied,
+        conf_file=parse_conf(text) if text is not None else None,
     )

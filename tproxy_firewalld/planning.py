@@ -40,6 +40,8 @@ from tproxy_firewalld.fwconf import (
     ConfCheck,
     ConfView,
     checks,
+    is_boolean,
+    is_on,
 )
 from tproxy_firewalld.observe import Observed
 from tproxy_firewalld.record import Record
@@ -389,6 +391,8 @@ def make_plan(
         conf_steps, changes = _restore_conf(observed), ()
         reloads = _restore_reloads(observed)
         warnings = _kept_conf_warnings(observed)
+    if conf_steps and observed.live:
+        _refuse_unloaded_conf_edits(observed)
     # The record goes first when firewalld.conf changes: a run killed between the change and
     # the reload (or the record) leaves a record that says what was changed and what to put
     # back, and the next run finishes the job (issue 17, item 3).
@@ -528,6 +532,36 @@ def _pending_refusal(pending: list[Pending], conf: ConfView) -> str:
         f"tproxy-firewalld reload it (--configure-firewalld; uninstall puts back "
         f"{', '.join(f'{p.name}={p.applied}' for p in pending)} in {conf.path})"
     )
+
+
+def _refuse_unloaded_conf_edits(observed: Observed) -> None:
+    """firewalld's config ``Set`` writes firewalld.conf from its memory, every key: an edit of
+    the file firewalld has not loaded yet would be lost (issue 17, item 4). Refuse, naming the
+    keys, as for unloaded direct.xml edits."""
+    conf, daemon = observed.conf, observed.daemon
+    if observed.conf_file is None or daemon is None or conf is None:
+        return
+    # firewalld >= 2.0 reports IPv6_rpfilter's value as IPv6_rpfilter2 ("strict", "loose",
+    # ...) and IPv6_rpfilter only as yes/no for older clients (seen on 2.3.1 and 2.5.2)
+    loaded = {k: daemon.config.get(f"{k}2", v) for k, v in daemon.config.items()}
+    differ = [
+        f"{key}={observed.conf_file[key]} (firewalld has {loaded[key]})"
+        for key in sorted(observed.conf_file)
+        if key in loaded and not _same_value(observed.conf_file[key], loaded[key])
+    ]
+    if differ:
+        raise FirewalldConfRefused(
+            f"{conf.path} holds settings firewalld has not loaded ({', '.join(differ)}: edited by "
+            "hand and not loaded yet); changing firewalld.conf through firewalld now would write "
+            "its loaded values back over that edit. Nothing was changed. Load it with "
+            "`firewall-cmd --reload`, or undo it, then run this again"
+        )
+
+
+def _same_value(file_value: str, loaded: str) -> bool:
+    if is_boolean(file_value) and is_boolean(loaded):
+        return is_on(file_value, "no") == is_on(loaded, "no")
+    return file_value.strip() == loaded.strip()
 
 
 def _ipv4_way(bad: list[ConfCheck]) -> str:
