@@ -17,14 +17,19 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Family, Peer, Sandbox, SandboxFactory, endpoint
-from helpers import tpfw
+from fake_firewalld import world
+from harness import Backend, Family, Peer, Sandbox, SandboxFactory, endpoint
+from helpers import load, tpfw
 from versions import version_of
 
-from tproxy_firewalld.fwconf import parse_conf
+from tproxy_firewalld import api
+from tproxy_firewalld.errors import FirewalldConfRefused
+from tproxy_firewalld.fwconf import ConfChange, parse_conf
+from tproxy_firewalld.record import RecordError, read_record
 
 APP_PORT, OUTBOUND_PORT = 8080, 15001
 RECORD = "/var/lib/tproxy-firewalld/installed.json"
@@ -52,10 +57,15 @@ class Case:
     family: Family
     conf: dict[str, str]
     stock_conf: bool
+    backend: Backend = "nftables"
 
 
 CASES = [
     pytest.param(Case("bookworm", "RFC3964_IPv4", "yes", "ipv6", {}, True), id="1.3.3-RFC3964"),
+    pytest.param(
+        Case("bookworm", "RFC3964_IPv4", "yes", "ipv6", {}, True, "iptables"),
+        id="1.3.3-iptables-RFC3964",
+    ),
     pytest.param(
         Case("forky", "StrictForwardPorts", "yes", "ipv4", {"StrictForwardPorts": "yes"}, False),
         id="2.5.2-StrictForwardPorts",
@@ -65,7 +75,7 @@ CASES = [
 
 def start(make_sandbox: SandboxFactory, case: Case) -> Sandbox:
     version = version_of(case.suite)
-    return make_sandbox("nftables", root=version.root, conf=case.conf, stock=case.stock_conf)
+    return make_sandbox(case.backend, root=version.root, conf=case.conf, stock=case.stock_conf)
 
 
 def killed(sb: Sandbox, *args: str) -> None:
@@ -78,8 +88,14 @@ def in_file(sb: Sandbox, name: str) -> str | None:
 
 
 def in_force(sb: Sandbox, name: str) -> str:
-    """What the kernel enforces: firewalld's own nftables table, read with the host's nft (the
-    rules firewalld 1.3.3 and 2.5.2 make for each setting, tproxy_firewalld/applied.py)."""
+    """What the kernel enforces: firewalld's own nftables table (or ip6tables' filter table,
+    iptables backend), read with the host's tools (the rules firewalld 1.3.3 and 2.5.2 make
+    for each setting, tproxy_firewalld/applied.py)."""
+    if sb.backend == "iptables":
+        assert name == "RFC3964_IPv4"
+        rules = sb.iptables_save("ipv6", "filter").splitlines()
+        on = any(" -d ::/96 " in line and "-j REJECT" in line for line in rules)
+        return "yes" if on else "no"
     table = sb.run("nft", "list", "table", "inet", "firewalld").stdout
     if name == "RFC3964_IPv4":
         on = any("::/96" in line and "reject" in line for line in table.splitlines())
@@ -166,7 +182,7 @@ def test_uninstall_after_a_killed_install_puts_the_setting_back_in_file_and_kern
     assert record_of(sb) is None
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", [CASES[0], CASES[2]])
 def test_a_live_change_refuses_an_unloaded_firewalld_conf_edit(
     make_sandbox: SandboxFactory, case: Case
 ) -> None:
@@ -216,3 +232,58 @@ def test_the_kernel_shows_what_is_in_force() -> None:
     assert from_iptables(ipt_on) == {"RFC3964_IPv4": "yes", "StrictForwardPorts": "yes"}
     assert from_iptables(ipt_off) == {"RFC3964_IPv4": "no", "StrictForwardPorts": "no"}
     assert from_iptables("*filter\nCOMMIT\n") == {}
+
+
+# --------------------------------------------------------------------------- plan (fake firewalld)
+
+
+def test_a_pending_reload_not_ours_needs_consent_and_is_then_recorded(tmp_path: Path) -> None:
+    """Somebody's Set without a reload: firewalld.conf says RFC3964_IPv4=no, the kernel still
+    rejects ::/96. Without consent install refuses (the rules would not work); with it, it
+    reloads (no Set) and records what was in force, which uninstall puts back."""
+    target, fake = world(tmp_path)
+    fake.applied = {"RFC3964_IPv4": "yes"}
+    settings = load({"--kuma-dp-user": "5678"})
+    with pytest.raises(FirewalldConfRefused) as refused:
+        api.install(settings, target=target, client=fake.factory())
+    assert refused.value.exit_code == 12
+    assert refused.value.message.startswith(
+        "firewalld.conf says RFC3964_IPv4=no, firewalld has applied yes (reload pending): "
+    )
+    assert "Nothing was changed" in refused.value.message and fake.changes == []
+    report = api.diff(settings, target=target, client=fake.factory())
+    assert not report.in_sync and [p.name for p in report.conf_pending] == ["RFC3964_IPv4"]
+
+    result = api.install(
+        load({"--kuma-dp-user": "5678", "--configure-firewalld": "true"}),
+        target=target,
+        client=fake.factory(),
+    )
+    assert [s.kind for s in result.steps] == ["runtime", "permanent", "record", "reload"]
+    assert fake.changes[-1] == "reload" and not any("config.Set" in c for c in fake.changes)
+    assert fake.applied == {"RFC3964_IPv4": "no"}
+    record = read_record(target.state_file)
+    assert record is not None
+    assert record.firewalld_conf == (ConfChange("RFC3964_IPv4", "yes", "no"),)
+    api.uninstall(target=target, client=fake.factory())
+    assert fake.conf == {"RFC3964_IPv4": "yes"} and fake.applied == {"RFC3964_IPv4": "yes"}
+
+
+def test_the_restoring_mark_of_the_record_is_checked(tmp_path: Path) -> None:
+    target, fake = world(tmp_path)
+    fake.conf["RFC3964_IPv4"] = "yes"
+    api.install(
+        load({"--kuma-dp-user": "5678", "--configure-firewalld": "true"}),
+        target=target,
+        client=fake.factory(),
+    )
+    doc = json.loads(target.state_file.read_text())
+    assert "firewalld_conf_restoring" not in doc, "an optional key, only while restoring"
+    for good in ([], ["RFC3964_IPv4"]):
+        target.state_file.write_text(json.dumps({**doc, "firewalld_conf_restoring": good}))
+        record = read_record(target.state_file)
+        assert record is not None and record.conf_restoring == tuple(good)
+    for bad in (["StrictForwardPorts"], "RFC3964_IPv4", [["RFC3964_IPv4"]], ["RFC3964_IPv4"] * 2):
+        target.state_file.write_text(json.dumps({**doc, "firewalld_conf_restoring": bad}))
+        with pytest.raises(RecordError):
+            read_record(target.state_file)

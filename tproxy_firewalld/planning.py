@@ -393,9 +393,9 @@ def make_plan(
         warnings = _kept_conf_warnings(observed)
     if conf_steps and observed.live:
         _refuse_unloaded_conf_edits(observed)
-    # The record goes first when firewalld.conf changes: a run killed between the change and
-    # the reload (or the record) leaves a record that says what was changed and what to put
-    # back, and the next run finishes the job (issue 17, item 3).
+    # The record goes first when firewalld.conf changes (or a reload applies it): a run killed
+    # between the change and the reload (or the record) leaves a record that says what was
+    # changed and what to put back, and the next run finishes the job (issue 17, item 3).
     conf_at = len(steps)
     steps += conf_steps
     names = tuple(s.name for s in conf_steps)
@@ -417,7 +417,7 @@ def make_plan(
         # installed_at: the time of the install that last changed something. A run with
         # nothing else to do rewrites no record just for a timestamp: the recorded one stays.
         if steps or record != observed.record or observed.record_error:
-            at = conf_at if conf_steps else len(steps)
+            at = conf_at if len(steps) > conf_at else len(steps)
             steps.insert(at, RecordStep(target.state_file, observed.record, record))
         elif observed.record is not None:
             record = observed.record
