@@ -265,8 +265,13 @@ def test_a_pending_reload_not_ours_needs_consent_and_is_then_recorded(tmp_path: 
     record = read_record(target.state_file)
     assert record is not None
     assert record.firewalld_conf == (ConfChange("RFC3964_IPv4", "yes", "no"),)
-    api.uninstall(target=target, client=fake.factory())
+    undone = api.uninstall(target=target, client=fake.factory())
     assert fake.conf == {"RFC3964_IPv4": "yes"} and fake.applied == {"RFC3964_IPv4": "yes"}
+    assert [s.kind for s in undone.steps][-4:] == ["record", "firewalld-conf", "reload", "record"]
+    assert undone.summary().endswith(
+        "firewalld.conf: RFC3964_IPv4=yes (was no); firewalld reloaded (applies RFC3964_IPv4); "
+        "record: marked (putting back RFC3964_IPv4); record: removed"
+    )
 
 
 def test_the_restoring_mark_of_the_record_is_checked(tmp_path: Path) -> None:

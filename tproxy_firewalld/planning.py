@@ -193,6 +193,9 @@ class RecordStep:
     kind: str = field(default="record", init=False)
 
     def summary(self) -> str:
+        if self.after is not None and self.after.conf_restoring:
+            # uninstall's note before it puts firewalld.conf back (a killed run is finished)
+            return f"record: marked (putting back {', '.join(self.after.conf_restoring)})"
         return f"record: {'written' if self.after is not None else 'removed'}"
 
 
