@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from helpers import ready_root
 
@@ -15,7 +15,32 @@ from tproxy_firewalld.directxml import render_direct_xml
 from tproxy_firewalld.entries import Chain, DirectConfig, Entry, Passthrough, Rule
 from tproxy_firewalld.errors import FirewalldRejected, FirewalldUnavailable
 from tproxy_firewalld.firewalld import DaemonInfo, Op, OpResult
+from tproxy_firewalld.fwconf import set_in_conf
 from tproxy_firewalld.target import Target
+
+
+class ConfFile(dict[str, str]):
+    """firewalld.conf as firewalld holds it, written through to ``path`` (if set) on every
+    change: firewalld's Set writes the file, and a started firewalld holds what the file says.
+    A test makes an edit firewalld has not loaded by writing the file itself."""
+
+    path: Optional[Path] = None
+
+    def write(self) -> None:
+        if self.path is None:
+            return
+        text = self.path.read_text() if self.path.exists() else ""
+        for name, value in self.items():
+            text = set_in_conf(text, name, value)
+        self.path.write_text(text)
+
+    def __setitem__(self, key: str, value: str) -> None:
+        super().__setitem__(key, value)
+        self.write()
+
+    def update(self, *args: Any, **kw: str) -> None:
+        super().update(*args, **kw)
+        self.write()
 
 
 @dataclass
@@ -38,7 +63,7 @@ class FakeFirewalld:
     #: calls made while hung: each one would wait out the whole D-Bus timeout
     waits: int = 0
     #: firewalld.conf as firewalld holds it (its config properties)
-    conf: dict[str, str] = field(default_factory=lambda: {"RFC3964_IPv4": "no"})
+    conf: ConfFile = field(default_factory=lambda: ConfFile({"RFC3964_IPv4": "no"}))
     #: firewalld.conf as the running firewalld applies it (changed by reload())
     applied: dict[str, str] = field(default_factory=dict)
     #: the next set_conf / reload / check_config fails with this firewalld error code
@@ -136,6 +161,9 @@ class FakeFirewalld:
             raise FirewalldRejected(f"set {name}: firewalld says {code}", code)
         self.conf[name] = value
 
+    def applied_conf(self) -> dict[str, str]:
+        return dict(self.applied)
+
     def check_config(self) -> None:
         if self.fail_check is not None:
             code, self.fail_check = self.fail_check, None
@@ -175,4 +203,6 @@ def world(tmp_path: Path, **kw: object) -> tuple[Target, FakeFirewalld]:
     (tmp_path / "etc/firewalld/direct.xml").write_bytes(render_direct_xml(FOREIGN))
     target = Target.make(tmp_path)
     fake.file = target.direct_xml
+    fake.conf.path = target.firewalld_dir / "firewalld.conf"
+    fake.conf.write()
     return target, fake

@@ -135,8 +135,8 @@ def test_with_consent_offline_the_file_is_changed_recorded_and_put_back(tmp_path
         "before": "yes",
         "after": "no",
     }.items() <= (next(s for s in doc["steps"] if s["step"] == "firewalld-conf").items())
-    assert [s["step"] for s in doc["steps"]] == ["file", "firewalld-conf", "record"], (
-        "no reload offline"
+    assert [s["step"] for s in doc["steps"]] == ["file", "record", "firewalld-conf"], (
+        "no reload offline; the record (what to put back) before firewalld.conf changes"
     )
     assert {"name": "RFC3964_IPv4", "value": "yes", "wanted": "no", "in_sync": False} in doc[
         "firewalld_conf"
@@ -301,7 +301,7 @@ def test_live_steps_in_order_and_uninstall_puts_it_back(tmp_path: Path) -> None:
 
     result = api.install(consented(), target=target, client=fake.factory())
     assert [s.kind for s in result.steps] == [
-        "runtime", "permanent", "firewalld-conf", "firewalld-conf", "reload", "record",
+        "runtime", "permanent", "record", "firewalld-conf", "firewalld-conf", "reload",
     ]  # fmt: skip
     assert fake.changes[-4:] == [
         "config.direct.update", "config.Set RFC3964_IPv4=no", "config.Set StrictForwardPorts=no", "reload",
@@ -343,23 +343,30 @@ def test_a_failed_reload_undoes_the_setting_and_the_rules(tmp_path: Path) -> Non
 def test_a_failure_after_the_reload_puts_the_setting_back_before_reloading_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Install writes its record before it changes firewalld.conf (so that a run killed midway
+    leaves what to put back); uninstall removes the record last, after its reload."""
     target, fake = world(tmp_path)
     fake.conf["RFC3964_IPv4"] = "yes"
     fake.applied = dict(fake.conf)
+    api.install(consented(), target=target, client=fake.factory())
+    installed = (fake.permanent(), set(fake.runtime().entries()), dict(fake.conf))
+    fake.changes.clear()
 
-    def full_disk(tmp: Path, path: Path) -> None:
-        raise FileError(f"cannot replace {path}: No space left on device")
+    def read_only(path: Path) -> None:
+        raise FileError(f"cannot remove {path}: Read-only file system")
 
-    monkeypatch.setattr(transaction, "commit_write", full_disk)  # the record, the last step, fails
+    monkeypatch.setattr(transaction, "remove_file", read_only)  # the record, the last step, fails
     with pytest.raises(FileError) as failed:
-        api.install(consented(), target=target, client=fake.factory())
+        api.uninstall(target=target, client=fake.factory())
     assert "nothing was changed" in failed.value.message
-    undone = fake.changes[fake.changes.index("reload") + 1 :]  # after install's own reload
-    assert undone[:3] == ["config.Set RFC3964_IPv4=yes", "reload", "config.direct.update"], (
+    undone = fake.changes[fake.changes.index("reload") + 1 :]  # after uninstall's own reload
+    assert undone[:3] == ["config.Set RFC3964_IPv4=no", "reload", "config.direct.update"], (
         "the setting goes back first, then the reload that applies it, then the permanent entries"
     )
-    assert fake.applied == {"RFC3964_IPv4": "yes"} and fake.conf == {"RFC3964_IPv4": "yes"}
-    assert fake.permanent() == FOREIGN and fake.runtime().ours(OWNER).is_empty()
+    assert fake.applied == {"RFC3964_IPv4": "no"} and fake.conf == {"RFC3964_IPv4": "no"}
+    assert (fake.permanent(), set(fake.runtime().entries()), dict(fake.conf)) == installed
+    record = read_record(target.state_file)
+    assert record is not None and record.conf_restoring == (), "the record as install wrote it"
 
 
 def test_live_uninstall_leaves_a_setting_somebody_changed_since(tmp_path: Path) -> None:
@@ -458,7 +465,7 @@ def test_stock_firewalld_refuses_then_consent_makes_ipv6_redirects_work_and_unin
         with watch_bus(sb) as members:
             doc = json.loads(tpfw(sb, "install", "--configure-firewalld", "-o", "json").stdout)
         assert [s["step"] for s in doc["steps"]] == [
-            "loopback", "runtime", "permanent", "firewalld-conf", "reload", "record",
+            "loopback", "runtime", "permanent", "record", "firewalld-conf", "reload",
         ]  # fmt: skip
         assert doc["changed"] is True and doc["firewalld_conf"][0] == {
             "name": "RFC3964_IPv4", "value": "yes", "wanted": "no", "in_sync": False,

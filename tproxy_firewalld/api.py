@@ -291,6 +291,7 @@ def diff_observed(
     rules_template: Optional[str],
     profile: Profile,
 ) -> DiffReport:
+    from tproxy_firewalld.applied import pending_reloads
     from tproxy_firewalld.fwconf import checks
     from tproxy_firewalld.planning import Diff
     from tproxy_firewalld.ruleset import build_ruleset
@@ -310,6 +311,8 @@ def diff_observed(
     wanted = desired.entries()
     leftovers = tuple(sorted((e for e in recognition.leftovers if e not in wanted), key=str))
     conf = checks(desired, observed.conf)
+    recorded = [c.name for c in observed.record.firewalld_conf] if observed.record else []
+    pending = pending_reloads(observed.conf, observed.applied, [c.name for c in conf] + recorded)
     if not observed.live:
         return DiffReport(
             source,
@@ -336,6 +339,7 @@ def diff_observed(
         leftovers=leftovers,
         suspected=recognition.suspected,
         firewalld_conf=conf,
+        conf_pending=pending,
     )
 
 

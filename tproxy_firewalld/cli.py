@@ -389,8 +389,10 @@ def install(
     A firewalld.conf setting that would defeat the rules (RFC3964_IPv4=yes with IPv6 rules on
     firewalld < 2.3, StrictForwardPorts=yes) makes install refuse, changing nothing, unless
     --configure-firewalld lets it set that setting to no: live through firewalld's API,
-    followed by a reload (reported); offline in firewalld.conf. The old value is recorded and
-    uninstall puts it back.
+    followed by a reload (reported); offline in firewalld.conf. The old value is recorded
+    (before the change) and uninstall puts it back. A run killed before its reload is
+    finished by the next one. A live change refuses (12) while firewalld.conf holds an edit
+    firewalld has not loaded (its Set would write the loaded values back over it).
 
     When the plan makes firewalld flush every iptables table (firewalld >= 2.0 does when the
     first direct entry is added; every version on the reload above) while other tools keep
@@ -482,7 +484,8 @@ def diff(
     Desired is the settings given, or — with none — those the last install recorded.
     Entries are compared as firewalld identifies them (ipv, table, chain, priority, args
     tokens). Also says when direct.xml and firewalld's permanent config disagree (a hand
-    edit firewalld has not loaded). Exit 0 in sync, 1 differences, 2 or more trouble.
+    edit firewalld has not loaded), and when firewalld has not applied a firewalld.conf
+    setting yet (reload pending). Exit 0 in sync, 1 differences, 2 or more trouble.
     """
     from tproxy_firewalld import api
 

@@ -124,6 +124,8 @@ class Firewalld(Protocol):
 
     def set_conf(self, name: str, value: str) -> None: ...
 
+    def applied_conf(self) -> dict[str, str]: ...
+
     def check_config(self) -> None: ...
 
     def reload(self) -> None: ...
@@ -373,6 +375,15 @@ class DbusFirewalld:
             ),
             what,
         )
+
+    def applied_conf(self) -> dict[str, str]:
+        """The firewalld.conf settings that can defeat the rules, as in force: firewalld does
+        not tell (its config properties are its memory, which Set changes at once; it applies
+        them at its next reload), the kernel does. Those it does not show are left out."""
+        from tproxy_firewalld.applied import read_applied
+
+        info = self.daemon or self.info()
+        return read_applied(info.backend, info.config)
 
     def check_config(self) -> None:
         """firewalld's check of its whole permanent configuration (as a reload would load it)."""

@@ -8,16 +8,24 @@ The one place that decides live or offline: live when firewalld runs (see
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from tproxy_firewalld import host
 from tproxy_firewalld.directxml import read_direct_xml
 from tproxy_firewalld.entries import DirectConfig
+from tproxy_firewalld.errors import FileError
 from tproxy_firewalld.firewalld import DaemonInfo, Firewalld
 from tproxy_firewalld.flush import foreign_iptables
-from tproxy_firewalld.fwconf import ConfView, file_view, firewalld_version, live_view
+from tproxy_firewalld.fwconf import (
+    ConfView,
+    file_view,
+    firewalld_version,
+    live_view,
+    parse_conf,
+    read_conf,
+)
 from tproxy_firewalld.kuma import KUMA, Profile
 from tproxy_firewalld.record import Record, RecordError, read_record
 from tproxy_firewalld.target import Target
@@ -45,6 +53,13 @@ class Observed:
     #: other tools' chains and rules in the kernel's iptables tables, which a firewalld flush
     #: would wipe (live system, firewalld running, only)
     foreign_iptables: tuple[str, ...] = ()
+    #: live: those settings as the kernel shows them in force (firewalld applies firewalld.conf
+    #: only at start and reload; ``conf`` is its memory, which a Set changes at once). A
+    #: setting the kernel does not show is left out (see :mod:`applied`).
+    applied: Mapping[str, str] = field(default_factory=dict)
+    #: live: firewalld.conf on disk, KEY=VALUE as firewalld reads it (None: no file, or it
+    #: cannot be read); set against ``daemon.config`` it shows edits firewalld has not loaded
+    conf_file: Optional[Mapping[str, str]] = None
 
     @property
     def live(self) -> bool:
@@ -97,6 +112,12 @@ def observe(target: Target, fw: Optional[Firewalld], why: str, profile: Profile 
     foreign: tuple[str, ...] = ()
     if target.live_system:
         foreign = foreign_iptables(runtime, profile.owner, daemon.backend == "iptables")
+    conf = live_view(conf_path, daemon.config, daemon.version)
+    applied = {k: v for k, v in fw.applied_conf().items() if conf.has(k)}
+    try:
+        text = read_conf(conf_path)
+    except FileError:
+        text = None
     return Observed(
         target,
         "live",
@@ -108,6 +129,8 @@ def observe(target: Target, fw: Optional[Firewalld], why: str, profile: Profile 
         record,
         record_error,
         loopback,
-        live_view(conf_path, daemon.config, daemon.version),
+        conf,
         foreign,
+        applied=applied,
+        conf_file=parse_conf(text) if text is not None else None,
     )

@@ -8,10 +8,12 @@ install all look at the same plan. Uninstall is a plan whose desired set of ours
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from tproxy_firewalld.applied import Pending, pending_reloads
 from tproxy_firewalld.directxml import BUILT_IN_CHAINS
 from tproxy_firewalld.entries import (
     Chain,
@@ -31,7 +33,16 @@ from tproxy_firewalld.errors import (
 )
 from tproxy_firewalld.firewalld import Op
 from tproxy_firewalld.flush import CONSENT, flush_reason, shown
-from tproxy_firewalld.fwconf import BY_NAME, KNOBS, ConfChange, ConfCheck, ConfView, checks
+from tproxy_firewalld.fwconf import (
+    BY_NAME,
+    KNOBS,
+    ConfChange,
+    ConfCheck,
+    ConfView,
+    checks,
+    is_boolean,
+    is_on,
+)
 from tproxy_firewalld.observe import Observed
 from tproxy_firewalld.record import Record
 from tproxy_firewalld.settings import Warning_
@@ -182,6 +193,9 @@ class RecordStep:
     kind: str = field(default="record", init=False)
 
     def summary(self) -> str:
+        if self.after is not None and self.after.conf_restoring:
+            # uninstall's note before it puts firewalld.conf back (a killed run is finished)
+            return f"record: marked (putting back {', '.join(self.after.conf_restoring)})"
         return f"record: {'written' if self.after is not None else 'removed'}"
 
 
@@ -371,13 +385,26 @@ def make_plan(
                 steps.append(LoopbackStep("lo", address, add=False))
     conf_checks: tuple[ConfCheck, ...] = ()
     warnings: list[Warning_] = []
+    reloads: tuple[str, ...] = ()
     if action == "install":
-        conf_checks, conf_steps, changes = _install_conf(desired, observed, configure_firewalld)
+        conf_checks, conf_steps, changes, reloads = _install_conf(
+            desired, observed, configure_firewalld
+        )
     else:
-        conf_steps, changes, warnings = _restore_conf(observed), (), _kept_conf_warnings(observed)
-    steps += conf_steps
+        conf_steps, changes = _restore_conf(observed), ()
+        reloads = _restore_reloads(observed)
+        warnings = _kept_conf_warnings(observed)
     if conf_steps and observed.live:
-        steps.append(ReloadStep(tuple(s.name for s in conf_steps)))
+        _refuse_unloaded_conf_edits(observed)
+    # The record goes first when firewalld.conf changes (or a reload applies it): a run killed
+    # between the change and the reload (or the record) leaves a record that says what was
+    # changed and what to put back, and the next run finishes the job (issue 17, item 3).
+    conf_at = len(steps)
+    steps += conf_steps
+    names = tuple(s.name for s in conf_steps)
+    names += tuple(n for n in reloads if n not in names)
+    if names and observed.live:
+        steps.append(ReloadStep(names))
     if action == "install":
         assert record is not None
         added = {s.address for s in steps if isinstance(s, LoopbackStep) and s.add}
@@ -393,10 +420,16 @@ def make_plan(
         # installed_at: the time of the install that last changed something. A run with
         # nothing else to do rewrites no record just for a timestamp: the recorded one stays.
         if steps or record != observed.record or observed.record_error:
-            steps.append(RecordStep(target.state_file, observed.record, record))
+            at = conf_at if len(steps) > conf_at else len(steps)
+            steps.insert(at, RecordStep(target.state_file, observed.record, record))
         elif observed.record is not None:
             record = observed.record
     elif observed.record is not None or observed.record_error:
+        if conf_steps and observed.record is not None:
+            restoring = dataclasses.replace(
+                observed.record, conf_restoring=tuple(s.name for s in conf_steps)
+            )
+            steps.insert(conf_at, RecordStep(target.state_file, observed.record, restoring))
         steps.append(RecordStep(target.state_file, observed.record, None))
     warnings += _flush_check(action, observed, owner, steps, allow_iptables_flush)
     return Plan(
@@ -450,13 +483,15 @@ def _flush_check(
 
 def _install_conf(
     desired: DirectConfig, observed: Observed, consent: bool
-) -> tuple[tuple[ConfCheck, ...], list[FirewalldConfStep], tuple[ConfChange, ...]]:
-    """The settings ``desired`` needs: the checks, the steps that fix them (with consent) and
-    what the record keeps (this run's changes, and earlier ones nobody has changed since).
-    Refuses (FirewalldConfRefused) a setting that would defeat the rules without consent."""
+) -> tuple[tuple[ConfCheck, ...], list[FirewalldConfStep], tuple[ConfChange, ...], tuple[str, ...]]:
+    """The settings ``desired`` needs: the checks, the steps that fix them (with consent),
+    what the record keeps (this run's changes, and earlier ones nobody has changed since) and
+    the settings firewalld.conf has right but firewalld has not applied (a reload applies
+    them). Refuses (FirewalldConfRefused) a setting that would defeat the rules without
+    consent."""
     conf = observed.conf
     if conf is None:
-        return (), [], ()
+        return (), [], (), ()
     if conf.error is not None and not desired.is_empty():
         raise FileError(
             f"{conf.error} (firewalld.conf is read to check RFC3964_IPv4 and StrictForwardPorts)"
@@ -476,11 +511,60 @@ def _install_conf(
     path = None if observed.live else conf.path
     steps = [FirewalldConfStep(c.name, c.value, c.wanted, path) for c in bad]
     changes = {c.name: ConfChange.of(c.name, c.value, c.wanted) for c in bad}
-    if observed.record is not None:
-        for change in observed.record.firewalld_conf:
-            if change.name not in changes and change.still_ours(conf):
-                changes[change.name] = change
-    return found, steps, tuple(changes[k.name] for k in KNOBS if k.name in changes)
+    recorded = {c.name: c for c in observed.record.firewalld_conf} if observed.record else {}
+    for change in recorded.values():
+        if change.name not in changes and change.still_ours(conf):
+            changes[change.name] = change
+    # firewalld.conf right, the value in force wrong: a Set without its reload (a run killed
+    # between the two). Our own change (recorded) or consent: reload; else refuse.
+    pending = pending_reloads(conf, observed.applied, (c.name for c in found if c.ok))
+    foreign = [p for p in pending if p.name not in changes]
+    if foreign and not consent:
+        raise FirewalldConfRefused(_pending_refusal(foreign, conf))
+    for p in foreign:
+        # what this run's reload replaces is what was in force: uninstall puts that back
+        changes[p.name] = ConfChange.of(p.name, p.applied, p.value)
+    kept = tuple(changes[k.name] for k in KNOBS if k.name in changes)
+    return found, steps, kept, tuple(p.name for p in pending)
+
+
+def _pending_refusal(pending: list[Pending], conf: ConfView) -> str:
+    what = "; ".join(f"{p.describe()}: {BY_NAME[p.name].breaks}" for p in pending)
+    return (
+        f"{what}. Nothing was changed. To go on, reload firewalld (`firewall-cmd --reload`), or let "
+        f"tproxy-firewalld reload it (--configure-firewalld; uninstall puts back "
+        f"{', '.join(f'{p.name}={p.applied}' for p in pending)} in {conf.path})"
+    )
+
+
+def _refuse_unloaded_conf_edits(observed: Observed) -> None:
+    """firewalld's config ``Set`` writes firewalld.conf from its memory, every key: an edit of
+    the file firewalld has not loaded yet would be lost (issue 17, item 4). Refuse, naming the
+    keys, as for unloaded direct.xml edits."""
+    conf, daemon = observed.conf, observed.daemon
+    if observed.conf_file is None or daemon is None or conf is None:
+        return
+    # firewalld >= 2.0 reports IPv6_rpfilter's value as IPv6_rpfilter2 ("strict", "loose",
+    # ...) and IPv6_rpfilter only as yes/no for older clients (seen on 2.3.1 and 2.5.2)
+    loaded = {k: daemon.config.get(f"{k}2", v) for k, v in daemon.config.items()}
+    differ = [
+        f"{key}={observed.conf_file[key]} (firewalld has {loaded[key]})"
+        for key in sorted(observed.conf_file)
+        if key in loaded and not _same_value(observed.conf_file[key], loaded[key])
+    ]
+    if differ:
+        raise FirewalldConfRefused(
+            f"{conf.path} holds settings firewalld has not loaded ({', '.join(differ)}: edited by "
+            "hand and not loaded yet); changing firewalld.conf through firewalld now would write "
+            "its loaded values back over that edit. Nothing was changed. Load it with "
+            "`firewall-cmd --reload`, or undo it, then run this again"
+        )
+
+
+def _same_value(file_value: str, loaded: str) -> bool:
+    if is_boolean(file_value) and is_boolean(loaded):
+        return is_on(file_value, "no") == is_on(loaded, "no")
+    return file_value.strip() == loaded.strip()
 
 
 def _ipv4_way(bad: list[ConfCheck]) -> str:
@@ -519,6 +603,25 @@ def _restore_conf(observed: Observed) -> list[FirewalldConfStep]:
     ]
 
 
+def _restored(change: ConfChange, conf: Optional[ConfView]) -> bool:
+    """The setting means what it did before install (put back, maybe not yet applied)."""
+    return ConfChange(change.name, change.after, change.before).still_ours(conf)
+
+
+def _restore_reloads(observed: Observed) -> tuple[str, ...]:
+    """Uninstall: the recorded settings an earlier uninstall put back in firewalld.conf but
+    did not get to apply (killed before its reload): the reload applies them. A setting
+    somebody else changed is theirs to apply (see _kept_conf_warnings)."""
+    if observed.record is None:
+        return ()
+    back = [
+        c.name
+        for c in observed.record.firewalld_conf
+        if c.name in observed.record.conf_restoring and _restored(c, observed.conf)
+    ]
+    return tuple(p.name for p in pending_reloads(observed.conf, observed.applied, back))
+
+
 def _kept_conf_warnings(observed: Observed) -> list[Warning_]:
     conf = observed.conf
     if observed.record is None:
@@ -527,6 +630,8 @@ def _kept_conf_warnings(observed: Observed) -> list[Warning_]:
     for c in observed.record.firewalld_conf:
         if c.still_ours(conf):
             continue
+        if c.name in observed.record.conf_restoring and _restored(c, conf):
+            continue  # put back by an uninstall that did not finish: not somebody else
         if conf is None or conf.error is not None or conf.missing or not conf.has(c.name):
             now = (
                 f"cannot be read ({conf.error})"

@@ -42,8 +42,14 @@ class Record:
     #: firewalld.conf settings install changed (with --configure-firewalld), each with the
     #: value uninstall puts back. An optional key: records without it (older ones) mean none.
     firewalld_conf: tuple[ConfChange, ...] = ()
+    #: the names among ``firewalld_conf`` that an uninstall has started to put back (written
+    #: before it changes firewalld.conf): a run that finds one at its ``before`` value knows
+    #: it was its own doing and finishes the job (the reload), instead of warning that
+    #: somebody changed it. An optional key.
+    conf_restoring: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
+        restoring = {"firewalld_conf_restoring": list(self.conf_restoring)}
         return {
             "schema": SCHEMA,
             "profile": self.profile,
@@ -51,6 +57,7 @@ class Record:
             "template": self.template,
             "loopback_added": list(self.loopback_added),
             "firewalld_conf": [c.to_json() for c in self.firewalld_conf],
+            **(restoring if self.conf_restoring else {}),
             "settings": self.settings.to_json(),
         }
 
@@ -114,12 +121,23 @@ def _from_json(doc: Any, source: str) -> Record:
     changes = tuple(ConfChange.from_json(c, source) for c in conf)
     if len({c.name for c in changes}) != len(changes):
         raise RecordError(f"{source}: firewalld_conf names a setting twice")
+    restoring = doc.get("firewalld_conf_restoring", [])
+    names = {c.name for c in changes}
+    if (
+        not isinstance(restoring, list)
+        or not all(isinstance(n, str) and n in names for n in restoring)
+        or len(set(restoring)) != len(restoring)
+    ):
+        raise RecordError(
+            f"{source}: firewalld_conf_restoring must list settings named in firewalld_conf"
+        )
     return Record(
         settings=KumaSettings.from_json(doc.get("settings"), f"{source}: settings"),
         loopback_added=tuple(loopback),
         template=template,
         installed_at=installed_at,
         firewalld_conf=changes,
+        conf_restoring=tuple(restoring),
     )
 
 

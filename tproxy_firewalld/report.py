@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from tproxy_firewalld.applied import Pending
 from tproxy_firewalld.entries import DirectConfig, Entry, Suspect, entry_json
 from tproxy_firewalld.errors import TproxyError
 from tproxy_firewalld.firewalld import DaemonInfo
@@ -182,6 +183,8 @@ class DiffReport:
     suspected: tuple[Suspect, ...] = ()
     #: the firewalld.conf settings the desired rules need, against what firewalld has
     firewalld_conf: tuple[ConfCheck, ...] = ()
+    #: settings firewalld.conf has, but firewalld has not applied yet (a reload is pending)
+    conf_pending: tuple[Pending, ...] = ()
 
     @property
     def in_sync(self) -> bool:
@@ -190,6 +193,7 @@ class DiffReport:
             all(d is None or d.empty for d in diffs)
             and not (self.file_only or self.firewalld_only)
             and all(c.ok for c in self.firewalld_conf)
+            and not self.conf_pending
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -206,6 +210,7 @@ class DiffReport:
                 "only_in_firewalld": [entry_json(e) for e in self.firewalld_only],
             },
             "firewalld_conf": [c.to_json() for c in self.firewalld_conf],
+            "firewalld_conf_pending": [p.to_json() for p in self.conf_pending],
             "warnings": [w.to_json() for w in self.warnings],
             "leftovers": [entry_json(e) for e in self.leftovers],
             "suspected": [s.to_json() for s in self.suspected],
@@ -240,6 +245,11 @@ class DiffReport:
             )
         lines += suspect_lines(self.suspected)
         lines += [conf_line(c) for c in self.firewalld_conf]
+        lines += [
+            f"firewalld.conf: {p.describe()}; `tproxy-firewalld install` (or uninstall) or "
+            "`firewall-cmd --reload` applies it"
+            for p in self.conf_pending
+        ]
         lines += warning_lines(self.warnings)
         lines.append("in sync" if self.in_sync else "differences found")
         return lines
