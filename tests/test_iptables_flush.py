@@ -120,6 +120,33 @@ def test_the_detector_names_other_tools_chains_and_built_in_rules_only() -> None
     ]
 
 
+#: firewalld 2.3+'s iptables backend with StrictForwardPorts=yes (iptables-save on 2.5.2)
+STRICT_SAVE = """\
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:INPUT_dnat - [0:0]
+:FORWARD_dnat - [0:0]
+:OUTPUT_dnat - [0:0]
+-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A INPUT -m conntrack --ctstate DNAT -j INPUT_dnat
+-A FORWARD -m conntrack --ctstate DNAT -j FORWARD_dnat
+-A OUTPUT -m conntrack --ctstate DNAT -j OUTPUT_dnat
+COMMIT
+"""
+
+
+def test_firewalld_s_strict_forward_ports_chains_are_its_own() -> None:
+    """From 2.3, StrictForwardPorts=yes on the iptables backend puts <BUILTIN>_dnat chains and
+    the jumps into them in the filter table: firewalld's, not another tool's (the matrix's stock
+    firewalld.conf test on 2.3.1 and 2.5.2 with the iptables backend was refused, exit 13)."""
+    from tproxy_firewalld.flush import foreign_in_save
+
+    for ipv in ("ipv4", "ipv6"):
+        assert foreign_in_save(STRICT_SAVE, ipv, DirectConfig(), OWNER, iptables_backend=True) == []
+
+
 def daemon(version: str, backend: str = "nftables") -> DaemonInfo:
     return DaemonInfo("RUNNING", version, backend, "yes")
 

@@ -24,10 +24,11 @@ from tproxy_firewalld.entries import JUMPS, DirectConfig, Owner
 from tproxy_firewalld.firewalld import DaemonInfo
 
 #: firewalld's own chains in the iptables tables (iptables backend: zones, policies, the
-#: *_direct chains, RFC3964_IPv4 in every version, 2.5's <BUILTIN>_dispatch)
+#: *_direct chains, RFC3964_IPv4 in every version, 2.5's <BUILTIN>_dispatch, and from 2.3 with
+#: StrictForwardPorts=yes the <BUILTIN>_dnat chains)
 FIREWALLD_CHAIN = re.compile(
     r"(.*_direct|.*_ZONES(_SOURCE)?|.*_POLICIES(_pre|_post)?|(IN|FWD|FWDI|FWDO|PRE|POST|OUT|FWD_IN|FWD_OUT)_.+"
-    r"|RFC3964_IPv4|.*_dispatch)$"
+    r"|RFC3964_IPv4|.*_dispatch|(INPUT|FORWARD|OUTPUT)_dnat)$"
 )
 _BUILTINS = ("INPUT", "FORWARD", "OUTPUT", "PREROUTING", "POSTROUTING")
 #: firewalld's own rules in the built-in chains on the iptables backend (ipXtables.py's
@@ -35,6 +36,7 @@ _BUILTINS = ("INPUT", "FORWARD", "OUTPUT", "PREROUTING", "POSTROUTING")
 #: IPv6 rpfilter rules with their neighbour-solicitation and router-advertisement accepts)
 _FIREWALLD_BUILTIN_RULE = re.compile(
     r"(-m conntrack --ctstate \S+ (-j (ACCEPT|DROP)|.*-j LOG --log-prefix \"?STATE_INVALID_DROP: \"?)"
+    r"|-m conntrack --ctstate DNAT -j (INPUT|FORWARD|OUTPUT)_dnat"
     r"|-[io] lo -j ACCEPT"
     r"|-j REJECT( --reject-with \S+)?"
     r"|.*-j LOG --log-prefix \"?FINAL_REJECT: \"?"
