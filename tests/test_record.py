@@ -8,13 +8,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import cli_runner, ready_root
+from helpers import cli_runner, load, ready_root
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tproxy_firewalld.cli import app
 from tproxy_firewalld.kuma import KumaSettings
-from tproxy_firewalld.record import _V1_NAMES, SCHEMA, RecordError, record_from_json
+from tproxy_firewalld.record import (
+    _V1_NAMES,
+    SCHEMA,
+    Record,
+    RecordError,
+    read_record,
+    record_from_json,
+)
 
 runner = cli_runner()
 
@@ -126,3 +133,41 @@ def test_uninstall_and_status_go_on_with_a_record_of_the_wrong_shape(
     assert "Warning: the record was unreadable" in uninstall.stderr
     assert not record.exists()
     assert "KUMA" not in (root / "etc/firewalld/direct.xml").read_text()
+
+
+# -- the record's own fields (issue 18, mutation gap): a record whose template, profile or
+# -- loopback addresses are not what install writes is refused as a whole, never half-trusted;
+# -- before these tests, removing any one of those checks failed no test
+
+
+CHECKED_SETTINGS = load({"--kuma-dp-user": "5678"})
+
+
+def written(tmp_path: Path, **changes: Any) -> Path:
+    doc = Record(CHECKED_SETTINGS, ("::6/128",), "/etc/kuma/rules.j2").to_json()
+    doc.update(changes)
+    path = tmp_path / "installed.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_a_record_as_install_writes_it_reads_back(tmp_path: Path) -> None:
+    record = read_record(written(tmp_path))
+    assert record == Record(CHECKED_SETTINGS, ("::6/128",), "/etc/kuma/rules.j2")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "complaint"),
+    [
+        ("template", "rules.j2", "template must be an absolute path"),
+        ("template", ["/etc/kuma/rules.j2"], "template must be an absolute path"),
+        ("profile", "istio", "unknown profile 'istio'"),
+        ("loopback_added", ["127.0.0.6/8"], "loopback_added must be a list of known addresses"),
+        ("loopback_added", "::6/128", "loopback_added must be a list of known addresses"),
+    ],
+)
+def test_a_record_with_a_field_install_never_writes_is_refused(
+    tmp_path: Path, field: str, value: Any, complaint: str
+) -> None:
+    with pytest.raises(RecordError, match=complaint):
+        read_record(written(tmp_path, **{field: value}))
