@@ -43,6 +43,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -297,6 +298,17 @@ def probe(p: dict[str, Any]) -> Any:
             return failure(exc)
 
 
+def warm_up(seconds: float = 5.0) -> None:
+    """Until the container reaches the host over both families again (a link just brought
+    up may still be resolving neighbours): any answer, even a refusal, will do."""
+    deadline = time.monotonic() + seconds
+    for dst in ("10.78.0.1", "fd78::1"):
+        while time.monotonic() < deadline:
+            outcome = probe({"proto": "tcp", "ns": "cont", "dst": dst, "port": 9})
+            if outcome != "timeout" and outcome != "unreachable":
+                break
+
+
 def main() -> int:
     setup()
     listeners = Listeners()
@@ -325,6 +337,7 @@ def main() -> int:
                     extra = ["nodad"] if ":" in addr else []
                     with contextlib.suppress(RuntimeError):  # already there
                         sh("ip", "addr", "add", addr, "dev", cmd["iface"], *extra)
+                warm_up()
                 result = "renamed"
             elif op == "listen":
                 listeners.add(cmd["ns"], cmd["proto"], cmd["ports"], cmd.get("uid"))
