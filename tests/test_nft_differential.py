@@ -220,9 +220,10 @@ def compare(worlds: tuple[Agent, Agent], s: Settings, what: str, *, redirects: b
     probes, listen, vnet = probes_for(s)
     nft_text = install_text(build_nft_table(s))
     started = time.monotonic()
-    outcomes = []
+    outcomes, zones = [], []
     for agent, load in zip(worlds, ({"iptables": iptables_input(s)}, {"nft": nft_text})):
         agent.call({"op": "load", **load})
+        agent.call({"op": "observe"})
         agent.call({"op": "vnet", "current": agent.iface, **vnet})
         agent.iface = vnet["iface"]
         for ns in ("host", "peer"):
@@ -233,6 +234,7 @@ def compare(worlds: tuple[Agent, Agent], s: Settings, what: str, *, redirects: b
             dns = {"ns": "host", "proto": proto, "ports": [s.redirect_dns_port], "uid": s.uid}
             agent.call({"op": "listen", **dns})
         outcomes.append(agent.call({"op": "probe", "probes": probes}))
+        zones.append(agent.call({"op": "zones"}))
     STATS["seconds"] += time.monotonic() - started
     STATS["settings"] += 1
     STATS["probes"] += len(probes)
@@ -254,6 +256,16 @@ def compare(worlds: tuple[Agent, Agent], s: Settings, what: str, *, redirects: b
             + f"\nsettings: {s.to_json()}\n{nft_text}",
             pytrace=False,
         )
+    if zones[0] != zones[1]:
+        only = [sorted(set(map(tuple, a)) - set(map(tuple, b))) for a, b in (zones, zones[::-1])]
+        pytest.fail(
+            f"{what}: conntrack zones (zone, udp sport, dport) differ: only with iptables "
+            f"{only[0][:10]}, only with nftables {only[1][:10]}\n{nft_text}",
+            pytrace=False,
+        )
+    assert any(z[0] for z in zones[0]) or not s.dns_enabled or not redirects, (
+        f"{what}: DNS is redirected but no packet was zoned: the zone probes prove nothing"
+    )
     redirected = sum(1 for o in outcomes[0] if isinstance(o, dict) and o.get("orig_dst"))
     assert redirected or not redirects, (
         f"{what}: no probe was redirected at all: the probes prove nothing"

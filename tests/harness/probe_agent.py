@@ -22,6 +22,8 @@ Commands, one JSON object per line; each gets one JSON line back ({"ok": ...} or
     {"op": "vnet", "iface": NAME, "addrs": [ADDR, ...]}       rename ctr0's host end, add addrs
     {"op": "listen", "ns": NS, "proto": "tcp"|"udp", "ports": [P, ...], "uid": UID}
     {"op": "probe", "probes": [{"proto", "ns", "uid", "src", "dst", "port"}, ...]}
+    {"op": "observe"}                 add a table recording each UDP packet's conntrack zone
+    {"op": "zones"}                   what it recorded: [[zone, sport, dport], ...]
     {"op": "nft", "args": [...]}                              nft's stdout
 
 A probe's outcome is the listener's JSON line, or "refused", "timeout", "unreachable" or
@@ -55,6 +57,22 @@ IPV6_PKTINFO = 50
 TCP_TIMEOUT = 1.0
 UDP_TIMEOUT = 0.5
 UDP_PORTS = (20000, 60000)  # each UDP probe its own source port: no stale conntrack entry
+
+#: which conntrack zone each UDP packet's connection is in (after conntrack, -200): makes
+#: Kuma's raw-table decisions (`-j CT --zone`, `ct zone set`) visible, whatever the rules are
+OBSERVER = """
+table inet observe {
+\tset seen { typeof ct zone . udp sport . udp dport; size 65535; flags dynamic; }
+\tchain pre {
+\t\ttype filter hook prerouting priority -150; policy accept;
+\t\tmeta l4proto udp update @seen { ct zone . udp sport . udp dport }
+\t}
+\tchain out {
+\t\ttype filter hook output priority -150; policy accept;
+\t\tmeta l4proto udp update @seen { ct zone . udp sport . udp dport }
+\t}
+}
+"""
 
 libc = ctypes.CDLL(None, use_errno=True)
 _NS_FDS: dict[str, int] = {}
@@ -345,6 +363,13 @@ def main() -> int:
                 result = "listening"
             elif op == "probe":
                 result = [probe(p) for p in cmd["probes"]]
+            elif op == "observe":
+                sh("nft", "-f", "-", input=OBSERVER)
+                result = "observing"
+            elif op == "zones":
+                listed = json.loads(sh("nft", "-j", "list", "set", "inet", "observe", "seen"))
+                sets = [x["set"] for x in listed["nftables"] if "set" in x]
+                result = sorted(e["concat"] for e in sets[0].get("elem", []))
             elif op == "nft":
                 result = sh("nft", *cmd["args"])
             else:
