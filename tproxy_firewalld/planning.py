@@ -11,14 +11,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from tproxy_firewalld.applied import Pending, pending_reloads
-from tproxy_firewalld.directxml import BUILT_IN_CHAINS
 from tproxy_firewalld.entries import (
+    BUILT_IN_CHAINS,
     Chain,
     DirectConfig,
     Entry,
+    Op,
     Owner,
     Passthrough,
     Recognition,
@@ -31,7 +32,6 @@ from tproxy_firewalld.errors import (
     FirewalldConfRefused,
     IptablesFlushRefused,
 )
-from tproxy_firewalld.firewalld import Op
 from tproxy_firewalld.flush import CONSENT, flush_reason, shown
 from tproxy_firewalld.fwconf import (
     BY_NAME,
@@ -43,9 +43,12 @@ from tproxy_firewalld.fwconf import (
     is_boolean,
     is_on,
 )
-from tproxy_firewalld.observe import Observed
 from tproxy_firewalld.record import Record
 from tproxy_firewalld.settings import Warning_
+
+if TYPE_CHECKING:
+    # the observation is data here; observe.py reads it (D-Bus, direct.xml with lxml)
+    from tproxy_firewalld.observe import Observed
 
 
 def is_builtin(rule: Rule) -> bool:

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 
 from tproxy_firewalld import host
 from tproxy_firewalld.directxml import MAX_SIZE, render_direct_xml
-from tproxy_firewalld.entries import DirectConfig, Entry
+from tproxy_firewalld.entries import DirectConfig, Entry, Op
 from tproxy_firewalld.errors import (
     DirectXmlError,
     FirewalldUnavailable,
@@ -34,7 +34,7 @@ from tproxy_firewalld.files import (
     probe_directory,
     remove_file,
 )
-from tproxy_firewalld.firewalld import Firewalld, Op
+from tproxy_firewalld.firewalld import Firewalld
 from tproxy_firewalld.fwconf import encode_conf, read_conf, set_in_conf
 from tproxy_firewalld.planning import (
     FileStep,
