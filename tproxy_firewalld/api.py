@@ -26,10 +26,11 @@ from tproxy_firewalld.errors import DirectXmlError, Locked
 from tproxy_firewalld.fwconf import ConfCheck
 from tproxy_firewalld.kuma import KUMA, KumaSettings, Profile
 from tproxy_firewalld.observe import ClientFactory, Observed, session
-from tproxy_firewalld.planning import Diff, FileStep, PermanentStep, Plan, RuntimeStep, make_plan
+from tproxy_firewalld.planning import Plan, make_plan
 from tproxy_firewalld.record import Record, RecordError
 from tproxy_firewalld.report import DiffReport, Result
 from tproxy_firewalld.settings import Warning_
+from tproxy_firewalld.steps import Diff
 from tproxy_firewalld.target import Target
 from tproxy_firewalld.transaction import apply_plan
 
@@ -125,8 +126,9 @@ def _refuse_dangling_passthroughs(plan: Plan) -> None:
     fail at its next reload: refuse, naming it (firewalld refuses the same live)."""
     going = set()
     for step in plan.steps:
-        if isinstance(step, (RuntimeStep, PermanentStep, FileStep)):
-            going |= {e.chain for e in step.diff.remove if isinstance(e, Chain)}
+        diff = step.entry_diff()
+        if diff is not None:
+            going |= {e.chain for e in diff.remove if isinstance(e, Chain)}
     if not going:
         return
     obs = plan.observed
@@ -293,7 +295,6 @@ def diff_observed(
 ) -> DiffReport:
     from tproxy_firewalld.applied import pending_reloads
     from tproxy_firewalld.fwconf import checks
-    from tproxy_firewalld.planning import Diff
     from tproxy_firewalld.ruleset import build_ruleset
 
     owner, recognition = ownership(observed, settings, profile)

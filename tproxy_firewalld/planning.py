@@ -2,7 +2,8 @@
 
 A step is something the run yields (as in pyinfra): runtime entries to add and remove, the
 permanent direct configuration to hand to firewalld, direct.xml to write (offline), an address
-on lo, the state record. ``changed`` means exactly "the plan has steps"; dry-run, diff and
+on lo, the state record (steps.py: what each step is and does; here: which steps, in what
+order). ``changed`` means exactly "the plan has steps"; dry-run, diff and
 install all look at the same plan. Uninstall is a plan whose desired set of ours is empty.
 """
 
@@ -10,22 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Optional
 
 from tproxy_firewalld.applied import Pending, pending_reloads
-from tproxy_firewalld.entries import (
-    BUILT_IN_CHAINS,
-    Chain,
-    DirectConfig,
-    Entry,
-    Op,
-    Owner,
-    Passthrough,
-    Recognition,
-    Rule,
-    entry_json,
-)
+from tproxy_firewalld.entries import DirectConfig, Entry, Owner, Recognition
 from tproxy_firewalld.errors import (
     DirectXmlError,
     FileError,
@@ -45,220 +34,21 @@ from tproxy_firewalld.fwconf import (
 )
 from tproxy_firewalld.record import Record
 from tproxy_firewalld.settings import Warning_
+from tproxy_firewalld.steps import (
+    Diff,
+    FileStep,
+    FirewalldConfStep,
+    LoopbackStep,
+    PermanentStep,
+    RecordStep,
+    ReloadStep,
+    RuntimeStep,
+    Step,
+)
 
 if TYPE_CHECKING:
     # the observation is data here; observe.py reads it (D-Bus, direct.xml with lxml)
     from tproxy_firewalld.observe import Observed
-
-
-def is_builtin(rule: Rule) -> bool:
-    return rule.chain in BUILT_IN_CHAINS.get(rule.table, ())
-
-
-def _rule_key(rule: Rule) -> tuple[str, str, str, int, tuple[str, ...]]:
-    return (rule.ipv, rule.table, rule.chain, rule.priority, rule.args)
-
-
-def add_phases(entries: set[Entry]) -> list[list[Entry]]:
-    """Chains, then the rules inside them, then the rules in built-in chains (the jumps).
-
-    So the jumps that make traffic enter our chains are added last, when everything they
-    lead to is in place: no half-built redirect is ever live. Each phase is sent as one
-    pipelined batch; the next starts only when the whole batch succeeded.
-    """
-    chains = sorted(e for e in entries if isinstance(e, Chain))
-    rules = [e for e in entries if isinstance(e, Rule)]
-    inner = sorted((r for r in rules if not is_builtin(r)), key=_rule_key)
-    outer = sorted((r for r in rules if is_builtin(r)), key=_rule_key)
-    passthroughs = sorted(e for e in entries if isinstance(e, Passthrough))
-    return [phase for phase in (chains, inner, outer, passthroughs) if phase]  # type: ignore[misc]
-
-
-def remove_phases(entries: set[Entry]) -> list[list[Entry]]:
-    """The reverse: jumps out of built-in chains first, chains last (``-X`` needs them empty)."""
-    return [list(reversed(phase)) for phase in reversed(add_phases(entries))]
-
-
-def order_adds(entries: set[Entry]) -> list[Entry]:
-    return [e for phase in add_phases(entries) for e in phase]
-
-
-def order_removes(entries: set[Entry]) -> list[Entry]:
-    return [e for phase in remove_phases(entries) for e in phase]
-
-
-@dataclass(frozen=True)
-class Diff:
-    """Our entries to add to and remove from one place, in the order they are carried out."""
-
-    add: tuple[Entry, ...] = ()
-    remove: tuple[Entry, ...] = ()
-
-    @property
-    def empty(self) -> bool:
-        return not (self.add or self.remove)
-
-    @classmethod
-    def between(cls, desired_ours: DirectConfig, observed: DirectConfig, owner: Owner) -> Diff:
-        want = desired_ours.entries()
-        have = observed.ours(owner).entries()
-        return cls(add=tuple(order_adds(want - have)), remove=tuple(order_removes(have - want)))
-
-    def summary(self) -> str:
-        parts = []
-        for sign, entries in (("+", self.add), ("-", self.remove)):
-            for kind, noun in ((Chain, "chain"), (Rule, "rule"), (Passthrough, "passthrough")):
-                n = sum(isinstance(e, kind) for e in entries)
-                if n:
-                    parts.append(f"{sign}{n} {noun}{'s' if n != 1 else ''}")
-        return " ".join(parts) or "in sync"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "add": [entry_json(e) for e in self.add],
-            "remove": [entry_json(e) for e in self.remove],
-        }
-
-
-# --------------------------------------------------------------------------- steps
-
-
-@dataclass(frozen=True)
-class RuntimeStep:
-    """firewalld's runtime: entries added and removed over D-Bus, in phases."""
-
-    diff: Diff
-    kind: str = field(default="runtime", init=False)
-
-    def phases(self) -> list[list[Op]]:
-        adds = [[Op("add", e) for e in phase] for phase in add_phases(set(self.diff.add))]
-        removes = [
-            [Op("remove", e) for e in phase] for phase in remove_phases(set(self.diff.remove))
-        ]
-        return adds + removes
-
-    def summary(self) -> str:
-        return f"runtime: {self.diff.summary()}"
-
-
-@dataclass(frozen=True)
-class PermanentStep:
-    """firewalld's permanent direct configuration, replaced in one ``config.direct.update``
-    (firewalld writes direct.xml from it)."""
-
-    before: DirectConfig
-    after: DirectConfig
-    diff: Diff
-    #: only direct.xml is off (edited by hand, not loaded): the update rewrites it
-    file_repair: bool = False
-    kind: str = field(default="permanent", init=False)
-
-    def summary(self) -> str:
-        if self.file_repair:
-            return "permanent: direct.xml rewritten from firewalld's permanent configuration"
-        return f"permanent: updated ({self.diff.summary()})"
-
-
-@dataclass(frozen=True)
-class FileStep:
-    """direct.xml written directly (offline): firewalld applies it at its next start."""
-
-    path: Path
-    before: DirectConfig
-    after: DirectConfig
-    diff: Diff
-    kind: str = field(default="file", init=False)
-
-    def summary(self) -> str:
-        return f"direct.xml: {self.diff.summary()}"
-
-
-@dataclass(frozen=True)
-class LoopbackStep:
-    """An address on a loopback interface (Kuma's IPv6 rules match ``-s ::6/128``)."""
-
-    iface: str
-    address: str
-    add: bool
-    kind: str = field(default="loopback", init=False)
-
-    def summary(self) -> str:
-        return f"{self.iface}: {'+' if self.add else '-'}{self.address}"
-
-
-@dataclass(frozen=True)
-class RecordStep:
-    """The state record, written (``after``) or removed (``after`` is None)."""
-
-    path: Path
-    before: Optional[Record]
-    after: Optional[Record]
-    kind: str = field(default="record", init=False)
-
-    def summary(self) -> str:
-        if self.after is not None and self.after.conf_restoring:
-            # uninstall's note before it puts firewalld.conf back (a killed run is finished)
-            return f"record: marked (putting back {', '.join(self.after.conf_restoring)})"
-        return f"record: {'written' if self.after is not None else 'removed'}"
-
-
-@dataclass(frozen=True)
-class FirewalldConfStep:
-    """One firewalld.conf setting changed: live through firewalld's API (``Set`` on its config
-    properties; firewalld writes firewalld.conf, and applies it at the reload that follows),
-    offline in the file itself (``path``; firewalld applies it at its next start)."""
-
-    name: str
-    before: str
-    after: str
-    #: offline: the firewalld.conf written (None: live, over D-Bus)
-    path: Optional[Path] = None
-    kind: str = field(default="firewalld-conf", init=False)
-
-    def summary(self) -> str:
-        when = "" if self.path is None else ", applied at firewalld's next start"
-        return f"firewalld.conf: {self.name}={self.after} (was {self.before}{when})"
-
-
-@dataclass(frozen=True)
-class ReloadStep:
-    """firewalld reloaded, so that it applies the firewalld.conf settings just changed: it
-    reads firewalld.conf only when it starts or reloads. Like ``firewall-cmd --reload`` it
-    re-applies the whole permanent configuration (ours included) and, with
-    FlushAllOnReload=yes, drops runtime-only changes."""
-
-    names: tuple[str, ...]
-    kind: str = field(default="reload", init=False)
-
-    def summary(self) -> str:
-        return f"firewalld reloaded (applies {', '.join(self.names)})"
-
-
-Step = Union[
-    RuntimeStep, PermanentStep, FileStep, LoopbackStep, FirewalldConfStep, ReloadStep, RecordStep
-]
-
-
-def step_json(step: Step) -> dict[str, Any]:
-    out: dict[str, Any] = {"step": step.kind, "summary": step.summary()}
-    if isinstance(step, (RuntimeStep, PermanentStep, FileStep)):
-        out.update(step.diff.to_json())
-    if isinstance(step, FileStep):
-        out["path"] = str(step.path)
-    if isinstance(step, PermanentStep):
-        out["file_repair"] = step.file_repair
-    if isinstance(step, LoopbackStep):
-        out.update(iface=step.iface, address=step.address, add=step.add)
-    if isinstance(step, RecordStep):
-        out.update(path=str(step.path), write=step.after is not None)
-    if isinstance(step, FirewalldConfStep):
-        out.update(
-            name=step.name, before=step.before, after=step.after,
-            path=str(step.path) if step.path is not None else None,
-        )  # fmt: skip
-    if isinstance(step, ReloadStep):
-        out["names"] = list(step.names)
-    return out
 
 
 @dataclass(frozen=True)
@@ -305,10 +95,7 @@ class Plan:
 
     def adds_entries(self) -> bool:
         """Whether the plan puts rules in place (so they must pass the checks first)."""
-        for s in self.steps:
-            if isinstance(s, (RuntimeStep, PermanentStep, FileStep)) and s.diff.add:
-                return True
-        return False
+        return any(d is not None and d.add for d in (s.entry_diff() for s in self.steps))
 
 
 def make_plan(
