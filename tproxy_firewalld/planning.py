@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
 from tproxy_firewalld.applied import Pending, pending_reloads
-from tproxy_firewalld.entries import DirectConfig, Entry, Owner, Recognition
+from tproxy_firewalld.entries import Chain, DirectConfig, Entry, Owner, Recognition
 from tproxy_firewalld.errors import (
     DirectXmlError,
     FileError,
@@ -107,6 +107,8 @@ def make_plan(
     loopback: tuple[tuple[str, str], ...] = (),
     configure_firewalld: bool = False,
     allow_iptables_flush: bool = False,
+    recognition: Optional[Recognition] = None,
+    remove_suspected: bool = False,
 ) -> Plan:
     """What to change so that firewalld (runtime and permanent), direct.xml, lo and the
     record hold exactly ``desired`` of ours. Everyone else's entries are carried over
@@ -126,6 +128,10 @@ def make_plan(
     ``allow_iptables_flush``: the admin's consent to a plan that makes firewalld flush other
     tools' iptables chains and rules (``observed.foreign_iptables``); without it such an
     install refuses (IptablesFlushRefused), uninstall warns.
+
+    ``recognition``: what the profile recognised beyond its marks (``owner`` claims it);
+    ``remove_suspected``: whether the suspected entries go too. The plan is finished: its
+    warnings are every warning of the run (the settings' own included).
     """
     steps: list[Step] = []
     target = observed.target
@@ -222,10 +228,72 @@ def make_plan(
             steps.insert(conf_at, RecordStep(target.state_file, observed.record, restoring))
         steps.append(RecordStep(target.state_file, observed.record, None))
     warnings += _flush_check(action, observed, owner, steps, allow_iptables_flush)
+    _refuse_dangling_passthroughs(steps, observed, owner)
+    recognition = recognition or Recognition()
+    warnings += _run_warnings(action, observed, record, recognition, remove_suspected)
     return Plan(
         action, observed, desired, tuple(steps), tuple(warnings), record=record, owner=owner,
-        firewalld_conf=conf_checks,
+        recognition=recognition, remove_suspected=remove_suspected, firewalld_conf=conf_checks,
     )  # fmt: skip
+
+
+def _run_warnings(
+    action: str,
+    observed: Observed,
+    record: Optional[Record],
+    recognition: Recognition,
+    remove_suspected: bool,
+) -> list[Warning_]:
+    """The settings' own warnings, and what the run does with an unreadable record, a host
+    without IPv6 and the entries that only might be ours."""
+    settings = record.settings if action == "install" and record is not None else None
+    warnings: list[Warning_] = list(settings.warnings) if settings is not None else []
+    if observed.record_error:
+        what = (
+            "is replaced"
+            if settings is not None
+            else "is removed (it cannot say whether install put ::6/128 on lo: that stays)"
+        )
+        warnings.append(
+            Warning_(
+                "record-unreadable",
+                f"the record was unreadable and {what}: {observed.record_error}",
+            )
+        )
+    if settings is not None and "ipv6" in settings.ipvs and observed.live and not observed.loopback:
+        warnings.append(
+            Warning_("no-ipv6", "IPv6 is disabled on this host: ::6/128 cannot be put on lo")
+        )
+    if recognition.suspected and not remove_suspected:
+        warnings.append(
+            Warning_(
+                "suspected",
+                f"{len(recognition.suspected)} entries might be Kuma's but match nothing exactly; left "
+                "in place (`tproxy-firewalld status` lists them with the reason; --remove-suspected removes them)",
+            )
+        )
+    return warnings
+
+
+def _refuse_dangling_passthroughs(steps: list[Step], observed: Observed, owner: Owner) -> None:
+    """Removing our chains while somebody's passthrough jumps into one would make firewalld
+    fail at its next reload: refuse, naming it (firewalld refuses the same live)."""
+    going = set()
+    for step in steps:
+        diff = step.entry_diff()
+        if diff is not None:
+            going |= {e.chain for e in diff.remove if isinstance(e, Chain)}
+    if not going:
+        return
+    config = observed.permanent if observed.live else observed.file
+    assert config is not None
+    for passthrough in config.passthroughs:
+        if owner.mentions(passthrough) and any(c in passthrough.args for c in going):
+            raise DirectXmlError(
+                f"{passthrough.describe()} (somebody else's) jumps into one of our chains; "
+                "removing the chain would make firewalld fail at its next start. Remove that "
+                "passthrough first, then run this again"
+            )
 
 
 # --------------------------------------------------------------------------- iptables flush
