@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
+from tproxy_firewalld import direct_store
 from tproxy_firewalld.applied import Pending, pending_reloads
 from tproxy_firewalld.entries import Chain, DirectConfig, Entry, Owner, Recognition
 from tproxy_firewalld.errors import (
@@ -35,11 +36,8 @@ from tproxy_firewalld.fwconf import (
 from tproxy_firewalld.record import Record
 from tproxy_firewalld.settings import Warning_
 from tproxy_firewalld.steps import (
-    Diff,
-    FileStep,
     FirewalldConfStep,
     LoopbackStep,
-    PermanentStep,
     RecordStep,
     ReloadStep,
     RuntimeStep,
@@ -136,45 +134,10 @@ def make_plan(
     steps: list[Step] = []
     target = observed.target
     if observed.live:
-        assert observed.runtime is not None and observed.permanent is not None
-        if observed.file.foreign(owner).entries() != observed.permanent.foreign(owner).entries():
-            raise DirectXmlError(
-                f"{target.direct_xml} holds other entries than firewalld's permanent configuration "
-                "(edited by hand and not loaded yet); writing now would lose that edit. Load it "
-                "with `firewall-cmd --reload`, or undo it, then run this again"
-            )
         for iface, address in loopback:
             if not observed.loopback.get(address, True):
                 steps.append(LoopbackStep(iface, address, add=True))
-        runtime = Diff.between(desired, observed.runtime, owner)
-        if not runtime.empty:
-            steps.append(RuntimeStep(runtime))
-        merged = observed.permanent.merged_with(desired, owner)
-        permanent = Diff.between(desired, observed.permanent, owner)
-        if merged.entries() != observed.permanent.entries():
-            steps.append(PermanentStep(observed.permanent, merged, permanent))
-        elif not Diff.between(desired, observed.file, owner).empty:
-            # firewalld's copy is right but the file is not (an edit of our entries that
-            # firewalld has not read): one update() makes firewalld write it out again.
-            steps.append(
-                PermanentStep(
-                    observed.permanent,
-                    merged,
-                    Diff.between(desired, observed.file, owner),
-                    file_repair=True,
-                )
-            )
-    else:
-        file = Diff.between(desired, observed.file, owner)
-        if not file.empty:
-            steps.append(
-                FileStep(
-                    target.direct_xml,
-                    observed.file,
-                    observed.file.merged_with(desired, owner),
-                    file,
-                )
-            )
+    steps += direct_store.plan_steps(desired, observed, owner)
     if action == "uninstall" and observed.record is not None:
         for address in observed.record.loopback_added:
             if observed.loopback.get(address):

@@ -418,7 +418,3 @@ class ReloadStep(BaseStep):
 Step = Union[
     RuntimeStep, PermanentStep, FileStep, LoopbackStep, FirewalldConfStep, ReloadStep, RecordStep
 ]
-
-
-def step_json(step: Step) -> dict[str, Any]:
-    return step.to_json()
