@@ -95,7 +95,7 @@ def test_a_step_rejected_anywhere_is_undone_completely(tmp_path: Path, k: int) -
 
 
 def _phases() -> list[list[object]]:
-    from tproxy_firewalld.planning import add_phases
+    from tproxy_firewalld.steps import add_phases
 
     return add_phases(OURS.entries())  # type: ignore[return-value]
 

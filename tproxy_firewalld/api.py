@@ -14,22 +14,21 @@ Every function takes a :class:`Target` (default: the live system) and raises
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
-from tproxy_firewalld.entries import Chain, DirectConfig, Owner, Recognition
-from tproxy_firewalld.errors import DirectXmlError, Locked
+from tproxy_firewalld.entries import DirectConfig, Owner, Recognition
+from tproxy_firewalld.errors import Locked
+from tproxy_firewalld.firewalld import Firewalld
 from tproxy_firewalld.fwconf import ConfCheck
 from tproxy_firewalld.kuma import KUMA, KumaSettings, Profile
 from tproxy_firewalld.observe import ClientFactory, Observed, session
-from tproxy_firewalld.planning import Diff, FileStep, PermanentStep, Plan, RuntimeStep, make_plan
+from tproxy_firewalld.planning import Plan, make_plan
 from tproxy_firewalld.record import Record, RecordError
 from tproxy_firewalld.report import DiffReport, Result
 from tproxy_firewalld.settings import Warning_
+from tproxy_firewalld.steps import Diff
 from tproxy_firewalld.target import Target
 from tproxy_firewalld.transaction import apply_plan
 
@@ -86,59 +85,10 @@ def _make(
     owner, recognition = ownership(observed, settings, profile, remove_suspected)
     consent = settings is not None and settings.configure_firewalld
     flush = settings is not None and settings.allow_iptables_flush
-    plan = make_plan(action, desired, observed, owner, record, loopback, consent, flush)
-    _refuse_dangling_passthroughs(plan)
-    warnings: list[Warning_] = list(plan.warnings)
-    if settings is not None:
-        warnings += settings.warnings
-    if observed.record_error:
-        what = (
-            "is replaced"
-            if settings is not None
-            else "is removed (it cannot say whether install put ::6/128 on lo: that stays)"
-        )
-        warnings.append(
-            Warning_(
-                "record-unreadable",
-                f"the record was unreadable and {what}: {observed.record_error}",
-            )
-        )
-    if settings is not None and "ipv6" in settings.ipvs and observed.live and not observed.loopback:
-        warnings.append(
-            Warning_("no-ipv6", "IPv6 is disabled on this host: ::6/128 cannot be put on lo")
-        )
-    if recognition.suspected and not remove_suspected:
-        warnings.append(
-            Warning_(
-                "suspected",
-                f"{len(recognition.suspected)} entries might be Kuma's but match nothing exactly; left "
-                "in place (`tproxy-firewalld status` lists them with the reason; --remove-suspected removes them)",
-            )
-        )
-    return dataclasses.replace(
-        plan, warnings=tuple(warnings), recognition=recognition, remove_suspected=remove_suspected
-    )
-
-
-def _refuse_dangling_passthroughs(plan: Plan) -> None:
-    """Removing our chains while somebody's passthrough jumps into one would make firewalld
-    fail at its next reload: refuse, naming it (firewalld refuses the same live)."""
-    going = set()
-    for step in plan.steps:
-        if isinstance(step, (RuntimeStep, PermanentStep, FileStep)):
-            going |= {e.chain for e in step.diff.remove if isinstance(e, Chain)}
-    if not going:
-        return
-    obs = plan.observed
-    config = obs.permanent if obs.live else obs.file
-    assert config is not None and plan.owner is not None
-    for passthrough in config.passthroughs:
-        if plan.owner.mentions(passthrough) and any(c in passthrough.args for c in going):
-            raise DirectXmlError(
-                f"{passthrough.describe()} (somebody else's) jumps into one of our chains; "
-                "removing the chain would make firewalld fail at its next start. Remove that "
-                "passthrough first, then run this again"
-            )
+    return make_plan(
+        action, desired, observed, owner, record, loopback, consent, flush,
+        recognition=recognition, remove_suspected=remove_suspected,
+    )  # fmt: skip
 
 
 def _checks(
@@ -155,15 +105,6 @@ def _checks(
 
         check_lockout(settings)
     return tuple(Warning_("not-checked", note) for note in checked.skipped)
-
-
-@contextlib.contextmanager
-def _maybe_locked(target: Target, lock: bool) -> Iterator[None]:
-    if lock:
-        with target.locked():
-            yield
-    else:
-        yield
 
 
 def plan(
@@ -193,8 +134,22 @@ def apply(
     """Carry out a plan made by :func:`plan`, all or nothing. Under the lock the system is
     observed again; if it changed since the plan was made, nothing is done (Locked)."""
     target = planned.observed.target
-    settings = planned.record.settings if planned.record is not None else None
     with target.locked(), session(target, client, profile) as (observed, fw):
+        return _apply_observed(planned, observed, fw, allow_ssh_redirect, profile)
+
+
+def _apply_observed(
+    planned: Plan,
+    observed: Observed,
+    fw: Optional[Firewalld],
+    allow_ssh_redirect: bool,
+    profile: Profile,
+) -> Result:
+    """The one path every change takes (apply, install, uninstall), under the lock: the plan
+    made again against what is observed now must be the same, then the checks, then the steps."""
+    settings = planned.record.settings if planned.record is not None else None
+    fresh = planned
+    if planned.observed is not observed:
         fresh = _make(
             settings, planned.desired, planned.record, observed, profile, planned.remove_suspected
         )
@@ -202,10 +157,10 @@ def apply(
             raise Locked(
                 "the system changed since the plan was made; make a new plan and apply that"
             )
-        warnings = _checks(fresh, settings, allow_ssh_redirect)
-        if fresh.steps:
-            apply_plan(fresh, fw)
-        return Result.of(fresh, dry_run=False, warnings=warnings)
+    warnings = _checks(fresh, settings, allow_ssh_redirect)
+    if fresh.steps:
+        apply_plan(fresh, fw)
+    return Result.of(fresh, dry_run=False, warnings=warnings)
 
 
 def install(
@@ -258,16 +213,20 @@ def _converge(
     profile: Profile,
     remove_suspected: bool = False,
 ) -> Result:
+    """``apply(plan(...))`` under one lock (observed once: the plan is made under the lock,
+    so it cannot be stale); a dry run is the plan alone, with the checks and no lock."""
     target = target or Target()
     desired, record = _desired(settings, rules_template, profile)
+    if dry_run:
+        with session(target, client, profile) as (observed, _fw):
+            planned = _make(settings, desired, record, observed, profile, remove_suspected)
+            warnings = _checks(planned, settings, allow_ssh_redirect) if planned.steps else ()
+            return Result.of(planned, dry_run, warnings)
     # One lock around observe, apply and record: concurrent runs serialise completely, and the
     # record always describes what is installed.
-    with _maybe_locked(target, not dry_run), session(target, client, profile) as (observed, fw):
+    with target.locked(), session(target, client, profile) as (observed, fw):
         planned = _make(settings, desired, record, observed, profile, remove_suspected)
-        warnings = _checks(planned, settings, allow_ssh_redirect) if planned.steps else ()
-        if planned.steps and not dry_run:
-            apply_plan(planned, fw)
-        return Result.of(planned, dry_run, warnings)
+        return _apply_observed(planned, observed, fw, allow_ssh_redirect, profile)
 
 
 def diff(
@@ -293,7 +252,6 @@ def diff_observed(
 ) -> DiffReport:
     from tproxy_firewalld.applied import pending_reloads
     from tproxy_firewalld.fwconf import checks
-    from tproxy_firewalld.planning import Diff
     from tproxy_firewalld.ruleset import build_ruleset
 
     owner, recognition = ownership(observed, settings, profile)

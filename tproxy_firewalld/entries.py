@@ -15,9 +15,19 @@ import re
 import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar, Union
+from typing import Any, NamedTuple, TypeVar, Union
 
 _T = TypeVar("_T")
+
+#: the chains every iptables table has of its own (firewalld's ipXtables.BUILT_IN_CHAINS);
+#: a rule in one of them is a jump into ours
+BUILT_IN_CHAINS = {
+    "security": ("INPUT", "OUTPUT", "FORWARD"),
+    "raw": ("PREROUTING", "OUTPUT"),
+    "mangle": ("PREROUTING", "POSTROUTING", "INPUT", "OUTPUT", "FORWARD"),
+    "nat": ("PREROUTING", "POSTROUTING", "OUTPUT"),
+    "filter": ("INPUT", "OUTPUT", "FORWARD"),
+}
 
 #: iptables' limit on chain names (``iptables_max_len`` in firewalld's ipXtables).
 MAX_CHAIN_NAME = 28
@@ -330,3 +340,16 @@ def entry_json(entry: Entry) -> dict[str, Any]:
 def _dedup(items: tuple[_T, ...]) -> tuple[_T, ...]:
     # firewalld silently drops duplicate entries on import; do the same, keeping first-seen order.
     return tuple(dict.fromkeys(items))
+
+
+class Op(NamedTuple):
+    """One runtime change of one entry: what the planner yields and firewalld carries out."""
+
+    verb: str  # "add" or "remove"
+    entry: Entry
+
+    def undo(self) -> Op:
+        return Op("remove" if self.verb == "add" else "add", self.entry)
+
+    def describe(self) -> str:
+        return f"{self.verb} {self.entry.describe()}"

@@ -19,9 +19,9 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Optional, Protocol
 
-from tproxy_firewalld.entries import Chain, DirectConfig, Entry, Passthrough, Rule
+from tproxy_firewalld.entries import Chain, DirectConfig, Op, Passthrough, Rule
 from tproxy_firewalld.errors import (
     FirewalldRejected,
     FirewalldUnavailable,
@@ -84,17 +84,6 @@ class DaemonInfo:
             "strict_forward_ports": self.strict_forward_ports,
             "rfc3964_ipv4": self.rfc3964_ipv4,
         }
-
-
-class Op(NamedTuple):
-    verb: str  # "add" or "remove"
-    entry: Entry
-
-    def undo(self) -> Op:
-        return Op("remove" if self.verb == "add" else "add", self.entry)
-
-    def describe(self) -> str:
-        return f"{self.verb} {self.entry.describe()}"
 
 
 @dataclass(frozen=True)

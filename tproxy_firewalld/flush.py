@@ -17,11 +17,12 @@ import shlex
 import shutil
 import subprocess
 from collections import Counter
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-from tproxy_firewalld.directxml import BUILT_IN_CHAINS
-from tproxy_firewalld.entries import JUMPS, DirectConfig, Owner
-from tproxy_firewalld.firewalld import DaemonInfo
+from tproxy_firewalld.entries import BUILT_IN_CHAINS, JUMPS, DirectConfig, Owner
+
+if TYPE_CHECKING:
+    from tproxy_firewalld.firewalld import DaemonInfo
 
 #: firewalld's own chains in the iptables tables (iptables backend: zones, policies, the
 #: *_direct chains, RFC3964_IPv4 in every version, 2.5's <BUILTIN>_dispatch, and from 2.3 with

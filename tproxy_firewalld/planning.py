@@ -2,7 +2,8 @@
 
 A step is something the run yields (as in pyinfra): runtime entries to add and remove, the
 permanent direct configuration to hand to firewalld, direct.xml to write (offline), an address
-on lo, the state record. ``changed`` means exactly "the plan has steps"; dry-run, diff and
+on lo, the state record (steps.py: what each step is and does; here: which steps, in what
+order). ``changed`` means exactly "the plan has steps"; dry-run, diff and
 install all look at the same plan. Uninstall is a plan whose desired set of ours is empty.
 """
 
@@ -10,28 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Optional
 
+from tproxy_firewalld import direct_store
 from tproxy_firewalld.applied import Pending, pending_reloads
-from tproxy_firewalld.directxml import BUILT_IN_CHAINS
-from tproxy_firewalld.entries import (
-    Chain,
-    DirectConfig,
-    Entry,
-    Owner,
-    Passthrough,
-    Recognition,
-    Rule,
-    entry_json,
-)
+from tproxy_firewalld.entries import Chain, DirectConfig, Entry, Owner, Recognition
 from tproxy_firewalld.errors import (
     DirectXmlError,
     FileError,
     FirewalldConfRefused,
     IptablesFlushRefused,
 )
-from tproxy_firewalld.firewalld import Op
 from tproxy_firewalld.flush import CONSENT, flush_reason, shown
 from tproxy_firewalld.fwconf import (
     BY_NAME,
@@ -43,219 +33,20 @@ from tproxy_firewalld.fwconf import (
     is_boolean,
     is_on,
 )
-from tproxy_firewalld.observe import Observed
 from tproxy_firewalld.record import Record
 from tproxy_firewalld.settings import Warning_
+from tproxy_firewalld.steps import (
+    FirewalldConfStep,
+    LoopbackStep,
+    RecordStep,
+    ReloadStep,
+    RuntimeStep,
+    Step,
+)
 
-
-def is_builtin(rule: Rule) -> bool:
-    return rule.chain in BUILT_IN_CHAINS.get(rule.table, ())
-
-
-def _rule_key(rule: Rule) -> tuple[str, str, str, int, tuple[str, ...]]:
-    return (rule.ipv, rule.table, rule.chain, rule.priority, rule.args)
-
-
-def add_phases(entries: set[Entry]) -> list[list[Entry]]:
-    """Chains, then the rules inside them, then the rules in built-in chains (the jumps).
-
-    So the jumps that make traffic enter our chains are added last, when everything they
-    lead to is in place: no half-built redirect is ever live. Each phase is sent as one
-    pipelined batch; the next starts only when the whole batch succeeded.
-    """
-    chains = sorted(e for e in entries if isinstance(e, Chain))
-    rules = [e for e in entries if isinstance(e, Rule)]
-    inner = sorted((r for r in rules if not is_builtin(r)), key=_rule_key)
-    outer = sorted((r for r in rules if is_builtin(r)), key=_rule_key)
-    passthroughs = sorted(e for e in entries if isinstance(e, Passthrough))
-    return [phase for phase in (chains, inner, outer, passthroughs) if phase]  # type: ignore[misc]
-
-
-def remove_phases(entries: set[Entry]) -> list[list[Entry]]:
-    """The reverse: jumps out of built-in chains first, chains last (``-X`` needs them empty)."""
-    return [list(reversed(phase)) for phase in reversed(add_phases(entries))]
-
-
-def order_adds(entries: set[Entry]) -> list[Entry]:
-    return [e for phase in add_phases(entries) for e in phase]
-
-
-def order_removes(entries: set[Entry]) -> list[Entry]:
-    return [e for phase in remove_phases(entries) for e in phase]
-
-
-@dataclass(frozen=True)
-class Diff:
-    """Our entries to add to and remove from one place, in the order they are carried out."""
-
-    add: tuple[Entry, ...] = ()
-    remove: tuple[Entry, ...] = ()
-
-    @property
-    def empty(self) -> bool:
-        return not (self.add or self.remove)
-
-    @classmethod
-    def between(cls, desired_ours: DirectConfig, observed: DirectConfig, owner: Owner) -> Diff:
-        want = desired_ours.entries()
-        have = observed.ours(owner).entries()
-        return cls(add=tuple(order_adds(want - have)), remove=tuple(order_removes(have - want)))
-
-    def summary(self) -> str:
-        parts = []
-        for sign, entries in (("+", self.add), ("-", self.remove)):
-            for kind, noun in ((Chain, "chain"), (Rule, "rule"), (Passthrough, "passthrough")):
-                n = sum(isinstance(e, kind) for e in entries)
-                if n:
-                    parts.append(f"{sign}{n} {noun}{'s' if n != 1 else ''}")
-        return " ".join(parts) or "in sync"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "add": [entry_json(e) for e in self.add],
-            "remove": [entry_json(e) for e in self.remove],
-        }
-
-
-# --------------------------------------------------------------------------- steps
-
-
-@dataclass(frozen=True)
-class RuntimeStep:
-    """firewalld's runtime: entries added and removed over D-Bus, in phases."""
-
-    diff: Diff
-    kind: str = field(default="runtime", init=False)
-
-    def phases(self) -> list[list[Op]]:
-        adds = [[Op("add", e) for e in phase] for phase in add_phases(set(self.diff.add))]
-        removes = [
-            [Op("remove", e) for e in phase] for phase in remove_phases(set(self.diff.remove))
-        ]
-        return adds + removes
-
-    def summary(self) -> str:
-        return f"runtime: {self.diff.summary()}"
-
-
-@dataclass(frozen=True)
-class PermanentStep:
-    """firewalld's permanent direct configuration, replaced in one ``config.direct.update``
-    (firewalld writes direct.xml from it)."""
-
-    before: DirectConfig
-    after: DirectConfig
-    diff: Diff
-    #: only direct.xml is off (edited by hand, not loaded): the update rewrites it
-    file_repair: bool = False
-    kind: str = field(default="permanent", init=False)
-
-    def summary(self) -> str:
-        if self.file_repair:
-            return "permanent: direct.xml rewritten from firewalld's permanent configuration"
-        return f"permanent: updated ({self.diff.summary()})"
-
-
-@dataclass(frozen=True)
-class FileStep:
-    """direct.xml written directly (offline): firewalld applies it at its next start."""
-
-    path: Path
-    before: DirectConfig
-    after: DirectConfig
-    diff: Diff
-    kind: str = field(default="file", init=False)
-
-    def summary(self) -> str:
-        return f"direct.xml: {self.diff.summary()}"
-
-
-@dataclass(frozen=True)
-class LoopbackStep:
-    """An address on a loopback interface (Kuma's IPv6 rules match ``-s ::6/128``)."""
-
-    iface: str
-    address: str
-    add: bool
-    kind: str = field(default="loopback", init=False)
-
-    def summary(self) -> str:
-        return f"{self.iface}: {'+' if self.add else '-'}{self.address}"
-
-
-@dataclass(frozen=True)
-class RecordStep:
-    """The state record, written (``after``) or removed (``after`` is None)."""
-
-    path: Path
-    before: Optional[Record]
-    after: Optional[Record]
-    kind: str = field(default="record", init=False)
-
-    def summary(self) -> str:
-        if self.after is not None and self.after.conf_restoring:
-            # uninstall's note before it puts firewalld.conf back (a killed run is finished)
-            return f"record: marked (putting back {', '.join(self.after.conf_restoring)})"
-        return f"record: {'written' if self.after is not None else 'removed'}"
-
-
-@dataclass(frozen=True)
-class FirewalldConfStep:
-    """One firewalld.conf setting changed: live through firewalld's API (``Set`` on its config
-    properties; firewalld writes firewalld.conf, and applies it at the reload that follows),
-    offline in the file itself (``path``; firewalld applies it at its next start)."""
-
-    name: str
-    before: str
-    after: str
-    #: offline: the firewalld.conf written (None: live, over D-Bus)
-    path: Optional[Path] = None
-    kind: str = field(default="firewalld-conf", init=False)
-
-    def summary(self) -> str:
-        when = "" if self.path is None else ", applied at firewalld's next start"
-        return f"firewalld.conf: {self.name}={self.after} (was {self.before}{when})"
-
-
-@dataclass(frozen=True)
-class ReloadStep:
-    """firewalld reloaded, so that it applies the firewalld.conf settings just changed: it
-    reads firewalld.conf only when it starts or reloads. Like ``firewall-cmd --reload`` it
-    re-applies the whole permanent configuration (ours included) and, with
-    FlushAllOnReload=yes, drops runtime-only changes."""
-
-    names: tuple[str, ...]
-    kind: str = field(default="reload", init=False)
-
-    def summary(self) -> str:
-        return f"firewalld reloaded (applies {', '.join(self.names)})"
-
-
-Step = Union[
-    RuntimeStep, PermanentStep, FileStep, LoopbackStep, FirewalldConfStep, ReloadStep, RecordStep
-]
-
-
-def step_json(step: Step) -> dict[str, Any]:
-    out: dict[str, Any] = {"step": step.kind, "summary": step.summary()}
-    if isinstance(step, (RuntimeStep, PermanentStep, FileStep)):
-        out.update(step.diff.to_json())
-    if isinstance(step, FileStep):
-        out["path"] = str(step.path)
-    if isinstance(step, PermanentStep):
-        out["file_repair"] = step.file_repair
-    if isinstance(step, LoopbackStep):
-        out.update(iface=step.iface, address=step.address, add=step.add)
-    if isinstance(step, RecordStep):
-        out.update(path=str(step.path), write=step.after is not None)
-    if isinstance(step, FirewalldConfStep):
-        out.update(
-            name=step.name, before=step.before, after=step.after,
-            path=str(step.path) if step.path is not None else None,
-        )  # fmt: skip
-    if isinstance(step, ReloadStep):
-        out["names"] = list(step.names)
-    return out
+if TYPE_CHECKING:
+    # the observation is data here; observe.py reads it (D-Bus, direct.xml with lxml)
+    from tproxy_firewalld.observe import Observed
 
 
 @dataclass(frozen=True)
@@ -302,10 +93,7 @@ class Plan:
 
     def adds_entries(self) -> bool:
         """Whether the plan puts rules in place (so they must pass the checks first)."""
-        for s in self.steps:
-            if isinstance(s, (RuntimeStep, PermanentStep, FileStep)) and s.diff.add:
-                return True
-        return False
+        return any(d is not None and d.add for d in (s.entry_diff() for s in self.steps))
 
 
 def make_plan(
@@ -317,6 +105,8 @@ def make_plan(
     loopback: tuple[tuple[str, str], ...] = (),
     configure_firewalld: bool = False,
     allow_iptables_flush: bool = False,
+    recognition: Optional[Recognition] = None,
+    remove_suspected: bool = False,
 ) -> Plan:
     """What to change so that firewalld (runtime and permanent), direct.xml, lo and the
     record hold exactly ``desired`` of ours. Everyone else's entries are carried over
@@ -336,49 +126,18 @@ def make_plan(
     ``allow_iptables_flush``: the admin's consent to a plan that makes firewalld flush other
     tools' iptables chains and rules (``observed.foreign_iptables``); without it such an
     install refuses (IptablesFlushRefused), uninstall warns.
+
+    ``recognition``: what the profile recognised beyond its marks (``owner`` claims it);
+    ``remove_suspected``: whether the suspected entries go too. The plan is finished: its
+    warnings are every warning of the run (the settings' own included).
     """
     steps: list[Step] = []
     target = observed.target
     if observed.live:
-        assert observed.runtime is not None and observed.permanent is not None
-        if observed.file.foreign(owner).entries() != observed.permanent.foreign(owner).entries():
-            raise DirectXmlError(
-                f"{target.direct_xml} holds other entries than firewalld's permanent configuration "
-                "(edited by hand and not loaded yet); writing now would lose that edit. Load it "
-                "with `firewall-cmd --reload`, or undo it, then run this again"
-            )
         for iface, address in loopback:
             if not observed.loopback.get(address, True):
                 steps.append(LoopbackStep(iface, address, add=True))
-        runtime = Diff.between(desired, observed.runtime, owner)
-        if not runtime.empty:
-            steps.append(RuntimeStep(runtime))
-        merged = observed.permanent.merged_with(desired, owner)
-        permanent = Diff.between(desired, observed.permanent, owner)
-        if merged.entries() != observed.permanent.entries():
-            steps.append(PermanentStep(observed.permanent, merged, permanent))
-        elif not Diff.between(desired, observed.file, owner).empty:
-            # firewalld's copy is right but the file is not (an edit of our entries that
-            # firewalld has not read): one update() makes firewalld write it out again.
-            steps.append(
-                PermanentStep(
-                    observed.permanent,
-                    merged,
-                    Diff.between(desired, observed.file, owner),
-                    file_repair=True,
-                )
-            )
-    else:
-        file = Diff.between(desired, observed.file, owner)
-        if not file.empty:
-            steps.append(
-                FileStep(
-                    target.direct_xml,
-                    observed.file,
-                    observed.file.merged_with(desired, owner),
-                    file,
-                )
-            )
+    steps += direct_store.plan_steps(desired, observed, owner)
     if action == "uninstall" and observed.record is not None:
         for address in observed.record.loopback_added:
             if observed.loopback.get(address):
@@ -432,10 +191,72 @@ def make_plan(
             steps.insert(conf_at, RecordStep(target.state_file, observed.record, restoring))
         steps.append(RecordStep(target.state_file, observed.record, None))
     warnings += _flush_check(action, observed, owner, steps, allow_iptables_flush)
+    _refuse_dangling_passthroughs(steps, observed, owner)
+    recognition = recognition or Recognition()
+    warnings += _run_warnings(action, observed, record, recognition, remove_suspected)
     return Plan(
         action, observed, desired, tuple(steps), tuple(warnings), record=record, owner=owner,
-        firewalld_conf=conf_checks,
+        recognition=recognition, remove_suspected=remove_suspected, firewalld_conf=conf_checks,
     )  # fmt: skip
+
+
+def _run_warnings(
+    action: str,
+    observed: Observed,
+    record: Optional[Record],
+    recognition: Recognition,
+    remove_suspected: bool,
+) -> list[Warning_]:
+    """The settings' own warnings, and what the run does with an unreadable record, a host
+    without IPv6 and the entries that only might be ours."""
+    settings = record.settings if action == "install" and record is not None else None
+    warnings: list[Warning_] = list(settings.warnings) if settings is not None else []
+    if observed.record_error:
+        what = (
+            "is replaced"
+            if settings is not None
+            else "is removed (it cannot say whether install put ::6/128 on lo: that stays)"
+        )
+        warnings.append(
+            Warning_(
+                "record-unreadable",
+                f"the record was unreadable and {what}: {observed.record_error}",
+            )
+        )
+    if settings is not None and "ipv6" in settings.ipvs and observed.live and not observed.loopback:
+        warnings.append(
+            Warning_("no-ipv6", "IPv6 is disabled on this host: ::6/128 cannot be put on lo")
+        )
+    if recognition.suspected and not remove_suspected:
+        warnings.append(
+            Warning_(
+                "suspected",
+                f"{len(recognition.suspected)} entries might be Kuma's but match nothing exactly; left "
+                "in place (`tproxy-firewalld status` lists them with the reason; --remove-suspected removes them)",
+            )
+        )
+    return warnings
+
+
+def _refuse_dangling_passthroughs(steps: list[Step], observed: Observed, owner: Owner) -> None:
+    """Removing our chains while somebody's passthrough jumps into one would make firewalld
+    fail at its next reload: refuse, naming it (firewalld refuses the same live)."""
+    going = set()
+    for step in steps:
+        diff = step.entry_diff()
+        if diff is not None:
+            going |= {e.chain for e in diff.remove if isinstance(e, Chain)}
+    if not going:
+        return
+    config = observed.permanent if observed.live else observed.file
+    assert config is not None
+    for passthrough in config.passthroughs:
+        if owner.mentions(passthrough) and any(c in passthrough.args for c in going):
+            raise DirectXmlError(
+                f"{passthrough.describe()} (somebody else's) jumps into one of our chains; "
+                "removing the chain would make firewalld fail at its next start. Remove that "
+                "passthrough first, then run this again"
+            )
 
 
 # --------------------------------------------------------------------------- iptables flush

@@ -13,8 +13,9 @@ from tproxy_firewalld.entries import DirectConfig, Entry, Suspect, entry_json
 from tproxy_firewalld.errors import TproxyError
 from tproxy_firewalld.firewalld import DaemonInfo
 from tproxy_firewalld.fwconf import ConfCheck, ConfView
-from tproxy_firewalld.planning import Diff, Plan, Step, order_adds, step_json
+from tproxy_firewalld.planning import Plan
 from tproxy_firewalld.settings import Warning_
+from tproxy_firewalld.steps import Diff, Step, order_adds
 
 SCHEMA_VERSION = 2
 ERROR_SCHEMA = "tproxy-firewalld/error/1"
@@ -96,16 +97,7 @@ class Result:
     def summary(self) -> str:
         if not self.steps:
             return "nothing to do"
-        order = {
-            "runtime": 0,
-            "permanent": 1,
-            "file": 2,
-            "firewalld-conf": 3,
-            "reload": 4,
-            "loopback": 5,
-            "record": 6,
-        }
-        return "; ".join(s.summary() for s in sorted(self.steps, key=lambda s: order[s.kind]))
+        return "; ".join(s.summary() for s in sorted(self.steps, key=lambda s: s.rank))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -115,7 +107,7 @@ class Result:
             "dry_run": self.dry_run,
             "changed": self.changed,
             "summary": self.summary(),
-            "steps": [step_json(s) for s in self.steps],
+            "steps": [s.to_json() for s in self.steps],
             "runtime": self.runtime.to_json() if self.runtime else None,
             "permanent": self.permanent.to_json() if self.permanent else None,
             "file": self.file.to_json(),
@@ -134,8 +126,8 @@ class Result:
         if self.dry_run:
             for step in self.steps:
                 lines.append(f"{step.summary()}")
-                diff: Optional[Diff] = getattr(step, "diff", None)
-                if diff is not None and not getattr(step, "file_repair", False):
+                diff = step.listing()
+                if diff is not None:
                     lines += [f"  + {e.describe()}" for e in diff.add]
                     lines += [
                         f"  - {e.describe()}{LEFTOVER if e in left else ''}" for e in diff.remove

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 
 from tproxy_firewalld import host
 from tproxy_firewalld.directxml import MAX_SIZE, render_direct_xml
-from tproxy_firewalld.entries import DirectConfig, Entry
+from tproxy_firewalld.entries import DirectConfig, Entry, Op
 from tproxy_firewalld.errors import (
     DirectXmlError,
     FirewalldUnavailable,
@@ -34,29 +34,8 @@ from tproxy_firewalld.files import (
     probe_directory,
     remove_file,
 )
-from tproxy_firewalld.firewalld import Firewalld, Op
-from tproxy_firewalld.fwconf import encode_conf, read_conf, set_in_conf
-from tproxy_firewalld.planning import (
-    FileStep,
-    FirewalldConfStep,
-    LoopbackStep,
-    PermanentStep,
-    Plan,
-    RecordStep,
-    ReloadStep,
-    RuntimeStep,
-    Step,
-)
-
-PLACES = {
-    "runtime": "firewalld's runtime",
-    "permanent": "the permanent configuration",
-    "file": "direct.xml",
-    "loopback": "lo",
-    "record": "the record",
-    "firewalld-conf": "firewalld.conf",
-    "reload": "firewalld's reload",
-}
+from tproxy_firewalld.firewalld import Firewalld
+from tproxy_firewalld.planning import Plan
 
 
 @dataclass(frozen=True)
@@ -72,12 +51,15 @@ class Undo:
 
 @dataclass
 class _Run:
+    """The effects the steps make (steps.Effects), each recording its undo, and what a
+    failure needs to know to roll them back."""
+
     fw: Optional[Firewalld]
     undo: list[Undo] = field(default_factory=list)
     #: runtime changes whose outcome is unknown (no answer from firewalld)
     unknown: list[Op] = field(default_factory=list)
     temps: list[Path] = field(default_factory=list)
-    #: the steps not started yet (what a failure leaves as it was)
+    #: the places of the steps not started yet (what a failure leaves as it was)
     pending: list[str] = field(default_factory=list)
     #: firewalld stopped answering, and whether it was asked anything since
     hung: bool = False
@@ -90,13 +72,151 @@ class _Run:
     #: the first change firewalld never answered: the one call it may still carry out
     in_flight: Optional[str] = None
 
+    def _firewalld(self) -> Firewalld:
+        assert self.fw is not None
+        return self.fw
+
+    # ---------------------------------------------------------------- before anything changes
+
+    def check_config(self) -> None:
+        self._firewalld().check_config()
+
+    def render_direct(self, config: DirectConfig, where: str) -> bytes:
+        data = render_direct_xml(config)
+        if len(data) > MAX_SIZE:
+            # the next run (uninstall included) could not read it back
+            raise DirectXmlError(
+                f"{where} would grow to {len(data)} bytes, over the {MAX_SIZE} bytes this tool "
+                "reads; nothing was changed"
+            )
+        return data
+
+    def probe_write(self, path: Path, data: bytes) -> None:
+        tmp = prepare_write(path, data)
+        self.temps.append(tmp)
+        discard(tmp)  # only a probe: the write itself keeps the .old backup and the label
+        self.temps.remove(tmp)
+
+    def prepare_write(self, path: Path, data: bytes, mode: int) -> Path:
+        tmp = prepare_write(path, data, mode=mode)
+        self.temps.append(tmp)
+        return tmp
+
+    def probe_directory(self, directory: Path) -> None:
+        probe_directory(directory)
+
+    # ---------------------------------------------------------------- the changes
+
+    def change(self, phase: list[Op]) -> Optional[TproxyError]:
+        results = self._firewalld().change(phase)
+        failed: Optional[TproxyError] = None
+        for op, result in zip(phase, results):
+            if result.done:
+                self.undo.append(Undo(op.undo().describe(), op=op.undo()))
+            elif result.unknown:
+                self.unknown.append(op)
+                self.silent = True
+                self.in_flight = self.in_flight or op.describe()
+            if result.error is not None and failed is None:
+                failed = result.error
+        return failed
+
+    def update_permanent(self, before: DirectConfig, after: DirectConfig) -> None:
+        fw = self._firewalld()
+        try:
+            fw.update_permanent(after)
+        except FirewalldUnavailable:
+            # no answer: firewalld may still be carrying it out. Putting it back or reading it
+            # would each wait out the timeout again; the rollback reports it instead.
+            self.silent = True
+            self.in_flight = self.in_flight or "update the permanent direct configuration"
+            raise
+        except TproxyError as exc:
+            # firewalld changes its permanent configuration in memory before it writes the
+            # file; a failed write (read-only /etc, full disk) leaves memory changed: put it back.
+            with contextlib.suppress(TproxyError):
+                fw.update_permanent(before)
+            try:
+                now = fw.permanent()
+            except TproxyError:
+                now = None
+            if now is None or now.entries() != before.entries():
+                raise PartiallyApplied(
+                    f"{exc}; firewalld's permanent configuration could not be put back as it was "
+                    f"({_count_diff(now, before)}); run `tproxy-firewalld diff` to see it"
+                ) from None
+            exc.message = f"{exc.message} (firewalld's permanent configuration, already changed in its memory, was put back as it was)"
+            exc.args = (exc.message,)
+            raise
+        self.undo.append(
+            Undo(
+                "restore the permanent configuration",
+                call=lambda: fw.update_permanent(before),
+                firewalld=True,
+            )
+        )
+
+    def write_file(self, path: Path, data: bytes) -> None:
+        old = _read_bytes(path)
+        atomic_write(path, data)
+        self.undo.append(Undo(f"restore {path}", call=lambda: _restore_file(path, old)))
+
+    def commit_file(self, tmp: Path, path: Path) -> None:
+        old = _read_bytes(path)
+        commit_write(tmp, path)
+        self.temps.remove(tmp)
+        self.undo.append(Undo(f"restore {path}", call=lambda: _restore_file(path, old)))
+
+    def remove_file(self, path: Path) -> None:
+        old = _read_bytes(path)
+        remove_file(path)
+        self.undo.append(Undo(f"restore {path}", call=lambda: _restore_file(path, old)))
+
+    def add_address(self, iface: str, address: str) -> None:
+        host.add_address(iface, address)
+        self.undo.append(
+            Undo(
+                f"remove {address} from {iface}",
+                call=lambda: host.remove_address(iface, address),
+            )
+        )
+
+    def remove_address(self, iface: str, address: str) -> None:
+        host.remove_address(iface, address)
+        self.undo.append(
+            Undo(f"add {address} to {iface}", call=lambda: host.add_address(iface, address))
+        )
+
+    def conf_changing(self) -> None:
+        if self.conf_undo_at is None:
+            self.conf_undo_at = len(self.undo)
+
+    def set_conf(self, name: str, value: str, before: str) -> None:
+        fw = self._firewalld()
+        fw.set_conf(name, value)
+        self.undo.append(
+            Undo(
+                f"set {name}={before} again",
+                call=lambda: fw.set_conf(name, before),
+                firewalld=True,
+            )
+        )
+
+    def reload(self) -> None:
+        fw = self._firewalld()
+        fw.reload()
+        undo = Undo("reload firewalld", call=fw.reload, firewalld=True)
+        self.undo.insert(
+            self.conf_undo_at if self.conf_undo_at is not None else len(self.undo), undo
+        )
+
 
 def apply_plan(plan: Plan, fw: Optional[Firewalld]) -> None:
     """Carry out ``plan``'s steps in order; on failure undo, and raise the error (its message
     says what was undone) or PartiallyApplied (exit 8) when something could not be undone."""
-    run = _Run(fw, pending=[s.kind for s in plan.steps])
+    run = _Run(fw, pending=[s.place for s in plan.steps])
     try:
-        prepared = {id(s): _prepare(s, run) for s in plan.steps}
+        prepared = [s.prepare(run) for s in plan.steps]
     except BaseException as exc:
         for tmp in run.temps:
             discard(tmp)
@@ -105,9 +225,9 @@ def apply_plan(plan: Plan, fw: Optional[Firewalld]) -> None:
             exc.args = (exc.message,)
         raise
     try:
-        for step in plan.steps:
-            run.pending.remove(step.kind)
-            _execute(step, run, prepared[id(step)])
+        for step, ready in zip(plan.steps, prepared):
+            run.pending.remove(step.place)
+            step.execute(run, ready)
     except TproxyError as exc:
         for tmp in run.temps:
             discard(tmp)
@@ -117,178 +237,6 @@ def apply_plan(plan: Plan, fw: Optional[Firewalld]) -> None:
         for tmp in run.temps:
             discard(tmp)
         raise
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    tmp: Optional[Path] = None
-    data: Optional[bytes] = None
-
-
-def _prepare(step: Step, run: _Run) -> _Prepared:
-    if isinstance(step, ReloadStep):
-        # Before anything changes: a reload of a configuration firewalld would not load fails
-        # (>= 1.2 refuses it, older ones half-apply it); somebody's broken file shows here.
-        assert run.fw is not None
-        run.fw.check_config()
-        return _Prepared()
-    if isinstance(step, FirewalldConfStep) and step.path is not None:
-        tmp = prepare_write(step.path, encode_conf(_conf_text(step)))
-        run.temps.append(tmp)
-        discard(tmp)  # only a probe: atomic_write below keeps the .old backup and the label
-        return _Prepared()
-    if isinstance(step, RecordStep) and step.after is not None:
-        tmp = prepare_write(step.path, step.after.encode(), mode=0o644)
-        run.temps.append(tmp)
-        return _Prepared(tmp=tmp)
-    if isinstance(step, RecordStep):
-        # removing it must work too (a read-only /var): find out before anything changes
-        probe_directory(step.path.parent)
-        return _Prepared()
-    if isinstance(step, (FileStep, PermanentStep)):
-        data = render_direct_xml(step.after)
-        where = step.path if isinstance(step, FileStep) else "direct.xml"
-        if len(data) > MAX_SIZE:
-            # the next run (uninstall included) could not read it back
-            raise DirectXmlError(
-                f"{where} would grow to {len(data)} bytes, over the {MAX_SIZE} bytes this tool "
-                "reads; nothing was changed"
-            )
-        if isinstance(step, FileStep):
-            tmp = prepare_write(step.path, data)
-            discard(tmp)  # only a probe: atomic_write below keeps the .old backup and the label
-        return _Prepared(data=data)
-    return _Prepared()
-
-
-def _execute(step: Step, run: _Run, prepared: _Prepared) -> None:
-    tmp = prepared.tmp
-    if isinstance(step, RuntimeStep):
-        _runtime(step, run)
-    elif isinstance(step, PermanentStep):
-        _permanent(step, run)
-    elif isinstance(step, FileStep):
-        old = _read_bytes(step.path)
-        assert prepared.data is not None
-        atomic_write(step.path, prepared.data)
-        run.undo.append(Undo(f"restore {step.path}", call=lambda: _restore_file(step.path, old)))
-    elif isinstance(step, LoopbackStep):
-        if step.add:
-            host.add_address(step.iface, step.address)
-            run.undo.append(
-                Undo(
-                    f"remove {step.address} from {step.iface}",
-                    call=lambda: host.remove_address(step.iface, step.address),
-                )
-            )
-        else:
-            host.remove_address(step.iface, step.address)
-            run.undo.append(
-                Undo(
-                    f"add {step.address} to {step.iface}",
-                    call=lambda: host.add_address(step.iface, step.address),
-                )
-            )
-    elif isinstance(step, FirewalldConfStep):
-        _firewalld_conf(step, run)
-    elif isinstance(step, ReloadStep):
-        assert run.fw is not None
-        fw = run.fw
-        fw.reload()
-        undo = Undo("reload firewalld", call=fw.reload, firewalld=True)
-        run.undo.insert(run.conf_undo_at if run.conf_undo_at is not None else len(run.undo), undo)
-    elif isinstance(step, RecordStep):
-        old = _read_bytes(step.path)
-        if tmp is not None:
-            commit_write(tmp, step.path)
-            run.temps.remove(tmp)
-        else:
-            remove_file(step.path)
-        run.undo.append(Undo(f"restore {step.path}", call=lambda: _restore_file(step.path, old)))
-
-
-def _conf_text(step: FirewalldConfStep) -> str:
-    assert step.path is not None
-    return set_in_conf(read_conf(step.path) or "", step.name, step.after)
-
-
-def _firewalld_conf(step: FirewalldConfStep, run: _Run) -> None:
-    if run.conf_undo_at is None:
-        run.conf_undo_at = len(run.undo)
-    if step.path is None:
-        assert run.fw is not None
-        fw = run.fw
-        fw.set_conf(step.name, step.after)
-        run.undo.append(
-            Undo(
-                f"set {step.name}={step.before} again",
-                call=lambda: fw.set_conf(step.name, step.before),
-                firewalld=True,
-            )
-        )
-        return
-    path = step.path
-    old = _read_bytes(path)
-    # as safely as direct.xml: temp file, fsync, rename, firewalld's .old backup, mode, owner
-    # and label kept
-    atomic_write(path, encode_conf(_conf_text(step)))
-    run.undo.append(Undo(f"restore {path}", call=lambda: _restore_file(path, old)))
-
-
-def _runtime(step: RuntimeStep, run: _Run) -> None:
-    assert run.fw is not None
-    fw = run.fw
-    for phase in step.phases():
-        results = fw.change(phase)
-        failed: Optional[TproxyError] = None
-        for op, result in zip(phase, results):
-            if result.done:
-                run.undo.append(Undo(op.undo().describe(), op=op.undo()))
-            elif result.unknown:
-                run.unknown.append(op)
-                run.silent = True
-                run.in_flight = run.in_flight or op.describe()
-            if result.error is not None and failed is None:
-                failed = result.error
-        if failed is not None:
-            raise failed
-
-
-def _permanent(step: PermanentStep, run: _Run) -> None:
-    assert run.fw is not None
-    fw = run.fw
-    try:
-        fw.update_permanent(step.after)
-    except FirewalldUnavailable:
-        # no answer: firewalld may still be carrying it out. Putting it back or reading it
-        # would each wait out the timeout again; the rollback reports it instead.
-        run.silent = True
-        run.in_flight = run.in_flight or "update the permanent direct configuration"
-        raise
-    except TproxyError as exc:
-        # firewalld changes its permanent configuration in memory before it writes the file;
-        # a failed write (read-only /etc, full disk) leaves memory changed: put it back.
-        with contextlib.suppress(TproxyError):
-            fw.update_permanent(step.before)
-        try:
-            now = fw.permanent()
-        except TproxyError:
-            now = None
-        if now is None or now.entries() != step.before.entries():
-            raise PartiallyApplied(
-                f"{exc}; firewalld's permanent configuration could not be put back as it was "
-                f"({_count_diff(now, step.before)}); run `tproxy-firewalld diff` to see it"
-            ) from None
-        exc.message = f"{exc.message} (firewalld's permanent configuration, already changed in its memory, was put back as it was)"
-        exc.args = (exc.message,)
-        raise
-    run.undo.append(
-        Undo(
-            "restore the permanent configuration",
-            call=lambda: fw.update_permanent(step.before),
-            firewalld=True,
-        )
-    )
 
 
 def _count_diff(now: Optional[DirectConfig], before: DirectConfig) -> str:
@@ -332,7 +280,7 @@ def _rollback(run: _Run, exc: TproxyError) -> None:
             failed.append(f"{undo.what} ({undo_exc})")
             run.hung = run.hung or isinstance(undo_exc, FirewalldUnavailable)
     _undo_batch(run, batch, failed, maybe)
-    untouched = ", ".join(PLACES[k] for k in run.pending)
+    untouched = ", ".join(run.pending)
     not_changed = f" (not changed: {untouched})" if untouched else ""
     if run.silent:
         # firewalld did not answer the last calls: it may finish the one it was carrying out
