@@ -1069,7 +1069,6 @@ class Profile:
     """A rule-set family: its settings, its templates and what marks its entries."""
 
     name: str
-    settings_type: type[KumaSettings]
     owner: Owner
     template: str
     #: addresses the rules expect on lo, by family (added by install, removed by uninstall)
@@ -1097,7 +1096,6 @@ class Profile:
 
 KUMA = Profile(
     name="kuma",
-    settings_type=KumaSettings,
     owner=OWNER,
     template=TEMPLATE,
     loopback={"ipv6": IPV6_PASSTHROUGH},

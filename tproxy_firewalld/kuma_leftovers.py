@@ -371,20 +371,6 @@ def _unmarked_2_7_like(e: Entry) -> bool:
 # --------------------------------------------------------------------------- recognition
 
 
-def dns_variants(s: KumaSettings) -> list[KumaSettings]:
-    """The settings as they are and with each of kumactl's DNS switches: DNS is a switch of
-    the command line; the values the DNS rules carry (UID, port, nameservers) are the
-    settings'."""
-    out = [s]
-    for switch in ("redirect_all_dns_traffic", "redirect_dns"):
-        if not s.dns_enabled:
-            try:
-                out.append(s.replace(**{switch: True, "dns_nameservers": None}))
-            except SettingsError:
-                continue  # e.g. no readable resolv.conf
-    return out
-
-
 def candidates(given: Sequence[KumaSettings]) -> list[KumaSettings]:
     """The settings to recognise against: the recorded and given ones, and the defaults."""
     from tproxy_firewalld.kuma import KumaSettings

@@ -645,20 +645,10 @@ def parse_ip(raw: object, *, need_prefix: bool = False) -> str:
     return text
 
 
-def parse_ips(raw: object) -> tuple[str, ...]:
-    return tuple(parse_ip(item) for item in items(raw))
-
-
 def parse_path(raw: object) -> str:
     if not isinstance(raw, str) or not raw or "\0" in raw:
         raise Invalid(f"value {show(raw)} is not a valid path")
     return raw
-
-
-def parse_optional_uid(raw: object, high: int) -> Optional[int]:
-    if raw is None:
-        return None
-    return parse_uint(raw, 0, high, f"UID (an integer in the range [0, {high}])")
 
 
 def refuse_true(reason: str) -> Callable[[object], bool]:
@@ -679,8 +669,3 @@ def refuse_nonempty(reason: str) -> Callable[[object], tuple[Any, ...]]:
         return ()
 
     return parse
-
-
-def anything(raw: object) -> object:
-    """An ignored setting's value: accepted as given."""
-    return raw
