@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Optional, TextIO
 
 from tproxy_firewalld.entries import DirectConfig, Owner, Recognition
 from tproxy_firewalld.errors import SettingsError
+from tproxy_firewalld.readfile import NotRegular, TooLarge, read_regular
 from tproxy_firewalld.settings import (
     Invalid,
     RawValue,
@@ -1013,23 +1014,18 @@ def read_nameservers(path: str) -> tuple[str, ...]:
     """The nameservers of a resolv.conf, in order, each once (a repeated line adds nothing:
     kumactl writes its rules once per line, and a repeated rule never matches anything its
     first copy did not)."""
-    import os
-    import stat
-
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        with open(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise SettingsError(
-                    f"unable to read file {path}: not a regular file", "resolv_conf_path"
-                )
-            data = f.read(MAX_RESOLV_CONF + 1)
+        data = read_regular(path, MAX_RESOLV_CONF)
     except OSError:
         raise SettingsError(f"unable to read file {path}", "resolv_conf_path") from None
-    if len(data) > MAX_RESOLV_CONF:
+    except NotRegular:
+        raise SettingsError(
+            f"unable to read file {path}: not a regular file", "resolv_conf_path"
+        ) from None
+    except TooLarge:
         raise SettingsError(
             f"unable to read file {path}: larger than {MAX_RESOLV_CONF} bytes", "resolv_conf_path"
-        )
+        ) from None
     servers: list[str] = []
     for line in data.decode("utf-8", errors="replace").splitlines():
         words = line.split()

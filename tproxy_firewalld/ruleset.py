@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from tproxy_firewalld.entries import MAX_CHAIN_NAME, Chain, DirectConfig, Rule, posix_split
 from tproxy_firewalld.errors import SettingsError
+from tproxy_firewalld.readfile import Refused, read_regular
 from tproxy_firewalld.settings import family
 
 if TYPE_CHECKING:
@@ -113,17 +114,11 @@ def _read_render_cache() -> dict[str, dict[str, str]]:
     import json
 
     try:
-        fd = os.open(RENDER_CACHE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
+        doc = json.loads(
+            read_regular(RENDER_CACHE, RENDER_CACHE_MAX, follow=False, root_owned=True)
+        )
+    except (OSError, Refused, ValueError):
         return {}
-    with open(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o022:
-            return {}
-        try:
-            doc = json.loads(f.read(RENDER_CACHE_MAX))
-        except (OSError, ValueError):
-            return {}
     entries = doc.get("renderings") if isinstance(doc, dict) else None
     if not isinstance(entries, list):
         return {}
