@@ -25,6 +25,7 @@ from tproxy_firewalld.entries import Chain, DirectConfig, Owner, Recognition
 from tproxy_firewalld.errors import DirectXmlError, Locked
 from tproxy_firewalld.fwconf import ConfCheck
 from tproxy_firewalld.kuma import KUMA, KumaSettings, Profile
+from tproxy_firewalld.kuma_leftovers import recognise
 from tproxy_firewalld.observe import ClientFactory, Observed, session
 from tproxy_firewalld.planning import Diff, FileStep, PermanentStep, Plan, RuntimeStep, make_plan
 from tproxy_firewalld.record import Record, RecordError
@@ -67,7 +68,7 @@ def ownership(
         if s is not None
     ]
     configs = [c for c in (observed.runtime, observed.permanent, observed.file) if c is not None]
-    recognition = profile.recognise(configs, given)
+    recognition = recognise(configs, given, profile)
     return profile.owner.claiming(recognition.claimed(remove_suspected)), recognition
 
 
@@ -383,7 +384,7 @@ def render(
 
     existing = read_direct_xml(direct_xml)
     ours = build_ruleset(settings, profile, rules_template)
-    recognition = profile.recognise([existing], [settings])
+    recognition = recognise([existing], [settings], profile)
     owner = profile.owner.claiming(recognition.claimed())
     checked = check_rules(ours)
     warnings = settings.warnings + tuple(Warning_("not-checked", n) for n in checked.skipped)

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from tproxy_firewalld.entries import DirectConfig
-from tproxy_firewalld.errors import FileError, os_error
+from tproxy_firewalld.errors import FileError, SettingsError, os_error
 from tproxy_firewalld.readfile import NotRegular, TooLarge, read_regular
 
 CONF_FILE = "firewalld.conf"
@@ -341,8 +341,6 @@ class ConfChange:
 
     @classmethod
     def from_json(cls, doc: Any, source: str) -> ConfChange:
-        from tproxy_firewalld.errors import SettingsError
-
         if (
             not isinstance(doc, dict)
             or not isinstance(doc.get("name"), str)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Optional, TextIO
 
-from tproxy_firewalld.entries import DirectConfig, Owner, Recognition
+from tproxy_firewalld.entries import Owner
 from tproxy_firewalld.errors import SettingsError
 from tproxy_firewalld.readfile import NotRegular, TooLarge, read_regular
 from tproxy_firewalld.settings import (
@@ -1060,6 +1060,15 @@ TEMPLATES = {"2.7": "kuma-2.7.rules.j2"}
 UNMARKED_RELEASES = frozenset({"2.7"})
 
 
+def packaged_template(name: str) -> Path:
+    """A template shipped with the package (a source checkout: the repository's templates/)."""
+    here = Path(__file__).resolve().parent
+    for directory in (here / "templates", here.parent / "templates"):
+        if (directory / name).is_file():
+            return directory / name
+    raise SettingsError(f"rules template {name} is missing from the installation")
+
+
 @dataclass(frozen=True)
 class Profile:
     """A rule-set family: its settings, its templates and what marks its entries."""
@@ -1070,23 +1079,12 @@ class Profile:
     #: addresses the rules expect on lo, by family (added by install, removed by uninstall)
     loopback: Mapping[str, str]
 
-    def recognise(
-        self, configs: Sequence[DirectConfig], given: Sequence[KumaSettings]
-    ) -> Recognition:
-        """Its entries that carry no mark, recognised exactly (and the suspected ones):
-        kumactl's --store-firewalld leftovers of every release, Kuma 2.7's rules."""
-        from tproxy_firewalld.kuma_leftovers import recognise
-
-        return recognise(configs, given, self)
-
     def renders_unmarked(self, settings: KumaSettings) -> bool:
         """Whether its template for these settings writes rules without the profile's marks
         (Kuma 2.7: no comments), which are then recognised by exact match."""
         return settings.kuma_version in UNMARKED_RELEASES
 
     def template_path(self, settings: KumaSettings) -> Path:
-        from tproxy_firewalld.ruleset import packaged_template
-
         return packaged_template(TEMPLATES.get(settings.kuma_version, self.template))
 
 

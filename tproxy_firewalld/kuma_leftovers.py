@@ -38,7 +38,7 @@ import pwd
 import re
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 from tproxy_firewalld.entries import (
     Chain,
@@ -50,9 +50,8 @@ from tproxy_firewalld.entries import (
     jump_target,
 )
 from tproxy_firewalld.errors import SettingsError
-
-if TYPE_CHECKING:
-    from tproxy_firewalld.kuma import KumaSettings, Profile
+from tproxy_firewalld.kuma import UNMARKED_RELEASES, KumaSettings, Profile
+from tproxy_firewalld.ruleset import build_ruleset, render_restore
 
 #: kumactl's translator: always ipv4, always this priority (defaultRulenum)
 STORED_IPV = "ipv4"
@@ -224,8 +223,6 @@ def kuma_net_appended_dns(s: KumaSettings, capture_all: bool, conntrack: bool) -
     *appended* the DNS rules to nat OUTPUT (so they could be stored), for --redirect-dns or
     (``capture_all``) --redirect-all-dns-traffic with the settings' kuma-dp UID and DNS port;
     the dry-run passed no nameservers. One family per run (IPv6 on a host with IPv6)."""
-    from tproxy_firewalld.ruleset import render_restore
-
     r = _as_release(
         s,
         "2.7",
@@ -294,8 +291,6 @@ def kumactl_runs(s: KumaSettings) -> frozenset[Entry]:
     """Every entry kumactl's --store-firewalld of any release wrote for these settings, in any
     environment kumactl varied on (IPv6 on the host or not, the comment and conntrack modules
     there or not)."""
-    from tproxy_firewalld.ruleset import render_restore
-
     out: set[Entry] = set()
     for prefix in ISTIO_SCHEMES:
         for ipv6 in (False, True):
@@ -329,8 +324,6 @@ _RENDERED: dict[tuple[KumaSettings, str], frozenset[Entry]] = {}
 
 def ours_rendered(s: KumaSettings, profile: Profile, releases: Iterable[str]) -> frozenset[Entry]:
     """The entries our own installs of these releases render for these settings."""
-    from tproxy_firewalld.ruleset import build_ruleset
-
     out: set[Entry] = set()
     for release in releases:
         r = _as_release(s, release)
@@ -373,8 +366,6 @@ def _unmarked_2_7_like(e: Entry) -> bool:
 
 def candidates(given: Sequence[KumaSettings]) -> list[KumaSettings]:
     """The settings to recognise against: the recorded and given ones, and the defaults."""
-    from tproxy_firewalld.kuma import KumaSettings
-
     out = list(dict.fromkeys(given))
     try:
         default = KumaSettings()
@@ -395,7 +386,6 @@ def recognise(
         observed.update(c.rules)
     unmarked = {e for e in observed if not owner.marks(e)}
     settings = candidates(given)
-    from tproxy_firewalld.kuma import UNMARKED_RELEASES
 
     # Only what could match is rendered: the common case (marked entries, other tools' rules
     # elsewhere) renders nothing.

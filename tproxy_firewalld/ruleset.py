@@ -16,7 +16,9 @@ are assigned to fix that order in firewalld, which leaves equal priorities unord
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ipaddress
+import json
 import os
 import stat
 from dataclasses import dataclass, field
@@ -24,15 +26,15 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from tproxy_firewalld import __version__
 from tproxy_firewalld.entries import MAX_CHAIN_NAME, Chain, DirectConfig, Rule, posix_split
-from tproxy_firewalld.errors import SettingsError
+from tproxy_firewalld.errors import SettingsError, TproxyError
+from tproxy_firewalld.kuma import KUMA, KumaSettings, Profile, VnetNetwork
 from tproxy_firewalld.readfile import Refused, read_regular
 from tproxy_firewalld.settings import family
 
 if TYPE_CHECKING:
     import jinja2
-
-    from tproxy_firewalld.kuma import KumaSettings, Profile, VnetNetwork
 
 LOOPBACK_IFACE = "lo"
 #: Kuma truncates comments to this many characters (iptables allows 255 plus NUL).
@@ -50,15 +52,6 @@ FAMILY = {
     "ipv4": {"passthrough": "127.0.0.6/32", "localhost": "127.0.0.1/32", "name": "IPv4"},
     "ipv6": {"passthrough": "::6/128", "localhost": "::1/128", "name": "IPv6"},
 }
-
-
-def packaged_template(name: str) -> Path:
-    """A template shipped with the package (a source checkout: the repository's templates/)."""
-    here = Path(__file__).resolve().parent
-    for directory in (here / "templates", here.parent / "templates"):
-        if (directory / name).is_file():
-            return directory / name
-    raise SettingsError(f"rules template {name} is missing from the installation")
 
 
 def _private_dir(path: Path) -> bool:
@@ -94,11 +87,6 @@ def _bytecode_cache() -> Optional[Any]:
 
 
 def _cache_key(settings: KumaSettings, profile: Profile, template: Path) -> Optional[str]:
-    import hashlib
-    import json
-
-    from tproxy_firewalld import __version__
-
     try:
         source = template.read_bytes()
     except OSError:
@@ -111,8 +99,6 @@ def _cache_key(settings: KumaSettings, profile: Profile, template: Path) -> Opti
 
 def _read_render_cache() -> dict[str, dict[str, str]]:
     """The cache file's renderings by key; empty when absent, unreadable or not root's own."""
-    import json
-
     try:
         doc = json.loads(
             read_regular(RENDER_CACHE, RENDER_CACHE_MAX, follow=False, root_owned=True)
@@ -139,9 +125,7 @@ def _cached_render(key: str) -> Optional[dict[str, str]]:
 
 def _remember_render(key: str, text: dict[str, str]) -> None:
     """Keep the last few renderings (an install, its diff and status, a changed setting)."""
-    import json
-
-    from tproxy_firewalld.errors import TproxyError
+    # only after a miss, which imported jinja2 to render: a hit must not pay for tempfile
     from tproxy_firewalld.files import atomic_write
 
     if not _private_dir(CACHE_DIR):
@@ -248,8 +232,6 @@ def render_restore(
     it), from its own template or ``template``."""
     import jinja2
 
-    from tproxy_firewalld.kuma import KUMA
-
     profile = profile or KUMA
     template = template or profile.template_path(settings)
     comment_prefix = profile.owner.comment_prefix
@@ -341,8 +323,6 @@ def build_ruleset(
     ``template`` is a custom template file (a path, relative to the working directory); its
     entries must all carry the profile's marks, or uninstall could not find them again.
     """
-    from tproxy_firewalld.kuma import KUMA
-
     profile = profile or KUMA
     if template is not None:
         return _build(settings, profile, template)
