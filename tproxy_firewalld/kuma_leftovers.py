@@ -48,6 +48,7 @@ from tproxy_firewalld.entries import (
     Rule,
     Suspect,
     jump_target,
+    posix_split,
 )
 from tproxy_firewalld.errors import SettingsError
 from tproxy_firewalld.kuma import UNMARKED_RELEASES, KumaSettings, Profile
@@ -116,7 +117,7 @@ def stored(texts: Sequence[str]) -> Optional[frozenset[Entry]]:
                 continue
             if line == "COMMIT":
                 continue
-            tokens = split(line)
+            tokens = posix_split(line)  # as ruleset.parse_restore reads the same text
             mode = LONG_OPTIONS.get(tokens[0], tokens[0])
             if mode in ("-N", "--new-chain"):
                 out.add(Chain(STORED_IPV, table, tokens[1]))
@@ -125,18 +126,6 @@ def stored(texts: Sequence[str]) -> Optional[frozenset[Entry]]:
             else:
                 return None  # unsupported iptables mode [I]
     return frozenset(out)
-
-
-_TOKEN = re.compile(r'"((?:[^"\\]|\\.)*)"|(\S+)')
-
-
-def split(line: str) -> list[str]:
-    """iptables-restore's words of a rendered line: blanks separate, "..." quotes (with Go's
-    backslash escapes) — the form render_restore writes; shlex is ten times slower."""
-    return [
-        re.sub(r"\\(.)", r"\1", quoted) if bare == "" else bare
-        for quoted, bare in _TOKEN.findall(line)
-    ]
 
 
 def without_comments(text: str) -> str:
