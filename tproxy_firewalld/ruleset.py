@@ -20,7 +20,6 @@ import hashlib
 import ipaddress
 import json
 import os
-import stat
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -54,17 +53,18 @@ FAMILY = {
 }
 
 
-def _private_dir(path: Path) -> bool:
+def _cache_dir(path: Path) -> bool:
     """Whether ``path`` is (now) a directory only root can write, and we are root: caches
-    live only there, since what they hold is trusted like the templates themselves."""
+    live only there, since what they hold is trusted like the templates themselves. Called
+    only on a cache miss (which imports jinja2 anyway): a hit must not import tempfile."""
+    from tproxy_firewalld.files import private_dir
+
     if os.geteuid() != 0:
         return False
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        info = os.lstat(path)
+        return private_dir(path)
     except OSError:
         return False
-    return stat.S_ISDIR(info.st_mode) and info.st_uid == 0 and not info.st_mode & 0o022
 
 
 def _bytecode_cache() -> Optional[Any]:
@@ -81,7 +81,7 @@ def _bytecode_cache() -> Optional[Any]:
             with contextlib.suppress(OSError):
                 super().dump_bytecode(bucket)
 
-    if not _private_dir(BYTECODE_CACHE):
+    if not _cache_dir(BYTECODE_CACHE):
         return None
     return QuietBytecodeCache(str(BYTECODE_CACHE))
 
@@ -128,7 +128,7 @@ def _remember_render(key: str, text: dict[str, str]) -> None:
     # only after a miss, which imported jinja2 to render: a hit must not pay for tempfile
     from tproxy_firewalld.files import atomic_write
 
-    if not _private_dir(CACHE_DIR):
+    if not _cache_dir(CACHE_DIR):
         return
     kept = [{"key": k, "text": t} for k, t in _read_render_cache().items() if k != key]
     doc = {"renderings": [{"key": key, "text": text}, *kept][:RENDER_CACHE_ENTRIES]}

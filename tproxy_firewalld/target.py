@@ -105,7 +105,7 @@ class Target:
     def locked(self, timeout: Optional[float] = None) -> Iterator[None]:
         """Serialise the runs of this tool that change this target."""
         if self.root is None:
-            directory = _private_dir(RUN_DIR)
+            directory = _lock_dir(RUN_DIR)
             path = directory / "live.lock"
         else:
             directory = self.path(STATE_DIR)
@@ -156,16 +156,15 @@ def lock_timeout(given: Optional[float] = None) -> float:
     return value
 
 
-def _private_dir(directory: Path) -> Path:
-    """A directory owned by us (root), not writable by anybody else, and not a symlink."""
+def _lock_dir(directory: Path) -> Path:
+    """The live lock's directory: made if missing, refused unless it is a private one of ours."""
+    from tproxy_firewalld.files import private_dir  # lazy: see _remove_stale_temps
+
     try:
-        os.mkdir(directory, 0o700)
-    except FileExistsError:
-        pass
+        ours = private_dir(directory)
     except OSError as exc:
         raise os_error(directory, exc, "create") from None
-    info = os.lstat(directory)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+    if not ours:
         raise Locked(
             f"{directory} is not a directory of ours (it must be a directory owned by uid "
             f"{os.geteuid()} that nobody else can write to); remove it and run this again"
