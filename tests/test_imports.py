@@ -14,10 +14,7 @@ import tproxy_firewalld
 PACKAGE = Path(tproxy_firewalld.__file__).parent
 
 #: in-function imports of our own modules that are deliberate: (module, imported) -> reason
-LAZY = {
-    ("ruleset", "files"): "atomic_write only after a cache miss: a hit must not import tempfile",
-    ("target", "files"): "only a changing run takes the lock: diff and status skip tempfile",
-}
+LAZY: dict[tuple[str, str], str] = {}
 #: not checked here: cli's imports are lazy so that --help and typer's parsing stay fast;
 #: api, planning, transaction and report are being restructured (issue 18, "Steps own ...")
 UNCHECKED = {"cli", "api", "planning", "transaction", "report"}

@@ -11,7 +11,6 @@ import contextlib
 import os
 import re
 import stat
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -84,7 +83,7 @@ def probe_directory(directory: Path) -> None:
     """That a file can be created (and so one removed) in ``directory``: a read-only or full
     file system shows here, before anything else changes."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".probe.", suffix=".tmp", dir=directory)
+        fd, tmp = _mkstemp(".probe.", directory)
     except FileNotFoundError:
         return  # nothing there to remove either
     except OSError as exc:
@@ -145,11 +144,19 @@ def remove_file(path: Path) -> None:
         _fsync_dir(path.parent)
 
 
+def _mkstemp(prefix: str, directory: Path) -> tuple[int, str]:
+    # tempfile only when something is written: reading runs (diff, status, a render cache
+    # hit) import this module for nothing else and need not pay for it
+    import tempfile
+
+    return tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
+
+
 def _write_temp(
     directory: Path, name: str, data: bytes, old: Optional[os.stat_result], mode: int
 ) -> Path:
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+        fd, tmp = _mkstemp(f".{name}.", directory)
     except OSError as exc:
         raise os_error(directory, exc, "write to") from None
     try:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from tproxy_firewalld import __version__
 from tproxy_firewalld.entries import MAX_CHAIN_NAME, Chain, DirectConfig, Rule, posix_split
 from tproxy_firewalld.errors import SettingsError, TproxyError
+from tproxy_firewalld.files import atomic_write, private_dir
 from tproxy_firewalld.kuma import KUMA, KumaSettings, Profile, VnetNetwork
 from tproxy_firewalld.readfile import Refused, read_regular
 from tproxy_firewalld.settings import family
@@ -56,9 +57,7 @@ FAMILY = {
 def _cache_dir(path: Path) -> bool:
     """Whether ``path`` is (now) a directory only root can write, and we are root: caches
     live only there, since what they hold is trusted like the templates themselves. Called
-    only on a cache miss (which imports jinja2 anyway): a hit must not import tempfile."""
-    from tproxy_firewalld.files import private_dir
-
+    only on a cache miss."""
     if os.geteuid() != 0:
         return False
     try:
@@ -125,8 +124,6 @@ def _cached_render(key: str) -> Optional[dict[str, str]]:
 
 def _remember_render(key: str, text: dict[str, str]) -> None:
     """Keep the last few renderings (an install, its diff and status, a changed setting)."""
-    # only after a miss, which imported jinja2 to render: a hit must not pay for tempfile
-    from tproxy_firewalld.files import atomic_write
 
     if not _cache_dir(CACHE_DIR):
         return

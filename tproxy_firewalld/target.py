@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 from tproxy_firewalld.errors import FileError, Locked, NotPermitted, SettingsError, os_error
+from tproxy_firewalld.files import private_dir, remove_stale_temps
 from tproxy_firewalld.fwconf import CONF_FILE
 
 #: seconds to wait for another run; TPROXY_FIREWALLD_LOCK_TIMEOUT overrides it
@@ -122,8 +123,6 @@ class Target:
     def _remove_stale_temps(self) -> None:
         """A run killed between writing a temp file and renaming it leaves the temp file: the
         next run that holds the lock removes it (no other run of ours can be writing one)."""
-        # lazy: only a changing run takes the lock; diff and status need not import tempfile
-        from tproxy_firewalld.files import remove_stale_temps
 
         remove_stale_temps(self.state_file.parent, (self.state_file.name,))
         remove_stale_temps(self.firewalld_dir, (self.direct_xml.name, CONF_FILE))
@@ -158,8 +157,6 @@ def lock_timeout(given: Optional[float] = None) -> float:
 
 def _lock_dir(directory: Path) -> Path:
     """The live lock's directory: made if missing, refused unless it is a private one of ours."""
-    from tproxy_firewalld.files import private_dir  # lazy: see _remove_stale_temps
-
     try:
         ours = private_dir(directory)
     except OSError as exc:
