@@ -621,10 +621,10 @@ def test_unreadable_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     path.write_bytes(VALID)
 
     def denied(*args: object, **kwargs: object) -> None:
-        # root reads a mode-000 file anyway, so the refusal is simulated at open()
+        # root reads a mode-000 file anyway, so the refusal is simulated at the read
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(directxml, "open", denied, raising=False)
+    monkeypatch.setattr(directxml, "read_regular", denied)
     with pytest.raises(DirectXmlError, match="cannot be read: Permission denied"):
         read_direct_xml(path)
 

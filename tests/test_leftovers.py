@@ -28,6 +28,7 @@ from tproxy_firewalld.cli import app
 from tproxy_firewalld.directxml import parse_direct_xml
 from tproxy_firewalld.entries import Chain, DirectConfig, Entry, Rule
 from tproxy_firewalld.kuma import KUMA, KumaSettings
+from tproxy_firewalld.kuma_leftovers import recognise
 from tproxy_firewalld.ruleset import render_restore
 
 runner = cli_runner()
@@ -528,7 +529,7 @@ def test_nothing_foreign_is_ever_removed(source: str, foreign: list[Entry]) -> N
         chains=tuple({*leftover.chains, *(e for e in foreign_set if isinstance(e, Chain))}),
         rules=tuple({*leftover.rules, *(e for e in foreign_set if isinstance(e, Rule))}),
     )
-    recognition = KUMA.recognise([config], [])
+    recognition = recognise([config], [], KUMA)
     owner = KUMA.owner.claiming(recognition.claimed())
     removed = config.ours(owner).entries()
     by_name = {e for e in foreign_set if KUMA.owner.marks(e)}

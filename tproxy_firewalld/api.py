@@ -23,6 +23,7 @@ from tproxy_firewalld.errors import Locked
 from tproxy_firewalld.firewalld import Firewalld
 from tproxy_firewalld.fwconf import ConfCheck
 from tproxy_firewalld.kuma import KUMA, KumaSettings, Profile
+from tproxy_firewalld.kuma_leftovers import recognise
 from tproxy_firewalld.observe import ClientFactory, Observed, session
 from tproxy_firewalld.planning import Plan, make_plan
 from tproxy_firewalld.record import Record, RecordError
@@ -66,7 +67,7 @@ def ownership(
         if s is not None
     ]
     configs = [c for c in (observed.runtime, observed.permanent, observed.file) if c is not None]
-    recognition = profile.recognise(configs, given)
+    recognition = recognise(configs, given, profile)
     return profile.owner.claiming(recognition.claimed(remove_suspected)), recognition
 
 
@@ -341,7 +342,7 @@ def render(
 
     existing = read_direct_xml(direct_xml)
     ours = build_ruleset(settings, profile, rules_template)
-    recognition = profile.recognise([existing], [settings])
+    recognition = recognise([existing], [settings], profile)
     owner = profile.owner.claiming(recognition.claimed())
     checked = check_rules(ours)
     warnings = settings.warnings + tuple(Warning_("not-checked", n) for n in checked.skipped)

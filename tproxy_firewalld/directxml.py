@@ -19,8 +19,16 @@ from xml.parsers import expat
 
 from lxml import etree
 
-from tproxy_firewalld.entries import Chain, DirectConfig, Passthrough, Rule, join_args, split_args
+from tproxy_firewalld.entries import (
+    Chain,
+    DirectConfig,
+    Passthrough,
+    Rule,
+    join_args,
+    split_args,
+)
 from tproxy_firewalld.errors import DirectXmlError
+from tproxy_firewalld.readfile import NotRegular, TooLarge, read_regular
 
 #: firewalld has no limit, but nothing legitimate comes near this; a bigger file is refused
 #: rather than parsed into memory.
@@ -32,13 +40,6 @@ TABLES = {
     "ipv4": ("security", "raw", "mangle", "nat", "filter"),
     "ipv6": ("security", "raw", "mangle", "nat", "filter"),
     "eb": ("broute", "nat", "filter"),
-}
-BUILT_IN_CHAINS = {
-    "security": ("INPUT", "OUTPUT", "FORWARD"),
-    "raw": ("PREROUTING", "OUTPUT"),
-    "mangle": ("PREROUTING", "POSTROUTING", "INPUT", "OUTPUT", "FORWARD"),
-    "nat": ("PREROUTING", "POSTROUTING", "OUTPUT"),
-    "filter": ("INPUT", "OUTPUT", "FORWARD"),
 }
 _REQUIRED = {
     "direct": (),
@@ -83,21 +84,18 @@ def read_direct_xml(path: Path) -> DirectConfig:
             f"{path}: is {info.st_size} bytes; files over {MAX_SIZE} bytes are refused"
         )
     try:
-        # O_NOFOLLOW | O_NONBLOCK and a second look at what was opened: the file may have been
-        # swapped for a symlink or a FIFO since the lstat above.
-        with open(path, "rb", opener=_no_follow) as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise DirectXmlError(f"{path}: is not a regular file")
-            data = f.read(MAX_SIZE + 1)
+        # not followed, and a second look at what was opened: the file may have been swapped
+        # for a symlink, a FIFO or a larger file since the lstat above.
+        data = read_regular(path, MAX_SIZE, follow=False)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise DirectXmlError(f"{path}: is a symbolic link; refusing to follow it") from None
         raise DirectXmlError(f"{path}: cannot be read: {exc.strerror}") from None
+    except NotRegular:
+        raise DirectXmlError(f"{path}: is not a regular file") from None
+    except TooLarge:
+        raise DirectXmlError(f"{path}: over {MAX_SIZE} bytes; refused") from None
     return parse_direct_xml(data, str(path))
-
-
-def _no_follow(path: str, flags: int) -> int:
-    return os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK)
 
 
 class _Stop(Exception):

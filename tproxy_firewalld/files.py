@@ -11,11 +11,16 @@ import contextlib
 import os
 import re
 import stat
-import tempfile
 from pathlib import Path
 from typing import Optional
 
-from tproxy_firewalld.errors import DirectXmlError, os_error
+from tproxy_firewalld.errors import os_error
+
+#: The mode of a directory a write has to make: firewalld's own for its configuration directory
+#: (firewalld's io/direct.py and io/firewalld_conf.py: ``os.mkdir(ETC_FIREWALLD, 0o750)``), the
+#: package's for any other (the RPM makes /var/lib/tproxy-firewalld 0755).
+FIREWALLD_DIR_MODE = 0o750
+DIR_MODE = 0o755
 
 
 def atomic_write(path: Path, data: bytes, *, backup: bool = True, mode: int = 0o644) -> None:
@@ -26,18 +31,7 @@ def atomic_write(path: Path, data: bytes, *, backup: bool = True, mode: int = 0o
     firewalld does, with the same mode and owner.
     """
     directory = path.parent
-    try:
-        directory.mkdir(mode=0o750, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise os_error(directory, exc, "create") from None
-    try:
-        old: Optional[os.stat_result] = os.lstat(path)
-    except FileNotFoundError:
-        old = None
-    except OSError as exc:
-        raise os_error(path, exc, "look at") from None
-    if old is not None and not stat.S_ISREG(old.st_mode):
-        raise DirectXmlError(f"{path}: is not a regular file; refusing to replace it")
+    old = _before_write(path)
     tmp = _write_temp(directory, path.name, data, old, mode)
     if backup and old is not None:
         backup_path = path.with_name(path.name + ".old")
@@ -55,24 +49,41 @@ def atomic_write(path: Path, data: bytes, *, backup: bool = True, mode: int = 0o
 def prepare_write(path: Path, data: bytes, mode: int = 0o644) -> Path:
     """The first half of a write: a complete, synced temp file beside ``path`` (so a full or
     read-only disk shows before anything else changes). :func:`commit_write` renames it."""
+    return _write_temp(path.parent, path.name, data, _before_write(path), mode)
+
+
+def _before_write(path: Path) -> Optional[os.stat_result]:
+    """What both writes do first: the directory made if it is missing, and what stands at
+    ``path`` looked at: None when nothing, refused (one line) when not a regular file."""
     directory = path.parent
+    mode = FIREWALLD_DIR_MODE if directory.parts[-2:] == ("etc", "firewalld") else DIR_MODE
     try:
-        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
-        old: Optional[os.stat_result] = os.lstat(path)
+        directory.mkdir(mode=mode, parents=True, exist_ok=True)
+        old = os.lstat(path)
     except FileNotFoundError:
-        old = None
+        return None
     except OSError as exc:
         raise os_error(directory, exc, "write to") from None
-    if old is not None and not stat.S_ISREG(old.st_mode):
+    if not stat.S_ISREG(old.st_mode):
         raise os_error(path, OSError(0, "is not a regular file"), "replace")
-    return _write_temp(directory, path.name, data, old, mode)
+    return old
+
+
+def private_dir(directory: Path) -> bool:
+    """Whether ``directory`` (made, mode 0700, if it is missing) is a directory of ours that
+    nobody else can write to: not a symlink, owned by our effective uid, no group or other
+    write bit. OSError when it can be neither made nor looked at."""
+    with contextlib.suppress(FileExistsError):  # whatever stands there is judged below
+        directory.mkdir(mode=0o700, parents=True)
+    info = os.lstat(directory)
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid() and not info.st_mode & 0o022
 
 
 def probe_directory(directory: Path) -> None:
     """That a file can be created (and so one removed) in ``directory``: a read-only or full
     file system shows here, before anything else changes."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".probe.", suffix=".tmp", dir=directory)
+        fd, tmp = _mkstemp(".probe.", directory)
     except FileNotFoundError:
         return  # nothing there to remove either
     except OSError as exc:
@@ -133,11 +144,19 @@ def remove_file(path: Path) -> None:
         _fsync_dir(path.parent)
 
 
+def _mkstemp(prefix: str, directory: Path) -> tuple[int, str]:
+    # tempfile only when something is written: reading runs (diff, status, a render cache
+    # hit) import this module for nothing else and need not pay for it
+    import tempfile
+
+    return tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
+
+
 def _write_temp(
     directory: Path, name: str, data: bytes, old: Optional[os.stat_result], mode: int
 ) -> Path:
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+        fd, tmp = _mkstemp(f".{name}.", directory)
     except OSError as exc:
         raise os_error(directory, exc, "write to") from None
     try:

@@ -21,13 +21,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, Protocol
 
+from tproxy_firewalld.applied import read_applied
 from tproxy_firewalld.entries import Chain, DirectConfig, Op, Passthrough, Rule
 from tproxy_firewalld.errors import (
     FirewalldRejected,
     FirewalldUnavailable,
     NotPermitted,
+    SettingsError,
     TproxyError,
 )
+from tproxy_firewalld.presence import starting
 
 if TYPE_CHECKING:
     import asyncio
@@ -149,8 +152,6 @@ def timeout_from_env(default: float = DEFAULT_TIMEOUT) -> float:
 
 
 def parse_timeout(text: str, source: str) -> float:
-    from tproxy_firewalld.errors import SettingsError
-
     try:
         value = float(text)
     except ValueError:
@@ -369,8 +370,6 @@ class DbusFirewalld:
         """The firewalld.conf settings that can defeat the rules, as in force: firewalld does
         not tell (its config properties are its memory, which Set changes at once; it applies
         them at its next reload), the kernel does. Those it does not show are left out."""
-        from tproxy_firewalld.applied import read_applied
-
         info = self.daemon or self.info()
         return read_applied(info.backend, info.config)
 
@@ -412,8 +411,6 @@ def _unretrieved_is_handled(loop: asyncio.AbstractEventLoop, context: dict[str, 
 def _wait_for_name(fw: DbusFirewalld, deadline: float, timeout: float) -> bool:
     """Whether firewalld's name has an owner, waiting (until ``deadline``) while firewalld is
     starting or stopping; raises FirewalldUnavailable when it is still so at the deadline."""
-    from tproxy_firewalld.presence import starting
-
     while not fw.name_has_owner():
         why = starting()
         if why is None:

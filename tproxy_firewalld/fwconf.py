@@ -30,16 +30,15 @@ one line it sets and nothing else.
 
 from __future__ import annotations
 
-import os
 import re
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from tproxy_firewalld.entries import DirectConfig
-from tproxy_firewalld.errors import FileError, os_error
+from tproxy_firewalld.errors import FileError, SettingsError, os_error
+from tproxy_firewalld.readfile import NotRegular, TooLarge, read_regular
 
 CONF_FILE = "firewalld.conf"
 #: firewalld.conf is a few kilobytes; anything far larger is not one
@@ -188,17 +187,15 @@ def read_conf(path: Path) -> Optional[str]:
     """firewalld.conf's text, None if there is none; FileError if it cannot be used. Bytes
     that are not UTF-8 come as surrogates (:func:`encode_conf` gives them back unchanged)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        data = read_regular(path, MAX_CONF)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise FileError(str(os_error(path, exc, "read"))) from None
-    with open(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise FileError(f"{path}: is not a regular file")
-        data = f.read(MAX_CONF + 1)
-    if len(data) > MAX_CONF:
-        raise FileError(f"{path}: larger than {MAX_CONF} bytes; not a firewalld.conf")
+    except NotRegular:
+        raise FileError(f"{path}: is not a regular file") from None
+    except TooLarge:
+        raise FileError(f"{path}: larger than {MAX_CONF} bytes; not a firewalld.conf") from None
     return data.decode("utf-8", errors="surrogateescape")
 
 
@@ -344,8 +341,6 @@ class ConfChange:
 
     @classmethod
     def from_json(cls, doc: Any, source: str) -> ConfChange:
-        from tproxy_firewalld.errors import SettingsError
-
         if (
             not isinstance(doc, dict)
             or not isinstance(doc.get("name"), str)

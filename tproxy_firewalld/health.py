@@ -8,14 +8,16 @@ import contextlib
 import re
 from typing import Optional
 
-from tproxy_firewalld.api import diff_observed
+from tproxy_firewalld.api import diff_observed, ownership
 from tproxy_firewalld.errors import RulesRejected, SettingsError, TproxyError
 from tproxy_firewalld.firewalld import DaemonInfo
 from tproxy_firewalld.flush import shown
 from tproxy_firewalld.fwconf import KNOBS, RFC3964, STRICT_FORWARD_PORTS, WANTED
+from tproxy_firewalld.iptables import check_rules
 from tproxy_firewalld.kuma import KUMA, Profile, read_nameservers
 from tproxy_firewalld.observe import ClientFactory, Observed, session
 from tproxy_firewalld.report import Status
+from tproxy_firewalld.ruleset import build_ruleset
 from tproxy_firewalld.settings import Warning_
 from tproxy_firewalld.target import Target
 
@@ -38,8 +40,6 @@ def status(
 
 
 def _status(observed: Observed, reason: str, profile: Profile) -> Status:
-    from tproxy_firewalld.api import ownership
-
     owner, recognition = ownership(observed, None, profile)
     installed = {}
     if observed.live:
@@ -64,8 +64,6 @@ def _status(observed: Observed, reason: str, profile: Profile) -> Status:
         warnings += _daemon_warnings(daemon, observed, installed)
     wanted: set[object] = set()
     if record is not None:
-        from tproxy_firewalld.ruleset import build_ruleset
-
         with contextlib.suppress(TproxyError):  # reported by the drift already
             wanted = set(build_ruleset(record.settings, profile, record.template).entries())
     return Status(
@@ -142,9 +140,6 @@ def _module_warnings(observed: Observed, profile: Profile) -> list[Warning_]:
     without kernel-modules-extra puts firewalld into FAILED at its next start)."""
     if not observed.target.live_system or observed.record is None:
         return []
-    from tproxy_firewalld.iptables import check_rules
-    from tproxy_firewalld.ruleset import build_ruleset
-
     try:
         check_rules(build_ruleset(observed.record.settings, profile, observed.record.template))
     except RulesRejected as exc:

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Optional, TextIO
 
-from tproxy_firewalld.entries import DirectConfig, Owner, Recognition
+from tproxy_firewalld.entries import Owner
 from tproxy_firewalld.errors import SettingsError
+from tproxy_firewalld.readfile import NotRegular, TooLarge, read_regular
 from tproxy_firewalld.settings import (
     Invalid,
     RawValue,
@@ -1013,23 +1014,18 @@ def read_nameservers(path: str) -> tuple[str, ...]:
     """The nameservers of a resolv.conf, in order, each once (a repeated line adds nothing:
     kumactl writes its rules once per line, and a repeated rule never matches anything its
     first copy did not)."""
-    import os
-    import stat
-
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        with open(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise SettingsError(
-                    f"unable to read file {path}: not a regular file", "resolv_conf_path"
-                )
-            data = f.read(MAX_RESOLV_CONF + 1)
+        data = read_regular(path, MAX_RESOLV_CONF)
     except OSError:
         raise SettingsError(f"unable to read file {path}", "resolv_conf_path") from None
-    if len(data) > MAX_RESOLV_CONF:
+    except NotRegular:
+        raise SettingsError(
+            f"unable to read file {path}: not a regular file", "resolv_conf_path"
+        ) from None
+    except TooLarge:
         raise SettingsError(
             f"unable to read file {path}: larger than {MAX_RESOLV_CONF} bytes", "resolv_conf_path"
-        )
+        ) from None
     servers: list[str] = []
     for line in data.decode("utf-8", errors="replace").splitlines():
         words = line.split()
@@ -1064,25 +1060,24 @@ TEMPLATES = {"2.7": "kuma-2.7.rules.j2"}
 UNMARKED_RELEASES = frozenset({"2.7"})
 
 
+def packaged_template(name: str) -> Path:
+    """A template shipped with the package (a source checkout: the repository's templates/)."""
+    here = Path(__file__).resolve().parent
+    for directory in (here / "templates", here.parent / "templates"):
+        if (directory / name).is_file():
+            return directory / name
+    raise SettingsError(f"rules template {name} is missing from the installation")
+
+
 @dataclass(frozen=True)
 class Profile:
     """A rule-set family: its settings, its templates and what marks its entries."""
 
     name: str
-    settings_type: type[KumaSettings]
     owner: Owner
     template: str
     #: addresses the rules expect on lo, by family (added by install, removed by uninstall)
     loopback: Mapping[str, str]
-
-    def recognise(
-        self, configs: Sequence[DirectConfig], given: Sequence[KumaSettings]
-    ) -> Recognition:
-        """Its entries that carry no mark, recognised exactly (and the suspected ones):
-        kumactl's --store-firewalld leftovers of every release, Kuma 2.7's rules."""
-        from tproxy_firewalld.kuma_leftovers import recognise
-
-        return recognise(configs, given, self)
 
     def renders_unmarked(self, settings: KumaSettings) -> bool:
         """Whether its template for these settings writes rules without the profile's marks
@@ -1090,14 +1085,11 @@ class Profile:
         return settings.kuma_version in UNMARKED_RELEASES
 
     def template_path(self, settings: KumaSettings) -> Path:
-        from tproxy_firewalld.ruleset import packaged_template
-
         return packaged_template(TEMPLATES.get(settings.kuma_version, self.template))
 
 
 KUMA = Profile(
     name="kuma",
-    settings_type=KumaSettings,
     owner=OWNER,
     template=TEMPLATE,
     loopback={"ipv6": IPV6_PASSTHROUGH},

@@ -38,7 +38,7 @@ import pwd
 import re
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 from tproxy_firewalld.entries import (
     Chain,
@@ -48,11 +48,11 @@ from tproxy_firewalld.entries import (
     Rule,
     Suspect,
     jump_target,
+    posix_split,
 )
 from tproxy_firewalld.errors import SettingsError
-
-if TYPE_CHECKING:
-    from tproxy_firewalld.kuma import KumaSettings, Profile
+from tproxy_firewalld.kuma import UNMARKED_RELEASES, KumaSettings, Profile
+from tproxy_firewalld.ruleset import build_ruleset, render_restore
 
 #: kumactl's translator: always ipv4, always this priority (defaultRulenum)
 STORED_IPV = "ipv4"
@@ -117,7 +117,7 @@ def stored(texts: Sequence[str]) -> Optional[frozenset[Entry]]:
                 continue
             if line == "COMMIT":
                 continue
-            tokens = split(line)
+            tokens = posix_split(line)  # as ruleset.parse_restore reads the same text
             mode = LONG_OPTIONS.get(tokens[0], tokens[0])
             if mode in ("-N", "--new-chain"):
                 out.add(Chain(STORED_IPV, table, tokens[1]))
@@ -126,18 +126,6 @@ def stored(texts: Sequence[str]) -> Optional[frozenset[Entry]]:
             else:
                 return None  # unsupported iptables mode [I]
     return frozenset(out)
-
-
-_TOKEN = re.compile(r'"((?:[^"\\]|\\.)*)"|(\S+)')
-
-
-def split(line: str) -> list[str]:
-    """iptables-restore's words of a rendered line: blanks separate, "..." quotes (with Go's
-    backslash escapes) — the form render_restore writes; shlex is ten times slower."""
-    return [
-        re.sub(r"\\(.)", r"\1", quoted) if bare == "" else bare
-        for quoted, bare in _TOKEN.findall(line)
-    ]
 
 
 def without_comments(text: str) -> str:
@@ -224,8 +212,6 @@ def kuma_net_appended_dns(s: KumaSettings, capture_all: bool, conntrack: bool) -
     *appended* the DNS rules to nat OUTPUT (so they could be stored), for --redirect-dns or
     (``capture_all``) --redirect-all-dns-traffic with the settings' kuma-dp UID and DNS port;
     the dry-run passed no nameservers. One family per run (IPv6 on a host with IPv6)."""
-    from tproxy_firewalld.ruleset import render_restore
-
     r = _as_release(
         s,
         "2.7",
@@ -294,8 +280,6 @@ def kumactl_runs(s: KumaSettings) -> frozenset[Entry]:
     """Every entry kumactl's --store-firewalld of any release wrote for these settings, in any
     environment kumactl varied on (IPv6 on the host or not, the comment and conntrack modules
     there or not)."""
-    from tproxy_firewalld.ruleset import render_restore
-
     out: set[Entry] = set()
     for prefix in ISTIO_SCHEMES:
         for ipv6 in (False, True):
@@ -329,8 +313,6 @@ _RENDERED: dict[tuple[KumaSettings, str], frozenset[Entry]] = {}
 
 def ours_rendered(s: KumaSettings, profile: Profile, releases: Iterable[str]) -> frozenset[Entry]:
     """The entries our own installs of these releases render for these settings."""
-    from tproxy_firewalld.ruleset import build_ruleset
-
     out: set[Entry] = set()
     for release in releases:
         r = _as_release(s, release)
@@ -371,24 +353,8 @@ def _unmarked_2_7_like(e: Entry) -> bool:
 # --------------------------------------------------------------------------- recognition
 
 
-def dns_variants(s: KumaSettings) -> list[KumaSettings]:
-    """The settings as they are and with each of kumactl's DNS switches: DNS is a switch of
-    the command line; the values the DNS rules carry (UID, port, nameservers) are the
-    settings'."""
-    out = [s]
-    for switch in ("redirect_all_dns_traffic", "redirect_dns"):
-        if not s.dns_enabled:
-            try:
-                out.append(s.replace(**{switch: True, "dns_nameservers": None}))
-            except SettingsError:
-                continue  # e.g. no readable resolv.conf
-    return out
-
-
 def candidates(given: Sequence[KumaSettings]) -> list[KumaSettings]:
     """The settings to recognise against: the recorded and given ones, and the defaults."""
-    from tproxy_firewalld.kuma import KumaSettings
-
     out = list(dict.fromkeys(given))
     try:
         default = KumaSettings()
@@ -409,7 +375,6 @@ def recognise(
         observed.update(c.rules)
     unmarked = {e for e in observed if not owner.marks(e)}
     settings = candidates(given)
-    from tproxy_firewalld.kuma import UNMARKED_RELEASES
 
     # Only what could match is rendered: the common case (marked entries, other tools' rules
     # elsewhere) renders nothing.

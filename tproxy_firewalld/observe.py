@@ -16,7 +16,7 @@ from tproxy_firewalld import host
 from tproxy_firewalld.directxml import read_direct_xml
 from tproxy_firewalld.entries import DirectConfig
 from tproxy_firewalld.errors import FileError
-from tproxy_firewalld.firewalld import DaemonInfo, Firewalld
+from tproxy_firewalld.firewalld import DaemonInfo, Firewalld, connect
 from tproxy_firewalld.flush import foreign_iptables
 from tproxy_firewalld.fwconf import (
     ConfView,
@@ -71,8 +71,6 @@ def default_client(target: Target) -> tuple[Optional[Firewalld], str]:
         return None, "--root given"
     if target.offline:
         return None, "--offline given"
-    from tproxy_firewalld.firewalld import connect
-
     return connect(target.bus_address, target.timeout)
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -18,6 +16,7 @@ from typing import Any, Optional
 from tproxy_firewalld.errors import ExitCode, SettingsError, TproxyError, os_error
 from tproxy_firewalld.fwconf import ConfChange
 from tproxy_firewalld.kuma import KumaSettings
+from tproxy_firewalld.readfile import NotRegular, TooLarge, read_regular
 
 SCHEMA = "tproxy-firewalld/installed/2"
 MAX_RECORD = 1024 * 1024
@@ -68,19 +67,17 @@ class Record:
 def read_record(path: Path) -> Optional[Record]:
     """The record, None if there is none; RecordError if it cannot be used."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        data = read_regular(path, MAX_RECORD, follow=False)
     except FileNotFoundError:
         return None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise RecordError(f"{path}: is a symbolic link; refusing to follow it") from None
         raise RecordError(str(os_error(path, exc, "read"))) from None
-    with open(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise RecordError(f"{path}: is not a regular file")
-        data = f.read(MAX_RECORD + 1)
-    if len(data) > MAX_RECORD:
-        raise RecordError(f"{path}: larger than {MAX_RECORD} bytes; not a record of ours")
+    except NotRegular:
+        raise RecordError(f"{path}: is not a regular file") from None
+    except TooLarge:
+        raise RecordError(f"{path}: larger than {MAX_RECORD} bytes; not a record of ours") from None
     try:
         doc = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:

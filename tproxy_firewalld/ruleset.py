@@ -16,22 +16,25 @@ are assigned to fix that order in firewalld, which leaves equal priorities unord
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ipaddress
+import json
 import os
-import stat
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from tproxy_firewalld import __version__
 from tproxy_firewalld.entries import MAX_CHAIN_NAME, Chain, DirectConfig, Rule, posix_split
-from tproxy_firewalld.errors import SettingsError
+from tproxy_firewalld.errors import SettingsError, TproxyError
+from tproxy_firewalld.files import atomic_write, private_dir
+from tproxy_firewalld.kuma import KUMA, KumaSettings, Profile, VnetNetwork
+from tproxy_firewalld.readfile import Refused, read_regular
 from tproxy_firewalld.settings import family
 
 if TYPE_CHECKING:
     import jinja2
-
-    from tproxy_firewalld.kuma import KumaSettings, Profile, VnetNetwork
 
 LOOPBACK_IFACE = "lo"
 #: Kuma truncates comments to this many characters (iptables allows 255 plus NUL).
@@ -51,26 +54,16 @@ FAMILY = {
 }
 
 
-def packaged_template(name: str) -> Path:
-    """A template shipped with the package (a source checkout: the repository's templates/)."""
-    here = Path(__file__).resolve().parent
-    for directory in (here / "templates", here.parent / "templates"):
-        if (directory / name).is_file():
-            return directory / name
-    raise SettingsError(f"rules template {name} is missing from the installation")
-
-
-def _private_dir(path: Path) -> bool:
+def _cache_dir(path: Path) -> bool:
     """Whether ``path`` is (now) a directory only root can write, and we are root: caches
-    live only there, since what they hold is trusted like the templates themselves."""
+    live only there, since what they hold is trusted like the templates themselves. Called
+    only on a cache miss."""
     if os.geteuid() != 0:
         return False
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        info = os.lstat(path)
+        return private_dir(path)
     except OSError:
         return False
-    return stat.S_ISDIR(info.st_mode) and info.st_uid == 0 and not info.st_mode & 0o022
 
 
 def _bytecode_cache() -> Optional[Any]:
@@ -87,17 +80,12 @@ def _bytecode_cache() -> Optional[Any]:
             with contextlib.suppress(OSError):
                 super().dump_bytecode(bucket)
 
-    if not _private_dir(BYTECODE_CACHE):
+    if not _cache_dir(BYTECODE_CACHE):
         return None
     return QuietBytecodeCache(str(BYTECODE_CACHE))
 
 
 def _cache_key(settings: KumaSettings, profile: Profile, template: Path) -> Optional[str]:
-    import hashlib
-    import json
-
-    from tproxy_firewalld import __version__
-
     try:
         source = template.read_bytes()
     except OSError:
@@ -110,20 +98,12 @@ def _cache_key(settings: KumaSettings, profile: Profile, template: Path) -> Opti
 
 def _read_render_cache() -> dict[str, dict[str, str]]:
     """The cache file's renderings by key; empty when absent, unreadable or not root's own."""
-    import json
-
     try:
-        fd = os.open(RENDER_CACHE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
+        doc = json.loads(
+            read_regular(RENDER_CACHE, RENDER_CACHE_MAX, follow=False, root_owned=True)
+        )
+    except (OSError, Refused, ValueError):
         return {}
-    with open(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o022:
-            return {}
-        try:
-            doc = json.loads(f.read(RENDER_CACHE_MAX))
-        except (OSError, ValueError):
-            return {}
     entries = doc.get("renderings") if isinstance(doc, dict) else None
     if not isinstance(entries, list):
         return {}
@@ -144,12 +124,8 @@ def _cached_render(key: str) -> Optional[dict[str, str]]:
 
 def _remember_render(key: str, text: dict[str, str]) -> None:
     """Keep the last few renderings (an install, its diff and status, a changed setting)."""
-    import json
 
-    from tproxy_firewalld.errors import TproxyError
-    from tproxy_firewalld.files import atomic_write
-
-    if not _private_dir(CACHE_DIR):
+    if not _cache_dir(CACHE_DIR):
         return
     kept = [{"key": k, "text": t} for k, t in _read_render_cache().items() if k != key]
     doc = {"renderings": [{"key": key, "text": text}, *kept][:RENDER_CACHE_ENTRIES]}
@@ -253,8 +229,6 @@ def render_restore(
     it), from its own template or ``template``."""
     import jinja2
 
-    from tproxy_firewalld.kuma import KUMA
-
     profile = profile or KUMA
     template = template or profile.template_path(settings)
     comment_prefix = profile.owner.comment_prefix
@@ -346,8 +320,6 @@ def build_ruleset(
     ``template`` is a custom template file (a path, relative to the working directory); its
     entries must all carry the profile's marks, or uninstall could not find them again.
     """
-    from tproxy_firewalld.kuma import KUMA
-
     profile = profile or KUMA
     if template is not None:
         return _build(settings, profile, template)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Optional, TextIO, TypeVar
 
 from tproxy_firewalld.errors import SettingsError
+from tproxy_firewalld.readfile import NotRegular, TooLarge, read_regular
 
 S = TypeVar("S", bound="Settings")
 
@@ -479,37 +480,32 @@ def _jsonable(value: Any) -> Any:
 
 
 def _read_text(name: str, stdin: Optional[TextIO]) -> str:
-    import stat
     import sys
 
-    not_readable = SettingsError(
-        f"unable to access configuration file '{name}', please check if the file exists "
-        "and has the correct permissions"
+    label = "<stdin>" if name == "-" else name
+    too_large = SettingsError(
+        f"configuration file '{label}' is larger than {MAX_CONFIG_BYTES} bytes; refused"
     )
     if name == "-":
         text = (stdin or sys.stdin).read(MAX_CONFIG_BYTES + 1)
-    else:
-        try:
-            # O_NONBLOCK: a FIFO must not hang the run; only regular files are read.
-            import os
-
-            fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
-            raise not_readable from None
-        with open(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise SettingsError(f"configuration file '{name}' is not a regular file")
-            data = f.read(MAX_CONFIG_BYTES + 1)
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise SettingsError(f"configuration file '{name}' is not UTF-8 text") from None
-    if len(text) > MAX_CONFIG_BYTES:
-        label = "<stdin>" if name == "-" else name
+        if len(text) > MAX_CONFIG_BYTES:
+            raise too_large
+        return text
+    try:
+        data = read_regular(name, MAX_CONFIG_BYTES)
+    except OSError:
         raise SettingsError(
-            f"configuration file '{label}' is larger than {MAX_CONFIG_BYTES} bytes; refused"
-        )
-    return text
+            f"unable to access configuration file '{name}', please check if the file exists "
+            "and has the correct permissions"
+        ) from None
+    except NotRegular:
+        raise SettingsError(f"configuration file '{name}' is not a regular file") from None
+    except TooLarge:
+        raise too_large from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SettingsError(f"configuration file '{name}' is not UTF-8 text") from None
 
 
 def _load_yaml(text: str, label: str) -> Any:
@@ -645,20 +641,10 @@ def parse_ip(raw: object, *, need_prefix: bool = False) -> str:
     return text
 
 
-def parse_ips(raw: object) -> tuple[str, ...]:
-    return tuple(parse_ip(item) for item in items(raw))
-
-
 def parse_path(raw: object) -> str:
     if not isinstance(raw, str) or not raw or "\0" in raw:
         raise Invalid(f"value {show(raw)} is not a valid path")
     return raw
-
-
-def parse_optional_uid(raw: object, high: int) -> Optional[int]:
-    if raw is None:
-        return None
-    return parse_uint(raw, 0, high, f"UID (an integer in the range [0, {high}])")
 
 
 def refuse_true(reason: str) -> Callable[[object], bool]:
@@ -679,8 +665,3 @@ def refuse_nonempty(reason: str) -> Callable[[object], tuple[Any, ...]]:
         return ()
 
     return parse
-
-
-def anything(raw: object) -> object:
-    """An ignored setting's value: accepted as given."""
-    return raw

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Optional
 
 from tproxy_firewalld.errors import FileError, Locked, NotPermitted, SettingsError, os_error
+from tproxy_firewalld.files import private_dir, remove_stale_temps
+from tproxy_firewalld.fwconf import CONF_FILE
 
 #: seconds to wait for another run; TPROXY_FIREWALLD_LOCK_TIMEOUT overrides it
 LOCK_TIMEOUT = 30.0
@@ -104,7 +106,7 @@ class Target:
     def locked(self, timeout: Optional[float] = None) -> Iterator[None]:
         """Serialise the runs of this tool that change this target."""
         if self.root is None:
-            directory = _private_dir(RUN_DIR)
+            directory = _lock_dir(RUN_DIR)
             path = directory / "live.lock"
         else:
             directory = self.path(STATE_DIR)
@@ -121,8 +123,6 @@ class Target:
     def _remove_stale_temps(self) -> None:
         """A run killed between writing a temp file and renaming it leaves the temp file: the
         next run that holds the lock removes it (no other run of ours can be writing one)."""
-        from tproxy_firewalld.files import remove_stale_temps
-        from tproxy_firewalld.fwconf import CONF_FILE
 
         remove_stale_temps(self.state_file.parent, (self.state_file.name,))
         remove_stale_temps(self.firewalld_dir, (self.direct_xml.name, CONF_FILE))
@@ -155,16 +155,13 @@ def lock_timeout(given: Optional[float] = None) -> float:
     return value
 
 
-def _private_dir(directory: Path) -> Path:
-    """A directory owned by us (root), not writable by anybody else, and not a symlink."""
+def _lock_dir(directory: Path) -> Path:
+    """The live lock's directory: made if missing, refused unless it is a private one of ours."""
     try:
-        os.mkdir(directory, 0o700)
-    except FileExistsError:
-        pass
+        ours = private_dir(directory)
     except OSError as exc:
         raise os_error(directory, exc, "create") from None
-    info = os.lstat(directory)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+    if not ours:
         raise Locked(
             f"{directory} is not a directory of ours (it must be a directory owned by uid "
             f"{os.geteuid()} that nobody else can write to); remove it and run this again"
