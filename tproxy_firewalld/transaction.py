@@ -11,17 +11,16 @@ exit 8 with what may remain.
 from __future__ import annotations
 
 import contextlib
-import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
 from tproxy_firewalld import host
 from tproxy_firewalld.directxml import MAX_SIZE, render_direct_xml
-from tproxy_firewalld.entries import DirectConfig, Entry, Op
+from tproxy_firewalld.entries import DirectConfig, Op
 from tproxy_firewalld.errors import (
     DirectXmlError,
+    FileError,
     FirewalldUnavailable,
     PartiallyApplied,
     TproxyError,
@@ -36,6 +35,10 @@ from tproxy_firewalld.files import (
 )
 from tproxy_firewalld.firewalld import Firewalld
 from tproxy_firewalld.planning import Plan
+from tproxy_firewalld.readfile import NotRegular, TooLarge, read_regular
+
+#: what is kept to put a file back: twice the largest file any reader of ours accepts
+_MAX_PUT_BACK = 2 * MAX_SIZE
 
 
 @dataclass(frozen=True)
@@ -355,13 +358,14 @@ def _read_bytes(path: Path) -> Optional[bytes]:
     """What to put back if a later step fails: a regular file's bytes, else None (nothing to
     put back). Never follows a symlink, never waits on a FIFO someone planted there."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
+        return read_regular(path, _MAX_PUT_BACK, follow=False)
+    except TooLarge:
+        # the readers refused anything this large before the plan was made: swapped since
+        raise FileError(
+            f"{path}: larger than {_MAX_PUT_BACK} bytes; refusing to replace it"
+        ) from None
+    except (OSError, NotRegular):
         return None
-    with open(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            return None
-        return f.read()
 
 
 def _restore_file(path: Path, data: Optional[bytes]) -> None:
@@ -369,7 +373,3 @@ def _restore_file(path: Path, data: Optional[bytes]) -> None:
         remove_file(path)
     else:
         atomic_write(path, data, backup=False)
-
-
-def entries_of(config: DirectConfig) -> set[Entry]:
-    return config.entries()
