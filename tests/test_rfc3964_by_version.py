@@ -26,8 +26,9 @@ from tproxy_firewalld import api
 from tproxy_firewalld.directxml import render_direct_xml
 from tproxy_firewalld.entries import DirectConfig
 from tproxy_firewalld.errors import FirewalldConfRefused
-from tproxy_firewalld.fwconf import RFC3964, STRICT_FORWARD_PORTS, parse_version
+from tproxy_firewalld.fwconf import RFC3964, STRICT_FORWARD_PORTS, parse_version, version_in
 from tproxy_firewalld.ruleset import build_ruleset
+from tproxy_firewalld.target import Target
 
 CONSENT = "--configure-firewalld"
 APP_PORT, OUTBOUND_PORT = 8080, 15001
@@ -96,6 +97,25 @@ def test_offline_older_or_unknown_firewalld_still_refuses(
     unknown = "the image's firewalld's version is unknown, so it is taken to be older than 2.3"
     assert (unknown in line) == (version is None), line
     assert (root / "etc/firewalld/firewalld.conf").read_text() == STOCK_CONF
+
+
+def test_the_image_s_version_is_read_inside_the_image_even_through_an_absolute_symlink(
+    tmp_path: Path,
+) -> None:
+    """An image whose usr/lib/python3.13 is an absolute symlink to /usr/lib/python3 (as
+    distributions link versioned directories): inside the image it leads to the image's own
+    firewalld 2.5.2. Read through the host it would find this host's firewalld 1.3.3 and refuse
+    (issue 17.6: every path of an image root resolved inside it)."""
+    host_package = Path("/usr/lib/python3/dist-packages/firewall/config/__init__.py")
+    assert version_in(host_package) == (1, 3, 3), "this test needs the host's firewalld 1.3.3"
+    root = image(tmp_path, "2.5.2")
+    (root / "usr/lib/python3.13").symlink_to("/usr/lib/python3")
+    (root / "usr/lib/python3").rename(root / "usr/lib/python3.real")
+    (root / "usr/lib/python3").symlink_to("/usr/lib/python3.real")
+    assert Target.make(root).firewalld_version() == (2, 5, 2)
+    out = run_tp("install", "--root", str(root))
+    assert out.returncode == 0, out.stderr
+    assert "firewalld.conf" not in out.stdout, out.stdout
 
 
 def test_a_change_made_on_an_older_firewalld_is_still_put_back_after_an_upgrade(

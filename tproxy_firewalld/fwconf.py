@@ -254,23 +254,15 @@ def set_in_conf(text: str, name: str, value: str) -> str:
 _VERSION = re.compile(r"""^VERSION\s*=\s*['"](\d+(?:\.\d+)*)['"]""", re.M)
 
 
-def firewalld_version(lib: Path) -> Optional[tuple[int, ...]]:
-    """The version of the firewalld installed under ``lib`` (``/usr/lib`` of the target), from
-    its Python package (``firewall/config/__init__.py``: Debian's dist-packages, Fedora's and
-    RHEL's site-packages); None when it cannot be found."""
+def version_in(path: Path) -> Optional[tuple[int, ...]]:
+    """The version firewalld's ``firewall/config/__init__.py`` at ``path`` declares; None when
+    there is no such regular file (never follows a symlink there, never waits on a FIFO)."""
     try:
-        candidates = sorted(lib.glob("python3*/*-packages/firewall/config/__init__.py"))
-    except OSError:
+        data = read_regular(path, 256 * 1024, follow=False)
+    except (OSError, NotRegular, TooLarge):
         return None
-    for path in candidates:
-        try:
-            with open(path, "rb") as f:
-                match = _VERSION.search(f.read(256 * 1024).decode("utf-8", errors="replace"))
-        except OSError:
-            continue
-        if match:
-            return tuple(int(x) for x in match.group(1).split("."))
-    return None
+    match = _VERSION.search(data.decode("utf-8", errors="replace"))
+    return tuple(int(x) for x in match.group(1).split(".")) if match else None
 
 
 # --------------------------------------------------------------------------- against the rules

@@ -21,7 +21,6 @@ from tproxy_firewalld.flush import foreign_iptables
 from tproxy_firewalld.fwconf import (
     ConfView,
     file_view,
-    firewalld_version,
     live_view,
     parse_conf,
     read_conf,
@@ -101,7 +100,7 @@ def observe(target: Target, fw: Optional[Firewalld], why: str, profile: Profile 
         }
     conf_path = target.conf_file
     if fw is None:
-        conf = file_view(conf_path, firewalld_version(target.path("usr/lib")))
+        conf = file_view(conf_path, target.firewalld_version())
         return Observed(
             target, "offline", why, None, None, None, file, record, record_error, loopback, conf
         )

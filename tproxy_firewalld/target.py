@@ -25,7 +25,7 @@ from typing import Optional
 
 from tproxy_firewalld.errors import FileError, Locked, NotPermitted, SettingsError, os_error
 from tproxy_firewalld.files import private_dir, remove_stale_temps
-from tproxy_firewalld.fwconf import CONF_FILE
+from tproxy_firewalld.fwconf import CONF_FILE, version_in
 
 #: seconds to wait for another run; TPROXY_FIREWALLD_LOCK_TIMEOUT overrides it
 LOCK_TIMEOUT = 30.0
@@ -101,6 +101,26 @@ class Target:
     def state_file(self) -> Path:
         # Documented in the README: the settings the last install applied.
         return self.path(f"{STATE_DIR}/installed.json")
+
+    def firewalld_version(self) -> Optional[tuple[int, ...]]:
+        """The version of the firewalld installed here, from its Python package
+        (``usr/lib/python3*/{dist,site}-packages/firewall/config/__init__.py``: Debian's,
+        Fedora's and RHEL's); every path resolved inside an image root, so a symlinked
+        ``python3.X`` never leads to the host's firewalld. None when it cannot be found."""
+        try:
+            names = sorted(os.listdir(self.path("usr/lib")))
+        except OSError:
+            return None
+        for name in names:
+            if not name.startswith("python3"):
+                continue
+            for packages in ("dist-packages", "site-packages"):
+                found = version_in(
+                    self.path(f"usr/lib/{name}/{packages}/firewall/config/__init__.py")
+                )
+                if found is not None:
+                    return found
+        return None
 
     @contextlib.contextmanager
     def locked(self, timeout: Optional[float] = None) -> Iterator[None]:
