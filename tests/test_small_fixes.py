@@ -80,12 +80,20 @@ def test_temp_files_of_a_killed_run_are_removed_by_the_next_run_under_the_lock(
     assert all(p.exists() for p in others) and (etc / ".direct.xml.symlink1.tmp").is_symlink()
 
 
+STRAY_WORDINGS = (
+    "Got unexpected extra argument(s) (stray)",
+    "Got unexpected extra argument (stray)",
+)
+STRAY = STRAY_WORDINGS[0]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["status", "-o", "json", "--bogus"], "No such option: --bogus"),
-        (["uninstall", "--output=json", "stray"], "Got unexpected extra argument(s) (stray)"),
-        (["install", "stray", "-ojson"], "Got unexpected extra argument(s) (stray)"),
+        # click < 8.1 (RHEL 9's EPEL 8.0.3) says "argument", later ones "argument(s)"
+        (["uninstall", "--output=json", "stray"], STRAY),
+        (["install", "stray", "-ojson"], STRAY),
         (
             ["install", "--output", "json", "--redirect-dns", "false"],
             "--redirect-dns false: kumactl reads this as --redirect-dns (true) and ignores "
@@ -102,11 +110,14 @@ def test_usage_errors_give_the_error_document_with_output_json(
 ) -> None:
     result = runner.invoke(app, args)
     assert result.exit_code == 2
-    assert json.loads(result.stdout) == {
+    doc = json.loads(result.stdout)
+    said = doc["error"]["message"]
+    assert said == message or (message == STRAY and said in STRAY_WORDINGS), said
+    assert doc == {
         "schema": "tproxy-firewalld/error/1",
-        "error": {"exit_code": 2, "kind": "UsageError", "message": message, "setting": None},
+        "error": {"exit_code": 2, "kind": "UsageError", "message": said, "setting": None},
     }
-    assert f"Error: {message}" in result.stderr
+    assert f"Error: {said}" in result.stderr
 
 
 def test_usage_errors_without_output_json_print_no_document() -> None:

@@ -219,14 +219,17 @@ class Listeners:
 
     def serve(self) -> None:
         while True:
+            # under the lock: wait_registered() returns only once every retired socket is
+            # closed (its port free to bind again: a TCP listener re-made for another uid hit
+            # EADDRINUSE when the close came after) and every new one is served
             with self.lock:
-                pending, self.pending = self.pending, []
-                retired, self.retired = self.retired, []
-            for s in retired:
-                self.selector.unregister(s)
-                s.close()
-            for s, data in pending:
-                self.selector.register(s, selectors.EVENT_READ, data)
+                for s in self.retired:
+                    self.selector.unregister(s)
+                    s.close()
+                self.retired = []
+                for s, data in self.pending:
+                    self.selector.register(s, selectors.EVENT_READ, data)
+                self.pending = []
             for key, _ in self.selector.select(timeout=0.02):
                 ns, proto, port = key.data
                 sock: socket.socket = key.fileobj  # type: ignore[assignment]
