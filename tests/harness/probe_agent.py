@@ -78,6 +78,20 @@ libc = ctypes.CDLL(None, use_errno=True)
 _NS_FDS: dict[str, int] = {}
 
 
+def sysctl(*settings: str, ns: str | None = None) -> None:
+    """``sysctl -w KEY=VALUE ...`` without procps (the users' stacks run in minimal Debian
+    roots that lack it): each value written to /proc/sys, whose net/ tree is that of the
+    writer's network namespace (``ns``: written from inside that one)."""
+    for setting in settings:
+        key, value = setting.split("=", 1)
+        path = "/proc/sys/" + key.replace(".", "/")
+        if ns is None:
+            with open(path, "w") as f:
+                f.write(value + "\n")
+        else:
+            sh("ip", "netns", "exec", ns, "sh", "-c", f"echo {value} > {path}")
+
+
 def sh(*argv: str, input: str | None = None) -> str:
     done = subprocess.run(argv, input=input, capture_output=True, text=True)
     if done.returncode:
@@ -119,7 +133,7 @@ def setup() -> None:
     sh("ip", "link", "set", "lo", "up")
     sh("ip", "-6", "addr", "add", "::6/128", "dev", "lo")  # as kumactl does
     # ctr0 is renamed (down, up) for --vnet: its IPv6 addresses must survive that
-    sh("sysctl", "-qw", "net.ipv6.conf.all.keep_addr_on_down=1")
+    sysctl("net.ipv6.conf.all.keep_addr_on_down=1")
     links = {"peer": ("eth0", "77"), "cont": ("ctr0", "78")}
     for ns, (name, net) in links.items():
         sh("ip", "link", "add", name, "type", "veth", "peer", "name", "x" + name)
@@ -137,7 +151,7 @@ def setup() -> None:
     sh("ip", "-6", "route", "add", "default", "via", "fd77::2")
     sh("ip", "-n", "cont", "route", "add", "default", "via", "10.78.0.1")
     sh("ip", "-n", "cont", "-6", "route", "add", "default", "via", "fd78::1")
-    sh("sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+    sysctl("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
     # peer: every address is its own, except the host's side of its link
     for v, everything, host in (("-4", "0.0.0.0/0", "10.77.0.1"), ("-6", "::/0", "fd77::1")):
         peer = ("ip", "-n", "peer", v)
@@ -146,8 +160,7 @@ def setup() -> None:
         sh(*peer, "rule", "del", "pref", "0")
         sh(*peer, "route", "add", "local", everything, "dev", "lo")
     # and it may send from any address (an excluded inbound source)
-    sh("ip", "netns", "exec", "peer", "sysctl", "-qw", "net.ipv6.ip_nonlocal_bind=1")
-    sh("ip", "netns", "exec", "peer", "sysctl", "-qw", "net.ipv4.ip_nonlocal_bind=1")
+    sysctl("net.ipv6.ip_nonlocal_bind=1", "net.ipv4.ip_nonlocal_bind=1", ns="peer")
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
