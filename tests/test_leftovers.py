@@ -6,9 +6,10 @@ The direct.xml files are built here as kumactl's translator wrote them (Kuma's
 pkg/transparentproxy/firewalld, re-implemented below from its description — not the library's
 code): from a release's dry-run output, every table and family into ipv="ipv4", `-N` a chain,
 `-A` a rule at priority 3 with the rest of the line verbatim, and nothing at all when a line
-inserts. The dry-run outputs are Kuma's own where Kuma publishes them (the release goldens in
-../shared, the rules of its translator's test data and of the 1.2.0 goldens, quoted below as
-facts) and otherwise tproxy-firewalld's renders, which match every golden (test_releases.py).
+inserts. The dry-run outputs are Kuma's own where Kuma publishes them (its kumactl dry-run
+release goldens, read from $TPFW_KUMA_GOLDENS; the rules of its translator's test data and of
+the 1.2.0 goldens, quoted below as facts) and otherwise tproxy-firewalld's renders, which match
+every golden (test_releases.py).
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ iptables rules do.
 
 **One ``inet`` table**, ``inet tproxy_firewalld_kuma`` (the name marks it as ours; firewalld
 only ever deletes its own ``inet firewalld``, ``firewalld_policy_drop`` and
-``firewalld_probe``, see ../shared NFTABLES.md section 5). ``inet`` because one name is one
+``firewalld_probe``: its ``build_flush_rules``; tests/test_nft_coexistence.py checks it on
+0.9.3 - 2.5.2). ``inet`` because one name is one
 thing to replace, list and delete atomically, whatever the settings: a rule both families of
 kumactl's rules hold alike is written once; one that only one family holds (an address, an
 IPv4-only install, Kuma 2.7's IPv6 inbound port) carries ``ip``/``ip6`` address matches or
