@@ -20,6 +20,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Optional
 
 from tproxy_firewalld.entries import BUILT_IN_CHAINS, JUMPS, DirectConfig, Owner
+from tproxy_firewalld.fwconf import parse_version
 
 if TYPE_CHECKING:
     from tproxy_firewalld.firewalld import DaemonInfo
@@ -190,8 +191,16 @@ def foreign_iptables(
     return tuple(found)
 
 
-def _version(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in re.findall(r"\d+", text)[:3]) or (0,)
+def before_2(daemon: DaemonInfo) -> bool:
+    """firewalld < 2.0 (an unknown version counts as older: it flushes the most)."""
+    return (parse_version(daemon.version) or (0,)) < (2, 0)
+
+
+def reload_flushes(daemon: DaemonInfo, direct: bool) -> bool:
+    """Whether a start, reload or stop of this firewalld flushes every iptables table:
+    always before 2.0 and on the iptables backend, from 2.0 while ``direct`` configuration
+    exists."""
+    return before_2(daemon) or daemon.backend == "iptables" or direct
 
 
 def flush_reason(
@@ -208,17 +217,17 @@ def flush_reason(
     ``adds``: the run adds runtime direct entries; ``reload``: the settings a reload of the
     run applies; ``direct_after``: direct configuration exists once the run is done."""
     v = daemon.version
-    before_2 = _version(v) < (2, 0)
+    older = before_2(daemon)
     iptables_backend = daemon.backend == "iptables"
-    if adds and not before_2 and not iptables_backend and not direct_before:
+    if adds and not reload_flushes(daemon, direct_before):
         return (
             f"firewalld {v} flushes every iptables table when the first direct entry is added "
             "(firewalld >= 2.0), and this run adds it"
         )
-    if reload and (before_2 or iptables_backend or direct_before or direct_after):
+    if reload and reload_flushes(daemon, direct_before or direct_after):
         why = (
             "as firewalld < 2.0 does on every reload"
-            if before_2
+            if older
             else "as the iptables backend does on every reload"
             if iptables_backend
             else "as firewalld >= 2.0 does on a reload while direct configuration exists"

@@ -5,13 +5,12 @@ would flush, nameservers that moved, a kernel that lacks a module)."""
 from __future__ import annotations
 
 import contextlib
-import re
 from typing import Optional
 
 from tproxy_firewalld.api import diff_observed, ownership
 from tproxy_firewalld.errors import RulesRejected, SettingsError, TproxyError
 from tproxy_firewalld.firewalld import DaemonInfo
-from tproxy_firewalld.flush import shown
+from tproxy_firewalld.flush import before_2, reload_flushes, shown
 from tproxy_firewalld.fwconf import KNOBS, RFC3964, STRICT_FORWARD_PORTS, WANTED
 from tproxy_firewalld.iptables import check_rules
 from tproxy_firewalld.kuma import KUMA, Profile, read_nameservers
@@ -149,25 +148,19 @@ def _module_warnings(observed: Observed, profile: Profile) -> list[Warning_]:
     return []
 
 
-def _version_tuple(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in re.findall(r"\d+", text)[:3]) or (0,)
-
-
 def _daemon_warnings(
     daemon: DaemonInfo, observed: Observed, installed: dict[str, int]
 ) -> list[Warning_]:
     warnings = []
-    before_2 = _version_tuple(daemon.version) < (2, 0)
-    iptables_backend = daemon.backend == "iptables"  # it flushes its own tables in any version
     # the kernel's tables are the live system's only (read by observe)
     foreign = observed.foreign_iptables
     direct = any(c is not None and not c.is_empty() for c in (observed.runtime, observed.permanent))
-    if foreign and (before_2 or iptables_backend or direct):
+    if foreign and reload_flushes(daemon, direct):
         when = (
             "on every start, reload and stop (firewalld < 2.0)"
-            if before_2
+            if before_2(daemon)
             else "on every start, reload and stop (FirewallBackend=iptables)"
-            if iptables_backend
+            if daemon.backend == "iptables"
             else "on start, reload and stop once direct rules exist (firewalld >= 2.0)"
         )
         chains = all(len(f.split()) == 3 for f in foreign)
